@@ -1,0 +1,43 @@
+"""$connect: attach the socket to its stream; a channel agent also gets a lease and
+routing, in one transaction. A 200 is the client's confirmation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent_channel import clock, presence, runtime
+from agent_channel.auth import BadConnectRequest, parse_connect_query
+from agent_channel.handler_kit import socket_route
+from agent_channel.observability import logger
+from agent_channel.presence_store import AccessDenied
+from agent_channel.presence_types import Attachment
+from agent_channel.socket_events import TARGET_NONE, SocketEvent, response
+
+store = runtime.presence_store()
+scheduler = runtime.grace_scheduler()
+
+
+@socket_route
+def handler(event: SocketEvent) -> dict[str, Any]:
+    caller = event.caller
+    if caller is None:
+        return response(401, "unauthorized")
+    try:
+        parse_connect_query(event.query)
+    except BadConnectRequest as error:
+        return response(400, str(error))
+    if caller.target == TARGET_NONE or caller.stream is None:
+        return response(400, "agent_id or topic_id is required")
+    try:
+        subscription = caller.subscription(event.connection_id)
+        if subscription is not None:
+            presence.subscribe(store, scheduler, subscription)
+        else:
+            attachment = Attachment(
+                event.connection_id, caller.user_id, caller.stream, caller.agent_id, caller.topic_id
+            )
+            store.attach(attachment, clock.now())
+    except AccessDenied:
+        return response(403, "forbidden")
+    logger.info("connected", extra={"stream": caller.stream, "lease": caller.holds_lease})
+    return response(200)

@@ -1,0 +1,95 @@
+"""Grace cancellations as EventBridge Scheduler one-time schedules."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from agent_channel.config import Settings
+from agent_channel.observability import logger
+
+if TYPE_CHECKING:
+    from mypy_boto3_scheduler import EventBridgeSchedulerClient
+
+from agent_channel.presence_types import GraceCancellation
+
+MAX_RETRY_ATTEMPTS = 3
+MAX_EVENT_AGE_SECONDS = 3600
+
+
+class GraceScheduler(Protocol):
+    def schedule(self, cancellation: GraceCancellation, due_at: float) -> None:
+        """Arrange for ``cancel_offline`` to run with ``cancellation`` at ``due_at``."""
+
+    def withdraw(self, agent_id: int, session_id: str | None) -> None:
+        """Delete pending schedules for the agent (and session); best effort."""
+
+
+def schedule_name(agent_id: int, session_id: str | None) -> str:
+    """Deterministic, within Scheduler's rules: 1-64 chars of ``0-9a-zA-Z-_.``.
+
+    A session id is free text, so the session part is a digest of it.
+    """
+    name = f"grace-{agent_id}"
+    if session_id:
+        name += "-s-" + hashlib.sha256(session_id.encode("utf-8")).hexdigest()[:20]
+    return name
+
+
+def at_expression(due_at: float) -> str:
+    """Scheduler's one-time expression, in UTC, rounded up to the next second."""
+    moment = datetime.fromtimestamp(int(due_at) + (due_at % 1 > 0), tz=UTC)
+    return f"at({moment:%Y-%m-%dT%H:%M:%S})"
+
+
+class EventBridgeGraceScheduler:
+    def __init__(self, client: EventBridgeSchedulerClient, settings: Settings) -> None:
+        self._client = client
+        self._settings = settings
+
+    def _request(self, cancellation: GraceCancellation, due_at: float) -> dict[str, Any]:
+        target: dict[str, Any] = {
+            "Arn": self._settings.cancel_offline_arn,
+            "RoleArn": self._settings.scheduler_role_arn,
+            "Input": json.dumps(cancellation.payload()),
+            "RetryPolicy": {
+                "MaximumRetryAttempts": MAX_RETRY_ATTEMPTS,
+                "MaximumEventAgeInSeconds": MAX_EVENT_AGE_SECONDS,
+            },
+        }
+        if self._settings.grace_dead_letter_arn:
+            target["DeadLetterConfig"] = {"Arn": self._settings.grace_dead_letter_arn}
+        return {
+            "Name": schedule_name(cancellation.agent_id, cancellation.session_id),
+            "GroupName": self._settings.schedule_group,
+            "ScheduleExpression": at_expression(due_at),
+            "ScheduleExpressionTimezone": "UTC",
+            "FlexibleTimeWindow": {"Mode": "OFF"},
+            "ActionAfterCompletion": "DELETE",
+            "Target": target,
+        }
+
+    def schedule(self, cancellation: GraceCancellation, due_at: float) -> None:
+        request = self._request(cancellation, due_at)
+        try:
+            self._client.create_schedule(**request)
+        except self._client.exceptions.ConflictException:
+            # The same name exists: an earlier disconnect of this agent (or session)
+            # is still pending. The newer one carries the current token and window.
+            self._client.update_schedule(**request)
+        logger.info(
+            "grace cancellation scheduled",
+            extra={"schedule": request["Name"], "due": request["ScheduleExpression"]},
+        )
+
+    def withdraw(self, agent_id: int, session_id: str | None) -> None:
+        names = [schedule_name(agent_id, None)]
+        if session_id:
+            names.append(schedule_name(agent_id, session_id))
+        for name in names:
+            try:
+                self._client.delete_schedule(Name=name, GroupName=self._settings.schedule_group)
+            except self._client.exceptions.ResourceNotFoundException:
+                continue

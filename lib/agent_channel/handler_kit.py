@@ -1,0 +1,64 @@
+"""What every WebSocket route function shares: parsing, ids in the logs, metrics,
+and the promise that no traceback reaches a client."""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agent_channel.observability import bind_ids, logger, metrics
+from agent_channel.socket_events import SocketEvent, parse_socket_event, response
+
+RouteFunction = Callable[[SocketEvent], dict[str, Any]]
+LambdaHandler = Callable[[Any, Any], dict[str, Any]]
+
+
+def socket_route(route: RouteFunction) -> LambdaHandler:
+    """Wrap a route function as a Lambda handler."""
+
+    @functools.wraps(route)
+    @logger.inject_lambda_context(clear_state=True)
+    @metrics.log_metrics
+    def handler(event: Any, context: Any) -> dict[str, Any]:
+        parsed = parse_socket_event(event)
+        if parsed is None:
+            logger.warning("malformed API Gateway event")
+            return response(400, "malformed event")
+        bind_ids(
+            connection_id=parsed.connection_id,
+            agent_id=parsed.caller.agent_id if parsed.caller else None,
+            request_id=parsed.request_id or getattr(context, "aws_request_id", None),
+        )
+        try:
+            return route(parsed)
+        except Exception:
+            logger.exception("route failed")
+            return response(500, "internal error")
+
+    return handler
+
+
+@dataclass
+class LocalContext:
+    """A Lambda context for invocations outside Lambda (the local stack, tests)."""
+
+    function_name: str = "local"
+    function_version: str = "$LATEST"
+    memory_limit_in_mb: int = 256
+    aws_request_id: str = ""
+    log_group_name: str = "local"
+    log_stream_name: str = "local"
+
+    def __post_init__(self) -> None:
+        if not self.aws_request_id:
+            self.aws_request_id = str(uuid.uuid4())
+
+    @property
+    def invoked_function_arn(self) -> str:
+        return f"arn:aws:lambda:us-east-1:000000000000:function:{self.function_name}"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 30_000

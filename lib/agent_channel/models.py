@@ -1,0 +1,207 @@
+"""The single DynamoDB table and the PynamoDB models that share it.
+
+Every item has a partition key ``pk``, a sort key ``sk`` and a ``type``
+discriminator. The layout (see docs/ARCHITECTURE.md) puts what one decision
+needs into one partition:
+
+| item                  | pk                         | sk                  |
+| --------------------- | -------------------------- | ------------------- |
+| user or agent         | ``USER#<id>``              | ``USER``            |
+| lease (presence row)  | ``USER#<agent_id>``        | ``LEASE#<conn_id>`` |
+| token (hashed)        | ``TOKEN#<sha256>``         | ``TOKEN``           |
+| connection            | ``CONN#<conn_id>``         | ``CONN``            |
+| stream membership     | ``STREAM#<stream>``        | ``CONN#<conn_id>``  |
+| topic                 | ``TOPIC#<id>``             | ``TOPIC``           |
+| task                  | ``TASK#<id>``              | ``TASK``            |
+| permission decision   | ``DECISION#<agent_id>``    | ``REQ#<request_id>``|
+| held slot             | ``SLOTS#<agent_id>``       | ``TASK#<task_id>``  |
+| id counter            | ``COUNTER#<name>``         | ``COUNTER``         |
+
+An agent's user item and its leases share ``USER#<agent_id>``, so one
+consistent Query reads routing, the presence version and every lease.
+One sparse GSI (``gsi1``) serves the paths that may be eventually consistent:
+routed agents for the sweeper, delegated tasks by agent, and session topics.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pynamodb.attributes import (
+    BooleanAttribute,
+    DiscriminatorAttribute,
+    NumberAttribute,
+    NumberSetAttribute,
+    TTLAttribute,
+    UnicodeAttribute,
+)
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.models import Model
+
+ROUTED_SHARDS = 16
+"""The sweeper's index spreads routed agents over this many partitions."""
+
+
+def _table_name() -> str:
+    return os.environ.get("TABLE_NAME", "agent-channel")
+
+
+class Gsi1(GlobalSecondaryIndex["Record"]):
+    class Meta:
+        index_name = "gsi1"
+        projection = AllProjection()
+
+    gsi1pk = UnicodeAttribute(hash_key=True)
+    gsi1sk = UnicodeAttribute(range_key=True)
+
+
+class Record(Model):
+    """The base of every item in the table."""
+
+    class Meta:
+        table_name = _table_name()
+        billing_mode = "PAY_PER_REQUEST"
+
+    pk = UnicodeAttribute(hash_key=True)
+    sk = UnicodeAttribute(range_key=True)
+    type = DiscriminatorAttribute()
+    gsi1pk = UnicodeAttribute(null=True)
+    gsi1sk = UnicodeAttribute(null=True)
+    gsi1 = Gsi1()
+    expires_at = TTLAttribute(null=True)
+
+
+def bind_table(table_name: str) -> None:
+    """Point every model at ``table_name`` (tests and the local stack)."""
+    Record.Meta.table_name = table_name
+    for model in (Record, *_all_subclasses(Record)):
+        model.Meta.table_name = table_name
+        model._connection = None
+    Gsi1.Meta.model = Record  # type: ignore[attr-defined]
+
+
+def _all_subclasses(cls: type[Any]) -> list[type[Any]]:
+    found: list[type[Any]] = []
+    for sub in cls.__subclasses__():
+        found.append(sub)
+        found.extend(_all_subclasses(sub))
+    return found
+
+
+def user_pk(user_id: int) -> str:
+    return f"USER#{user_id}"
+
+
+def lease_sk(connection_id: str) -> str:
+    return f"LEASE#{connection_id}"
+
+
+def routed_shard(agent_id: int) -> str:
+    return f"ROUTED#{agent_id % ROUTED_SHARDS}"
+
+
+class UserRecord(Record, discriminator="user"):
+    """A human, or an AI agent (``created_by`` set) with its routing state."""
+
+    user_id = NumberAttribute()
+    name = UnicodeAttribute()
+    created_by = NumberAttribute(null=True)
+    model = UnicodeAttribute(null=True)
+    routing_expression = UnicodeAttribute(default="")
+    routing_subscription_token = UnicodeAttribute(null=True)
+    presence_version = NumberAttribute(default=0)
+    created_at = NumberAttribute()
+
+    @property
+    def is_agent(self) -> bool:
+        return self.created_by is not None
+
+
+class LeaseRecord(Record, discriminator="lease"):
+    """One live agent-stream subscription of a channel agent."""
+
+    agent_id = NumberAttribute()
+    connection_id = UnicodeAttribute()
+    token = UnicodeAttribute()
+    session_id = UnicodeAttribute(default="")
+    last_seen_at = NumberAttribute()
+
+
+class TokenRecord(Record, discriminator="token"):
+    """A bearer token, stored only as its SHA-256 digest."""
+
+    user_id = NumberAttribute()
+    label = UnicodeAttribute(default="")
+    created_at = NumberAttribute()
+
+
+class ConnectionRecord(Record, discriminator="connection"):
+    """An open socket: who opened it and which stream it joined."""
+
+    connection_id = UnicodeAttribute()
+    user_id = NumberAttribute()
+    stream = UnicodeAttribute()
+    agent_id = NumberAttribute(null=True)
+    topic_id = NumberAttribute(null=True)
+    session_id = UnicodeAttribute(default="")
+    holds_lease = BooleanAttribute(default=False)
+    connected_at = NumberAttribute()
+
+
+class StreamMemberRecord(Record, discriminator="member"):
+    """A connection's membership of a stream: what fan-out Queries."""
+
+    stream = UnicodeAttribute()
+    connection_id = UnicodeAttribute()
+
+
+class TopicRecord(Record, discriminator="topic"):
+    """A conversation. ``session_id`` set makes it private to one session."""
+
+    topic_id = NumberAttribute()
+    title = UnicodeAttribute(default="")
+    owner_id = NumberAttribute()
+    reader_ids = NumberSetAttribute(default=set)
+    session_id = UnicodeAttribute(null=True)
+    primary_agent_id = NumberAttribute(null=True)
+    created_at = NumberAttribute()
+
+
+class TaskRecord(Record, discriminator="task"):
+    """Work given to an agent. ``gsi1`` indexes it by agent and status."""
+
+    task_id = NumberAttribute()
+    topic_id = NumberAttribute()
+    agent_id = NumberAttribute()
+    status = UnicodeAttribute()
+    content = UnicodeAttribute(default="")
+    author_id = NumberAttribute(null=True)
+    comment_id = NumberAttribute(null=True)
+    pending_tool_call = UnicodeAttribute(null=True)
+    created_at = NumberAttribute()
+    updated_at = NumberAttribute()
+
+
+class DecisionRecord(Record, discriminator="decision"):
+    """A permission decision, keyed under its agent so no other agent reaches it."""
+
+    agent_id = NumberAttribute()
+    request_id = UnicodeAttribute()
+    behavior = UnicodeAttribute()
+    decided_at = NumberAttribute()
+    decided_by = NumberAttribute()
+
+
+class SlotRecord(Record, discriminator="slot"):
+    """A slot of an agent's resource tracker, held by one running task."""
+
+    agent_id = NumberAttribute()
+    task_id = NumberAttribute()
+    acquired_at = NumberAttribute()
+
+
+class CounterRecord(Record, discriminator="counter"):
+    """Hands out increasing integer ids."""
+
+    value = NumberAttribute(default=0)

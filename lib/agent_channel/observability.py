@@ -1,0 +1,30 @@
+"""One Logger and one Metrics for the process, shared by every module.
+
+Handlers bind the connection, agent and request ids with ``bind_ids`` so that
+every line a request logs carries them. Nothing secret is ever a key here.
+"""
+
+from __future__ import annotations
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+
+logger = Logger(service="agent-channel")
+metrics = Metrics(namespace="AgentChannel", service="agent-channel")
+
+
+def bind_ids(
+    *, connection_id: str | None = None, agent_id: int | None = None, request_id: str | None = None
+) -> None:
+    """Stamp every later log line of this invocation with these ids."""
+    keys = {
+        "connection_id": connection_id,
+        "agent_id": agent_id,
+        "request_id": request_id,
+    }
+    logger.append_keys(**{key: value for key, value in keys.items() if value is not None})
+
+
+def count(name: str, value: float = 1) -> None:
+    """Add to an EMF metric of this invocation (Deliveries, GoneConnections, ...)."""
+    metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)

@@ -1,0 +1,43 @@
+"""The process's AWS clients and stores, built once and reused across invocations."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import TYPE_CHECKING
+
+import boto3
+from botocore.config import Config
+
+from agent_channel.config import settings
+from agent_channel.dynamo_store import DynamoPresenceStore
+from agent_channel.grace_scheduler import EventBridgeGraceScheduler
+
+if TYPE_CHECKING:
+    from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
+
+# Standard retry mode retries throttling with exponential backoff and jitter.
+RETRYING = Config(retries={"mode": "standard", "max_attempts": 5})
+
+
+@cache
+def presence_store() -> DynamoPresenceStore:
+    return DynamoPresenceStore(settings())
+
+
+@cache
+def grace_scheduler() -> EventBridgeGraceScheduler:
+    return EventBridgeGraceScheduler(boto3.client("scheduler", config=RETRYING), settings())
+
+
+@cache
+def management_api(endpoint_url: str | None = None) -> ApiGatewayManagementApiClient:
+    """The @connections client. A large pool, because fan-out posts concurrently."""
+    url = endpoint_url or settings().callback_url
+    return boto3.client(
+        "apigatewaymanagementapi",
+        endpoint_url=url,
+        config=Config(
+            max_pool_connections=max(10, settings().fanout_workers),
+            retries={"mode": "standard", "max_attempts": 1},
+        ),
+    )
