@@ -44,7 +44,7 @@ def _dynamodb() -> Connection:
     return Connection()
 
 
-def _transaction() -> TransactWrite:
+def transaction() -> TransactWrite:
     return TransactWrite(connection=_dynamodb())
 
 
@@ -128,7 +128,7 @@ class DynamoPresenceStore:
         ]
 
     def _lease_writes(
-        self, transaction: TransactWrite, subscription: Subscription, token: str, now: float
+        self, writes: TransactWrite, subscription: Subscription, token: str, now: float
     ) -> None:
         """The lease and routing-on, as one subscribe writes them.
 
@@ -137,7 +137,7 @@ class DynamoPresenceStore:
         a disconnect's read and its clear wins: routing stays on.
         """
         agent_id = subscription.agent_id
-        transaction.save(
+        writes.save(
             LeaseRecord(
                 user_pk(agent_id),
                 lease_sk(subscription.connection_id),
@@ -149,7 +149,7 @@ class DynamoPresenceStore:
                 expires_at=self._ttl(now),
             )
         )
-        transaction.update(
+        writes.update(
             UserRecord(user_pk(agent_id), "USER"),
             actions=[
                 UserRecord.routing_expression.set("true"),
@@ -178,10 +178,10 @@ class DynamoPresenceStore:
         # One transaction: the stream is attached no later than routing turns on,
         # so a dispatch can never go into a stream nobody holds yet.
         try:
-            with _transaction() as transaction:
-                transaction.save(connection)
-                transaction.save(member)
-                self._lease_writes(transaction, subscription, token, now)
+            with transaction() as writes:
+                writes.save(connection)
+                writes.save(member)
+                self._lease_writes(writes, subscription, token, now)
         except TransactWriteError as error:
             if _failed_positions(error):
                 raise AccessDenied(f"agent {subscription.agent_id}") from error
@@ -190,12 +190,12 @@ class DynamoPresenceStore:
     def restore(self, subscription: Subscription, token: str, now: float) -> bool:
         pk, sk = connection_key(subscription.connection_id)
         try:
-            with _transaction() as transaction:
+            with transaction() as writes:
                 # A heartbeat racing its own $disconnect must not resurrect the
                 # connection: the restore holds only while the connection item exists,
                 # and $disconnect removes that item before it touches the lease.
-                transaction.condition_check(ConnectionRecord, pk, sk, ConnectionRecord.pk.exists())
-                self._lease_writes(transaction, subscription, token, now)
+                writes.condition_check(ConnectionRecord, pk, sk, ConnectionRecord.pk.exists())
+                self._lease_writes(writes, subscription, token, now)
         except TransactWriteError as error:
             if _failed_positions(error):
                 return False
@@ -236,11 +236,11 @@ class DynamoPresenceStore:
             raise ValueError("an attachment names an agent or a topic")
         connection, member = self._stream_items(attachment, now)
         try:
-            with _transaction() as transaction:
+            with transaction() as writes:
                 # Access may have been withdrawn since the authorizer read the target.
-                transaction.condition_check(target_model, target_pk, target_sk, condition)
-                transaction.save(connection)
-                transaction.save(member)
+                writes.condition_check(target_model, target_pk, target_sk, condition)
+                writes.save(connection)
+                writes.save(member)
         except TransactWriteError as error:
             if _failed_positions(error):
                 raise AccessDenied(attachment.stream) from error
@@ -249,9 +249,9 @@ class DynamoPresenceStore:
     def drop_connection(self, connection_id: str, stream: str) -> None:
         pk, sk = connection_key(connection_id)
         member_pk, member_sk = member_key(stream, connection_id)
-        with _transaction() as transaction:
-            transaction.delete(ConnectionRecord(pk, sk))
-            transaction.delete(StreamMemberRecord(member_pk, member_sk))
+        with transaction() as writes:
+            writes.delete(ConnectionRecord(pk, sk))
+            writes.delete(StreamMemberRecord(member_pk, member_sk))
 
     def drop_lease(self, agent_id: int, connection_id: str) -> Lease | None:
         try:
@@ -289,9 +289,9 @@ class DynamoPresenceStore:
         if len(stale) > MAX_STALE_PER_TRANSACTION:
             raise ValueError("too many stale leases for one transaction; reap first")
         try:
-            with _transaction() as transaction:
+            with transaction() as writes:
                 for lease in stale:
-                    transaction.delete(
+                    writes.delete(
                         LeaseRecord(user_pk(lease.agent_id), lease_sk(lease.connection_id)),
                         # A heartbeat that refreshed this lease since the read makes
                         # the agent live again: the clear must not happen. A lease
@@ -299,7 +299,7 @@ class DynamoPresenceStore:
                         condition=LeaseRecord.pk.does_not_exist()
                         | (LeaseRecord.last_seen_at < cutoff),
                     )
-                transaction.update(
+                writes.update(
                     UserRecord(user_pk(seen.agent_id), "USER"),
                     actions=[
                         UserRecord.routing_expression.set(""),
