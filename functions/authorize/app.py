@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent_channel.auth import Verdict, authorize
-from agent_channel.observability import logger
+from agent_channel.observability import bind_ids, clear_ids, logger
 
 # API Gateway answers 401 when a Lambda authorizer fails with exactly this message.
 UNAUTHORIZED = "Unauthorized"
@@ -30,14 +30,20 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
     query = {str(k): str(v) for k, v in (event.get("queryStringParameters") or {}).items()}
     resource = str(event.get("methodArn", "*"))
-    logger.append_keys(connection_id=(event.get("requestContext") or {}).get("connectionId"))
+    clear_ids()
+    context_map = event.get("requestContext") or {}
+    bind_ids(
+        connection_id=context_map.get("connectionId"), request_id=context_map.get("requestId")
+    )
     decision = authorize(headers, query)
+    if decision.verdict is Verdict.FORBIDDEN:
+        # Checked first: a forbidden verdict carries no caller, and must answer
+        # 403 (a Deny), not 401.
+        logger.info("connect refused: target is not the caller's")
+        return _policy("Deny", resource, "forbidden")
     if decision.verdict is Verdict.UNAUTHORIZED or decision.caller is None:
         logger.info("connect refused: no valid token")
         raise PermissionError(UNAUTHORIZED)
     principal = str(decision.caller.user_id)
-    if decision.verdict is Verdict.FORBIDDEN:
-        logger.info("connect refused: target is not the caller's")
-        return _policy("Deny", resource, principal)
-    logger.append_keys(agent_id=decision.caller.agent_id)
+    bind_ids(agent_id=decision.caller.agent_id)
     return {**_policy("Allow", resource, principal), "context": decision.caller.as_context()}

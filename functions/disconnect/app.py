@@ -37,4 +37,5 @@ def handler(event: SocketEvent) -> dict[str, Any]:
         logger.exception("disconnect failed; the sweeper will settle presence")
         return response(200)
     logger.info("disconnected", extra={"outcome": outcome.value})
-    return response(200)
+    # API Gateway drops a $disconnect answer; the outcome is for logs and tests.
+    return response(200, outcome.value)

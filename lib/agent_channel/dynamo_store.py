@@ -16,8 +16,8 @@ from pynamodb.expressions.condition import Condition
 from pynamodb.transactions import TransactWrite
 
 from agent_channel.config import CHANNEL_AGENT_MODEL, Settings
+from agent_channel import models
 from agent_channel.models import (
-    ROUTED_SHARDS,
     ConnectionRecord,
     LeaseRecord,
     Record,
@@ -323,7 +323,7 @@ class DynamoPresenceStore:
 
     def routed_agents(self) -> list[int]:
         agents: list[int] = []
-        for shard in range(ROUTED_SHARDS):
+        for shard in range(models.ROUTED_SHARDS):
             for record in Record.gsi1.query(f"ROUTED#{shard}"):
                 if isinstance(record, UserRecord):
                     agents.append(int(record.user_id))

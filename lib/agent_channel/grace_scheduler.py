@@ -17,6 +17,8 @@ from agent_channel.presence_types import GraceCancellation
 
 MAX_RETRY_ATTEMPTS = 3
 MAX_EVENT_AGE_SECONDS = 3600
+MAX_PUT_ATTEMPTS = 3
+"""Create-or-update rounds when a schedule of the same name comes and goes meanwhile."""
 
 
 class GraceScheduler(Protocol):
@@ -73,16 +75,31 @@ class EventBridgeGraceScheduler:
 
     def schedule(self, cancellation: GraceCancellation, due_at: float) -> None:
         request = self._request(cancellation, due_at)
-        try:
-            self._client.create_schedule(**request)
-        except self._client.exceptions.ConflictException:
-            # The same name exists: an earlier disconnect of this agent (or session)
-            # is still pending. The newer one carries the current token and window.
-            self._client.update_schedule(**request)
+        self._create_or_update(request)
         logger.info(
             "grace cancellation scheduled",
             extra={"schedule": request["Name"], "due": request["ScheduleExpression"]},
         )
+
+    def _create_or_update(self, request: dict[str, Any]) -> None:
+        for _ in range(MAX_PUT_ATTEMPTS):
+            try:
+                self._client.create_schedule(**request)
+                return
+            except self._client.exceptions.ConflictException:
+                # The same name exists: an earlier disconnect of this agent (or
+                # session) is still pending. The newer one carries the current token
+                # and window. UpdateSchedule replaces every field (unset ones revert
+                # to defaults), so it gets the whole request, not just the changes.
+                pass
+            try:
+                self._client.update_schedule(**request)
+                return
+            except self._client.exceptions.ResourceNotFoundException:
+                # Gone between the two calls: it fired and deleted itself, or a
+                # subscribe withdrew it. Create it afresh.
+                continue
+        raise RuntimeError(f"schedule {request['Name']} kept appearing and vanishing")
 
     def withdraw(self, agent_id: int, session_id: str | None) -> None:
         names = [schedule_name(agent_id, None)]

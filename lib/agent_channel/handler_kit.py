@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent_channel.observability import bind_ids, logger, metrics
+from agent_channel.observability import bind_ids, clear_ids, logger, metrics
 from agent_channel.socket_events import SocketEvent, parse_socket_event, response
 
 RouteFunction = Callable[[SocketEvent], dict[str, Any]]
@@ -23,6 +23,7 @@ def socket_route(route: RouteFunction) -> LambdaHandler:
     @logger.inject_lambda_context(clear_state=True)
     @metrics.log_metrics
     def handler(event: Any, context: Any) -> dict[str, Any]:
+        clear_ids()
         parsed = parse_socket_event(event)
         if parsed is None:
             logger.warning("malformed API Gateway event")

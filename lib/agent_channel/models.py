@@ -26,8 +26,6 @@ routed agents for the sweeper, delegated tasks by agent, and session topics.
 from __future__ import annotations
 
 import os
-from typing import Any
-
 from pynamodb.attributes import (
     BooleanAttribute,
     DiscriminatorAttribute,
@@ -47,7 +45,7 @@ def _table_name() -> str:
     return os.environ.get("TABLE_NAME", "agent-channel")
 
 
-class Gsi1(GlobalSecondaryIndex["Record"]):
+class Gsi1(GlobalSecondaryIndex["Record"]):  # type: ignore[no-untyped-call]
     class Meta:
         index_name = "gsi1"
         projection = AllProjection()
@@ -74,15 +72,14 @@ class Record(Model):
 
 def bind_table(table_name: str) -> None:
     """Point every model at ``table_name`` (tests and the local stack)."""
-    Record.Meta.table_name = table_name
-    for model in (Record, *_all_subclasses(Record)):
+    models: list[type[Record]] = [Record, *_all_subclasses(Record)]
+    for model in models:
         model.Meta.table_name = table_name
         model._connection = None
-    Gsi1.Meta.model = Record  # type: ignore[attr-defined]
 
 
-def _all_subclasses(cls: type[Any]) -> list[type[Any]]:
-    found: list[type[Any]] = []
+def _all_subclasses(cls: type[Record]) -> list[type[Record]]:
+    found: list[type[Record]] = []
     for sub in cls.__subclasses__():
         found.append(sub)
         found.extend(_all_subclasses(sub))

@@ -16,13 +16,21 @@ metrics = Metrics(namespace="AgentChannel", service="agent-channel")
 def bind_ids(
     *, connection_id: str | None = None, agent_id: int | None = None, request_id: str | None = None
 ) -> None:
-    """Stamp every later log line of this invocation with these ids."""
+    """Stamp every later log line of this invocation with these ids.
+
+    Thread-local keys: the local stack runs many invocations at once in one
+    process, and one request's ids must never stamp another's lines.
+    """
     keys = {
         "connection_id": connection_id,
         "agent_id": agent_id,
         "request_id": request_id,
     }
-    logger.append_keys(**{key: value for key, value in keys.items() if value is not None})
+    logger.thread_safe_append_keys(**{k: v for k, v in keys.items() if v is not None})
+
+
+def clear_ids() -> None:
+    logger.thread_safe_clear_keys()
 
 
 def count(name: str, value: float = 1) -> None:

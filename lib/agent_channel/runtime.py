@@ -11,9 +11,11 @@ from botocore.config import Config
 from agent_channel.config import settings
 from agent_channel.dynamo_store import DynamoPresenceStore
 from agent_channel.grace_scheduler import EventBridgeGraceScheduler
+from agent_channel.task_events import EventBridgeTaskEvents
 
 if TYPE_CHECKING:
     from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
+    from mypy_boto3_events import EventBridgeClient
 
 # Standard retry mode retries throttling with exponential backoff and jitter.
 RETRYING = Config(retries={"mode": "standard", "max_attempts": 5})
@@ -38,6 +40,19 @@ def management_api(endpoint_url: str | None = None) -> ApiGatewayManagementApiCl
         endpoint_url=url,
         config=Config(
             max_pool_connections=max(10, settings().fanout_workers),
-            retries={"mode": "standard", "max_attempts": 1},
+            # One attempt: broadcast retries throttling itself (with jitter, counted
+            # as ThrottleRetries); botocore's max_attempts would add a hidden retry.
+            retries={"mode": "standard", "total_max_attempts": 1},
         ),
     )
+
+
+@cache
+def events_client() -> EventBridgeClient:
+    return boto3.client("events", config=RETRYING)
+
+
+@cache
+def task_events() -> EventBridgeTaskEvents:
+    """The publisher of task events to the backend's bus (EVENT_BUS_NAME)."""
+    return EventBridgeTaskEvents(events_client(), settings().event_bus_name)

@@ -8,8 +8,11 @@ changes nothing.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from pynamodb.exceptions import TransactWriteError, UpdateError
+from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 
 from agent_channel import clock
@@ -30,6 +33,18 @@ class Status(enum.StrEnum):
 
 class TransitionRefused(Exception):
     """The task is not in the status the transition starts from (someone else won)."""
+
+
+@dataclass(frozen=True)
+class Guard:
+    """A condition on another item that a transition's transaction must also meet
+    (a ConditionCheck): it lets a transition hold only while what its caller decided
+    on (for instance an agent's presence) is unchanged."""
+
+    model: type[Record]
+    pk: str
+    sk: str
+    condition: Condition
 
 
 def task_key(task_id: int) -> tuple[str, str]:
@@ -108,7 +123,9 @@ def start(task: TaskRecord) -> TaskRecord:
 
 def delegate(task: TaskRecord, pending_tool_call: str | None = None) -> TaskRecord:
     """running -> delegated: handed to a channel agent, waiting for its reply."""
-    extra = [TaskRecord.pending_tool_call.set(pending_tool_call)] if pending_tool_call else []
+    extra: list[Action] = (
+        [TaskRecord.pending_tool_call.set(pending_tool_call)] if pending_tool_call else []
+    )
     return _transition(task, {Status.RUNNING}, Status.DELEGATED, extra_actions=extra)
 
 
@@ -134,21 +151,34 @@ def cancel_delegated(task: TaskRecord) -> TaskRecord:
     )
 
 
+def cancel_delegated_if(task: TaskRecord, guards: Sequence[Guard]) -> TaskRecord:
+    """As cancel_delegated, but only while every guard holds, in the same transaction."""
+    return _transition(
+        task,
+        {Status.DELEGATED},
+        Status.CANCELLED,
+        extra_actions=[TaskRecord.pending_tool_call.remove()],
+        free_slot=True,
+        guards=guards,
+    )
+
+
 def _transition(
     task: TaskRecord,
     allowed_from: set[Status],
     to: Status,
     *,
-    extra_actions: list[Action] | None = None,
+    extra_actions: Sequence[Action] = (),
     take_slot: bool = False,
     free_slot: bool = False,
+    guards: Sequence[Guard] = (),
 ) -> TaskRecord:
     """Move a task between statuses with the slot change in the same transaction, so
     a crash can neither free a slot of a task still running nor leak one."""
     agent_id, task_id = int(task.agent_id), int(task.task_id)
     pk, sk = task_key(task_id)
     condition = TaskRecord.status.is_in(*(status.value for status in allowed_from))
-    actions = _status_actions(task, to) + list(extra_actions or [])
+    actions = _status_actions(task, to) + list(extra_actions)
     slot_pk, slot_sk = slot_key(agent_id, task_id)
     try:
         with transaction() as writes:
@@ -164,6 +194,8 @@ def _transition(
             if free_slot:
                 # Deleting a slot that is not there is a no-op: release is idempotent.
                 writes.delete(SlotRecord(slot_pk, slot_sk))
+            for guard in guards:
+                writes.condition_check(guard.model, guard.pk, guard.sk, guard.condition)
     except TransactWriteError as error:
         raise TransitionRefused(f"task {task_id} is not {sorted(allowed_from)}") from error
     refreshed = get_task(task_id)

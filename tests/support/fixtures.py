@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING
 
 import boto3
 import pytest
@@ -11,12 +13,31 @@ from moto import mock_aws
 
 from agent_channel import accounts, clock
 from agent_channel.config import CHANNEL_AGENT_MODEL, settings
+from agent_channel.local import stack_template
 from agent_channel.models import Record
 from tests.support.clock import FakeClock
 
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+
+@cache
+def _dynamodb() -> DynamoDBClient:
+    # One client for every test: building one costs far more than the calls it makes.
+    return boto3.client("dynamodb")
+
 
 def create_table() -> None:
-    Record.create_table(billing_mode="PAY_PER_REQUEST", wait=False)
+    """The table exactly as template.yaml declares it (keys, gsi1, TTL)."""
+    client = _dynamodb()
+    table_name = Record.Meta.table_name
+    client.create_table(**stack_template.table_create_kwargs(table_name))
+    ttl_attribute = stack_template.table_ttl_attribute()
+    if ttl_attribute:
+        client.update_time_to_live(
+            TableName=table_name,
+            TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl_attribute},
+        )
 
 
 @pytest.fixture

@@ -1,0 +1,21 @@
+"""The backend's entry point, for backends that are not Python: invoke this
+function with a JSON command ({"op": "dispatch" | "decide_permission" |
+"claim_reply" | "broadcast", ...}) and get {"ok": true, ...} or
+{"ok": false, "error": code, "message": ...}. It never raises to the caller."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent_channel import runtime
+from agent_channel.commands import CommandContext, execute
+from agent_channel.observability import logger, metrics
+
+management = runtime.management_api()
+context_for_commands = CommandContext(management_factory=lambda: management)
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics
+def handler(event: Any, context: Any) -> dict[str, Any]:
+    return execute(event, context_for_commands)

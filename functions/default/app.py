@@ -1,0 +1,42 @@
+"""$default: a frame whose action no route knows (or that is not JSON at all)
+gets an error message back on the socket, never silence."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from agent_channel import runtime
+from agent_channel.broadcast import error_message, send_to_connection
+from agent_channel.handler_kit import socket_route
+from agent_channel.observability import logger
+from agent_channel.socket_events import SocketEvent, response
+
+management = runtime.management_api()
+
+KNOWN_ACTIONS = ("heartbeat", "replay_permissions")
+MAX_ECHOED_ACTION = 64
+
+
+def _refusal(body: str | None) -> dict[str, str]:
+    try:
+        message = json.loads(body or "")
+    except ValueError:
+        return error_message("invalid_json", "the message must be a JSON object")
+    if not isinstance(message, dict):
+        return error_message("invalid_json", "the message must be a JSON object")
+    action = message.get("action")
+    if not isinstance(action, str) or not action:
+        return error_message("missing_action", "the message has no 'action'")
+    shown = action[:MAX_ECHOED_ACTION]
+    return error_message(
+        "unknown_action", f"unknown action {shown!r}; known: {', '.join(KNOWN_ACTIONS)}"
+    )
+
+
+@socket_route
+def handler(event: SocketEvent) -> dict[str, Any]:
+    refusal = _refusal(event.body)
+    logger.info("unroutable frame", extra={"code": refusal["error"]})
+    send_to_connection(event.connection_id, refusal, client=management)
+    return response(200)

@@ -1,0 +1,36 @@
+"""replay_permissions: re-send the recorded decisions the plugin still waits for.
+
+After every (re)subscribe the plugin sends the ids it holds pending; a decision
+pushed while its socket was down is delivered now. Every answer, errors
+included, goes back through post_to_connection (no route responses exist).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent_channel import decisions, runtime
+from agent_channel.broadcast import error_message, send_to_connection
+from agent_channel.config import settings
+from agent_channel.handler_kit import socket_route
+from agent_channel.observability import logger
+from agent_channel.socket_events import SocketEvent, response
+
+management = runtime.management_api()
+
+
+@socket_route
+def handler(event: SocketEvent) -> dict[str, Any]:
+    try:
+        request_ids = decisions.parse_replay_body(event.body, settings().max_replay_ids)
+        replayed = decisions.replay(
+            event.connection_id, event.caller, request_ids, client=management
+        )
+    except decisions.DecisionError as refused:
+        logger.info("replay refused", extra={"code": refused.code})
+        send_to_connection(
+            event.connection_id, error_message(refused.code, refused.message), client=management
+        )
+        return response(200)
+    logger.info("replay", extra={"requested": replayed.requested, "sent": len(replayed.sent)})
+    return response(200)

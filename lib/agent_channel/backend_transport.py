@@ -1,0 +1,108 @@
+"""How the command line reaches the backend command router: the local stack's
+``POST /_backend``, or the deployed BackendFunction through ``lambda.invoke``.
+Both carry the same JSON command and bring back the same JSON answer."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+BACKEND_OUTPUT = "BackendFunctionArn"
+BACKEND_LOGICAL_ID = "BackendFunction"
+TIMEOUT_SECONDS = 60.0
+
+
+class TransportError(Exception):
+    """The command could not be delivered or its answer could not be read."""
+
+
+class Transport(Protocol):
+    def call(self, command: dict[str, Any]) -> dict[str, Any]: ...
+
+    def describe(self) -> str: ...
+
+
+def _answer(raw: bytes, function_error: str | None) -> dict[str, Any]:
+    try:
+        answer = json.loads(raw or b"null")
+    except ValueError as error:
+        raise TransportError("the backend answered something that is not JSON") from error
+    if function_error or not isinstance(answer, dict):
+        message = answer.get("errorMessage") if isinstance(answer, dict) else None
+        return {"ok": False, "error": "function_error", "message": str(message or answer)}
+    return answer
+
+
+@dataclass(frozen=True)
+class LocalTransport:
+    """The dev server's backend endpoint (``agent-channel dev``)."""
+
+    base_url: str
+
+    def describe(self) -> str:
+        return self.base_url
+
+    def call(self, command: dict[str, Any]) -> dict[str, Any]:
+        url = self.base_url.rstrip("/") + "/_backend"
+        if not url.startswith(("http://", "https://")):
+            raise TransportError(f"--local must be an http(s) URL, got {self.base_url!r}")
+        request = urllib.request.Request(  # noqa: S310  (scheme checked above)
+            url,
+            data=json.dumps(command).encode("utf-8"),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:  # noqa: S310
+                return _answer(response.read(), response.headers.get("X-Amz-Function-Error"))
+        except urllib.error.HTTPError as error:
+            return _answer(error.read(), f"HTTP {error.code}")
+        except (urllib.error.URLError, OSError) as error:
+            raise TransportError(
+                f"cannot reach the local stack at {self.base_url} (is `agent-channel dev` "
+                f"running?): {error}"
+            ) from error
+
+
+@dataclass(frozen=True)
+class LambdaTransport:
+    """The deployed stack's BackendFunction, found through CloudFormation."""
+
+    stack_name: str
+    region: str | None = None
+
+    def describe(self) -> str:
+        return f"stack {self.stack_name}"
+
+    def function_name(self) -> str:
+        import boto3
+
+        cloudformation = boto3.client("cloudformation", region_name=self.region)
+        stacks = cloudformation.describe_stacks(StackName=self.stack_name)["Stacks"]
+        for output in stacks[0].get("Outputs", []) if stacks else []:
+            if output.get("OutputKey") == BACKEND_OUTPUT:
+                return str(output["OutputValue"])
+        resource = cloudformation.describe_stack_resource(
+            StackName=self.stack_name, LogicalResourceId=BACKEND_LOGICAL_ID
+        )
+        return str(resource["StackResourceDetail"]["PhysicalResourceId"])
+
+    def call(self, command: dict[str, Any]) -> dict[str, Any]:
+        import boto3
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            client = boto3.client("lambda", region_name=self.region)
+            response = client.invoke(
+                FunctionName=self.function_name(),
+                InvocationType="RequestResponse",
+                Payload=json.dumps(command).encode("utf-8"),
+            )
+        except (BotoCoreError, ClientError) as error:
+            raise TransportError(
+                f"cannot invoke the backend of {self.stack_name}: {error}"
+            ) from error
+        return _answer(response["Payload"].read(), response.get("FunctionError"))

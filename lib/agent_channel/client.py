@@ -1,0 +1,223 @@
+"""The reference agent client: what an MCP plugin embeds to serve one session.
+
+It connects with the owner's bearer token, sends a heartbeat every
+``heartbeat_seconds``, reconnects with jittered exponential backoff (1 s
+doubling to 60 s, reset once a connection has stayed up), and after every
+(re)connect replays the permission requests it still holds pending, so a
+decision pushed while its socket was down is not lost. Decisions for ids it
+does not hold are dropped. Dispatches and decisions reach the embedder through
+callbacks. See docs/PROTOCOL.md for the wire protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+Message = dict[str, Any]
+Callback = Callable[[Message], Awaitable[None] | None]
+
+PERMANENT_REFUSALS = frozenset({400, 401, 403})
+"""Upgrade answers that retrying cannot fix: bad parameters, token, or agent."""
+
+
+class ConnectRefused(Exception):
+    """The gateway refused the upgrade for good (400, 401 or 403)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"connection refused with HTTP {status}")
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Jittered exponential backoff: ``first`` doubling up to ``cap``."""
+
+    first: float = 1.0
+    cap: float = 60.0
+
+    def delay(self, failures: int) -> float:
+        ceiling = min(self.cap, self.first * 2.0 ** min(failures, 16))
+        # Equal jitter: never less than half the step (no hot loop), and spread
+        # so many plugins cut off together do not come back in lockstep.
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    url: str
+    """``ws://HOST:PORT/STAGE`` or ``wss://API.execute-api.REGION.amazonaws.com/STAGE``."""
+    token: str
+    agent_id: int
+    session_id: str = ""
+    heartbeat_seconds: float = 15.0
+    backoff: Backoff = field(default_factory=Backoff)
+    stable_after_seconds: float = 30.0
+    """A connection up this long resets the backoff to ``backoff.first``."""
+    token_in_query: bool = False
+    """Send the token as ``?token=`` instead of ``Authorization: Bearer``."""
+
+    def connect_url(self) -> str:
+        query: dict[str, str] = {"agent_id": str(self.agent_id)}
+        if self.session_id:
+            query["session_id"] = self.session_id
+        if self.token_in_query:
+            query["token"] = self.token
+        return f"{self.url}?{urlencode(query)}"
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.token_in_query else {"Authorization": f"Bearer {self.token}"}
+
+
+async def _call(callback: Callback | None, message: Message) -> None:
+    if callback is None:
+        return
+    result = callback(message)
+    if result is not None:
+        await result
+
+
+class AgentClient:
+    def __init__(
+        self,
+        config: ClientConfig,
+        *,
+        on_dispatch: Callback | None = None,
+        on_decision: Callback | None = None,
+        on_error: Callback | None = None,
+        on_state: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self._on_dispatch = on_dispatch
+        self._on_decision = on_decision
+        self._on_error = on_error
+        self._on_state = on_state or (lambda state: None)
+        self._pending: set[str] = set()
+        self._socket: ClientConnection | None = None
+        self.connected = asyncio.Event()
+        self.connections = 0
+        """How many times a connection was established (1 + reconnects)."""
+
+    # -- what the plugin tells the client ------------------------------------
+
+    def hold(self, request_id: str) -> None:
+        """A permission request now waits for a human's decision."""
+        self._pending.add(request_id)
+
+    def release(self, request_id: str) -> None:
+        """The plugin no longer waits for this decision."""
+        self._pending.discard(request_id)
+
+    @property
+    def pending(self) -> frozenset[str]:
+        return frozenset(self._pending)
+
+    async def send(self, message: Message) -> None:
+        """Send a frame on the current connection (dropped when there is none)."""
+        if self._socket is not None:
+            await self._socket.send(json.dumps(message))
+
+    # -- the connection loop -------------------------------------------------
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Stay connected until ``stop`` is set. Raises ConnectRefused when the
+        gateway refuses for good."""
+        stop = stop or asyncio.Event()
+        failures = 0
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            started = loop.time()
+            try:
+                await self._session(stop)
+                if not stop.is_set():
+                    self._on_state("disconnected by the server")
+            except websockets.InvalidStatus as error:
+                status = error.response.status_code
+                if status in PERMANENT_REFUSALS:
+                    self._on_state(f"refused {status}")
+                    raise ConnectRefused(status) from error
+                self._on_state(f"refused {status}; retrying")
+            except (OSError, websockets.WebSocketException, TimeoutError) as error:
+                self._on_state(f"connection lost ({type(error).__name__})")
+            if stop.is_set():
+                break
+            if loop.time() - started >= self.config.stable_after_seconds:
+                failures = 0
+            delay = self.config.backoff.delay(failures)
+            failures += 1
+            self._on_state(f"reconnecting in {delay:.1f}s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        async with websockets.connect(
+            self.config.connect_url(),
+            additional_headers=self.config.headers(),
+            open_timeout=10,
+        ) as socket:
+            self._socket = socket
+            self.connections += 1
+            self.connected.set()
+            self._on_state("connected")
+            heartbeat = asyncio.create_task(self._heartbeat(socket))
+            stopper = asyncio.create_task(stop.wait())
+            try:
+                await self._replay(socket)
+                reader = asyncio.create_task(self._read(socket))
+                done, _ = await asyncio.wait(
+                    {reader, stopper, heartbeat}, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in (reader, heartbeat):
+                    if task in done:
+                        task.result()  # a failure of either ends this connection
+                reader.cancel()
+            finally:
+                self.connected.clear()
+                self._socket = None
+                heartbeat.cancel()
+                stopper.cancel()
+            if stop.is_set():
+                await socket.close()
+
+    async def _replay(self, socket: ClientConnection) -> None:
+        # After every (re)connect: a decision pushed while the socket was down
+        # comes back only if asked for.
+        if self._pending:
+            ids = sorted(self._pending)
+            await socket.send(json.dumps({"action": "replay_permissions", "request_ids": ids}))
+
+    async def _heartbeat(self, socket: ClientConnection) -> None:
+        while True:
+            await socket.send(json.dumps({"action": "heartbeat"}))
+            await asyncio.sleep(self.config.heartbeat_seconds)
+
+    async def _read(self, socket: ClientConnection) -> None:
+        async for frame in socket:
+            try:
+                message = json.loads(frame)
+            except ValueError:
+                continue
+            if isinstance(message, dict):
+                await self._handle(message)
+
+    async def _handle(self, message: Message) -> None:
+        kind = message.get("type")
+        if kind == "dispatch":
+            await _call(self._on_dispatch, message)
+        elif kind == "permission_decision":
+            request_id = message.get("request_id")
+            if not isinstance(request_id, str) or request_id not in self._pending:
+                return  # not ours (any more): replay is idempotent by design
+            self._pending.discard(request_id)
+            await _call(self._on_decision, message)
+        elif kind == "error":
+            await _call(self._on_error, message)

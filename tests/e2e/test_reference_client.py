@@ -1,0 +1,156 @@
+"""The reference agent client (agent_channel.client) against the dev server:
+heartbeat, reconnect with backoff, and replay after reconnect. Nothing mocked: the
+connection is cut through the real @connections API, as a backend would cut it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import boto3
+import pytest
+
+from agent_channel.client import AgentClient, Backoff, ClientConfig, ConnectRefused
+from tests.e2e.stack import HEARTBEAT_SECONDS, STALE_AFTER_SECONDS, DevServer
+
+pytestmark = pytest.mark.e2e
+
+STEP_TIMEOUT = 15.0
+
+
+def config(dev: DevServer, agent_id: int, **overrides: Any) -> ClientConfig:
+    settings: dict[str, Any] = {
+        "url": dev.ws_url,
+        "token": dev.token,
+        "agent_id": agent_id,
+        "session_id": "plugin-1",
+        "heartbeat_seconds": HEARTBEAT_SECONDS,
+        "backoff": Backoff(first=2.0, cap=4.0),
+    }
+    settings.update(overrides)
+    return ClientConfig(**settings)
+
+
+async def eventually(check: Any, what: str, timeout: float = STEP_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+def test_heartbeat_reconnect_and_replay_of_a_decision_made_offline(dev: DevServer) -> None:
+    agent_id, _ = dev.new_agent("plugin")
+    decisions: list[dict[str, Any]] = []
+    states: list[tuple[float, str]] = []
+    client = AgentClient(
+        config(dev, agent_id),
+        on_decision=decisions.append,
+        on_state=lambda state: states.append((time.monotonic(), state)),
+    )
+    client.hold("r-offline")
+    client.hold("r-still-waiting")
+    api = boto3.client(
+        "apigatewaymanagementapi",
+        endpoint_url=dev.callback_url,
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+    )
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        running = asyncio.create_task(client.run(stop))
+        try:
+            await asyncio.wait_for(client.connected.wait(), STEP_TIMEOUT)
+
+            # Heartbeats keep the lease live well past STALE_AFTER.
+            await asyncio.sleep(STALE_AFTER_SECONDS + 2)
+            presence = await asyncio.to_thread(dev.presence, agent_id)
+            assert presence["routing"] is True
+            assert presence["live_sessions"] == 1
+            assert presence["leases"][0]["last_seen_seconds_ago"] < STALE_AFTER_SECONDS
+            connection_id = presence["leases"][0]["connection_id"]
+
+            # A decision for an id the client does not hold is dropped.
+            unheld = await asyncio.to_thread(
+                dev.cli,
+                "decide",
+                "--agent",
+                str(agent_id),
+                "--request",
+                "r-unheld",
+                "--allow",
+                "--by",
+                str(dev.owner_id),
+            )
+            assert unheld["delivered"] == [connection_id]
+
+            # The backend cuts the socket; the decision is made while it is down.
+            await asyncio.to_thread(api.delete_connection, ConnectionId=connection_id)
+            await eventually(lambda: not client.connected.is_set(), "the client to notice")
+            offline = await asyncio.to_thread(
+                dev.cli,
+                "decide",
+                "--agent",
+                str(agent_id),
+                "--request",
+                "r-offline",
+                "--deny",
+                "--by",
+                str(dev.owner_id),
+            )
+            assert offline["delivered"] == []
+
+            # Back after the backoff, the replay brings the decision.
+            await eventually(lambda: client.connections == 2, "the reconnect")
+            await eventually(lambda: bool(decisions), "the replayed decision")
+        finally:
+            stop.set()
+            await asyncio.wait_for(running, STEP_TIMEOUT)
+
+    asyncio.run(scenario())
+
+    assert [(d["request_id"], d["behavior"]) for d in decisions] == [("r-offline", "deny")]
+    assert decisions[0]["agent_id"] == agent_id
+    assert client.pending == {"r-still-waiting"}
+    lost = next(t for t, s in states if s.startswith(("disconnected", "connection lost")))
+    back = [t for t, s in states if s == "connected"][1]
+    # Jittered backoff from 2 s: never sooner than half the first step.
+    assert back - lost >= 1.0
+
+
+def test_a_refused_token_stops_the_client_instead_of_retrying(dev: DevServer) -> None:
+    client = AgentClient(config(dev, dev.agent_id, token="act_revoked-or-never-issued"))
+
+    async def scenario() -> None:
+        with pytest.raises(ConnectRefused) as refused:
+            await asyncio.wait_for(client.run(), STEP_TIMEOUT)
+        assert refused.value.status == 401
+
+    asyncio.run(scenario())
+    assert client.connections == 0
+
+
+def test_the_token_may_travel_in_the_query(dev: DevServer) -> None:
+    agent_id, _ = dev.new_agent("query-token")
+    client = AgentClient(config(dev, agent_id, token_in_query=True))
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        running = asyncio.create_task(client.run(stop))
+        await asyncio.wait_for(client.connected.wait(), STEP_TIMEOUT)
+        stop.set()
+        await asyncio.wait_for(running, STEP_TIMEOUT)
+
+    asyncio.run(scenario())
+    assert client.connections == 1
+
+
+def test_backoff_doubles_from_one_second_to_a_minute_with_jitter() -> None:
+    backoff = Backoff()
+    for failures, ceiling in [(0, 1.0), (1, 2.0), (2, 4.0), (5, 32.0), (6, 60.0), (40, 60.0)]:
+        delays = [backoff.delay(failures) for _ in range(50)]
+        assert all(ceiling / 2 <= delay <= ceiling for delay in delays)
+        assert len(set(delays)) > 1

@@ -1,0 +1,51 @@
+"""Read back what was published to the backend's EventBridge bus, as the backend
+would: a rule on the bus matching source and detail-type, with an SQS target."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+
+from agent_channel.task_events import SOURCE, TASK_CANCELLED
+
+
+@dataclass
+class EventTap:
+    queue_url: str
+
+    def drain(self) -> list[dict[str, Any]]:
+        """Every event delivered so far (each at most once: they are deleted)."""
+        sqs = boto3.client("sqs")
+        events: list[dict[str, Any]] = []
+        while True:
+            response = sqs.receive_message(
+                QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
+            )
+            messages = response.get("Messages", [])
+            if not messages:
+                return events
+            for message in messages:
+                events.append(json.loads(message["Body"]))
+                sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+
+def install_event_tap(bus_name: str, detail_type: str = TASK_CANCELLED) -> EventTap:
+    events = boto3.client("events")
+    sqs = boto3.client("sqs")
+    if bus_name != "default":
+        events.create_event_bus(Name=bus_name)
+    queue_url = sqs.create_queue(QueueName=f"tap-{detail_type.replace('.', '-')}")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    rule = f"tap-{detail_type.replace('.', '-')}"
+    events.put_rule(
+        Name=rule,
+        EventBusName=bus_name,
+        EventPattern=json.dumps({"source": [SOURCE], "detail-type": [detail_type]}),
+    )
+    events.put_targets(Rule=rule, EventBusName=bus_name, Targets=[{"Id": "tap", "Arn": queue_arn}])
+    return EventTap(queue_url)

@@ -1,0 +1,132 @@
+"""A fresh moto account with one owner and one channel agent, and the operations
+the presence scenarios are made of, each a handler invocation as API Gateway
+would make it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import cache
+from typing import Any
+
+import boto3
+from moto import mock_aws
+
+from agent_channel import accounts, runtime
+from agent_channel.config import CHANNEL_AGENT_MODEL, settings
+from agent_channel.dynamo_store import connection_key
+from agent_channel.local.apigw_events import scheduled_event
+from agent_channel.models import ConnectionRecord, LeaseRecord, lease_sk, user_pk
+from agent_channel.presence_types import Presence
+from tests.support.clock import FakeClock
+from tests.support.fixtures import create_table
+from tests.support.gateway import Gateway, invoke
+
+
+class PresenceWorld:
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.gateway = Gateway()
+        owner = accounts.create_user("owner")
+        self.token = accounts.issue_token(owner.user_id)
+        self.agent_id = accounts.create_agent("agent", owner.user_id, CHANNEL_AGENT_MODEL).user_id
+        self.connections: dict[str, str] = {}
+
+    # -- set-up, run before the actors start -------------------------------------
+    def open(self, name: str, session_id: str | None = None) -> str:
+        query = {"agent_id": str(self.agent_id), "session_id": session_id or name}
+        connected = self.gateway.connect(query, token=self.token, connection_id=f"{name}=")
+        assert connected.status == 200
+        self.connections[name] = connected.connection_id
+        return connected.connection_id
+
+    def make_stale(self, name: str) -> None:
+        """The plugin behind this socket stopped heartbeating long ago."""
+        lease = LeaseRecord(user_pk(self.agent_id), lease_sk(self.connections[name]))
+        lease.update(actions=[LeaseRecord.last_seen_at.set(self.clock() - 10_000)])
+
+    def reap_by_sweep(self) -> None:
+        invoke("sweeper", scheduled_event())
+
+    # -- actors --------------------------------------------------------------------
+    def subscribe(self, name: str, session_id: str | None = None) -> Callable[[], Any]:
+        def act() -> Any:
+            query = {"agent_id": str(self.agent_id), "session_id": session_id or name}
+            result = self.gateway.connect(query, token=self.token, connection_id=f"{name}=")
+            self.connections[name] = result.connection_id
+            return result.status
+
+        return act
+
+    def subscribe_then_heartbeat(self, name: str, session_id: str) -> Callable[[], Any]:
+        subscribe = self.subscribe(name, session_id)
+
+        def act() -> Any:
+            status = subscribe()
+            if status == 200:
+                self.gateway.send(f"{name}=", {"action": "heartbeat"})
+            return status
+
+        return act
+
+    def disconnect(self, name: str) -> Callable[[], Any]:
+        return lambda: self.gateway.disconnect(f"{name}=").get("body")
+
+    def heartbeat(self, name: str) -> Callable[[], Any]:
+        def act() -> Any:
+            if f"{name}=" not in self.gateway.contexts:
+                return None  # a frame cannot arrive on a socket that is not open
+            return self.gateway.send(f"{name}=", {"action": "heartbeat"})
+
+        return act
+
+    def sweep(self) -> Callable[[], Any]:
+        return lambda: invoke("sweeper", scheduled_event())
+
+    # -- observation ---------------------------------------------------------------
+    def presence(self) -> Presence:
+        presence = runtime.presence_store().read(self.agent_id)
+        assert presence is not None
+        return presence
+
+    def live_connection_ids(self) -> set[str]:
+        return {
+            connection_id
+            for connection_id in self.connections.values()
+            if _exists(ConnectionRecord, *connection_key(connection_id))
+        }
+
+    def schedules(self) -> list[dict[str, Any]]:
+        return _scheduler().list_schedules(GroupName=settings().schedule_group)["Schedules"]
+
+    def check_invariants(self) -> None:
+        """Invariant 1 of the design, plus: no lease outlives its connection."""
+        presence = self.presence()
+        cutoff = self.clock() - settings().stale_after_seconds
+        live = presence.live_leases(cutoff)
+        assert not live or presence.routing_on, f"live session left unroutable: {presence}"
+        assert not presence.routing_on or presence.leases, f"routing on with no lease: {presence}"
+        open_connections = self.live_connection_ids()
+        for lease in presence.leases:
+            assert lease.connection_id in open_connections, f"lease resurrected: {lease}"
+
+
+@cache
+def _scheduler() -> Any:
+    return boto3.client("scheduler")
+
+
+def _exists(model: type[ConnectionRecord], pk: str, sk: str) -> bool:
+    try:
+        model.get(pk, sk, consistent_read=True)
+    except model.DoesNotExist:
+        return False
+    return True
+
+
+@contextmanager
+def fresh_world(clock: FakeClock) -> Iterator[PresenceWorld]:
+    with mock_aws():
+        create_table()
+        _scheduler().create_schedule_group(Name=settings().schedule_group)
+        yield PresenceWorld(clock)
