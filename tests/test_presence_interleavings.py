@@ -12,6 +12,7 @@ from agent_channel.config import settings
 from agent_channel.dynamo_store import DynamoPresenceStore
 from agent_channel.presence_types import Lease, Presence
 from tests.support.clock import FakeClock
+from tests.support.gateway import function
 from tests.support.interleave import (
     Chooser,
     InterleavingError,
@@ -20,12 +21,14 @@ from tests.support.interleave import (
     random_chooser,
     run_once,
 )
-from tests.support.gateway import function
 from tests.support.presence_world import PresenceWorld, fresh_world
 
 SCHEDULE_WRITES = ("CreateSchedule", "UpdateSchedule")
 
-Scenario = Callable[[PresenceWorld], tuple[list[tuple[str, Callable[[], object]]], Callable[[PresenceWorld, Run], None]]]
+Scenario = Callable[
+    [PresenceWorld],
+    tuple[list[tuple[str, Callable[[], object]]], Callable[[PresenceWorld, Run], None]],
+]
 
 
 @pytest.fixture(autouse=True)
@@ -217,7 +220,9 @@ def test_the_harness_catches_an_unconditioned_clear(
     broken = UnconditionedClearStore(settings())
     for route in ("disconnect", "sweeper"):
         monkeypatch.setattr(function(route), "store", broken)
-    with pytest.raises(InterleavingError, match="unroutable|lost to a concurrent clear|routing_on"):
+    with pytest.raises(
+        InterleavingError, match=r"unroutable|lost to a concurrent clear|routing_on"
+    ):
         explore(lambda choose: run_scenario(scenario, fake_clock, choose))
 
 
@@ -271,7 +276,9 @@ RANDOM_RUNS = 40
 
 
 @pytest.mark.parametrize("scenario", [larger_scenario, last_out_everyone], ids=lambda s: s.__name__)
-def test_random_interleavings_of_larger_scenarios(scenario: Callable, fake_clock: FakeClock) -> None:
+def test_random_interleavings_of_larger_scenarios(
+    scenario: Callable, fake_clock: FakeClock
+) -> None:
     traces = set()
     for seed in range(RANDOM_RUNS):
         run = run_scenario(scenario, fake_clock, random_chooser(seed))

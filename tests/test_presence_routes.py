@@ -17,6 +17,7 @@ from agent_channel.local.request_counter import counting_requests
 from agent_channel.models import ConnectionRecord, Record
 from agent_channel.presence_types import Presence
 from tests.support.clock import FakeClock
+from tests.support.faults import failing_requests
 from tests.support.fixtures import World
 from tests.support.gateway import Gateway, invoke
 from tests.support.logs import captured_log_lines
@@ -156,7 +157,9 @@ def test_a_sibling_keeps_routing_on_and_a_session_grace_is_scheduled(
     first = gateway.connect(agent_query(world, "s1"), token=world.owner_token)
     gateway.connect(agent_query(world, "s2"), token=world.owner_token)
     dropped_token = next(
-        lease.token for lease in presence(world).leases if lease.connection_id == first.connection_id
+        lease.token
+        for lease in presence(world).leases
+        if lease.connection_id == first.connection_id
     )
     assert gateway.disconnect(first.connection_id)["body"] == "sibling_remains"
 
@@ -327,3 +330,44 @@ def test_every_log_line_names_connection_and_agent_and_no_token(world: World) ->
         assert line["agent_id"] == world.agent_id, line
         assert line.get("request_id"), line
     assert world.owner_token not in json.dumps(lines)
+
+
+# -- Scheduler unavailable during $disconnect ------------------------------------------
+
+
+def test_a_scheduler_outage_still_clears_routing_and_the_sweeper_reschedules(
+    world: World, fake_clock: FakeClock
+) -> None:
+    gateway = Gateway()
+    only = gateway.connect(agent_query(world), token=world.owner_token)
+    token = presence(world).leases[0].token
+    with failing_requests(
+        "scheduler", {"CreateSchedule", "UpdateSchedule"}, "ServiceUnavailable"
+    ) as failed:
+        assert gateway.disconnect(only.connection_id)["body"] == "last_out"
+    assert failed, "the fault was injected"
+    assert not presence(world).routing_on, "routing is cleared whatever Scheduler says"
+    assert schedule(schedule_name(world.agent_id, None)) is None
+
+    fake_clock.advance(60)
+    invoke("sweeper", scheduled_event())
+    created = schedule(schedule_name(world.agent_id, None))
+    assert created is not None, "the sweeper paid the owed grace"
+    assert json.loads(created["Target"]["Input"])["subscription_token"] == token
+    due = datetime.fromtimestamp(fake_clock(), tz=UTC)
+    assert created["ScheduleExpression"] == f"at({due:%Y-%m-%dT%H:%M:%S})"
+    from agent_channel.models import UserRecord
+
+    agent = UserRecord.get(f"USER#{world.agent_id}", "USER")
+    assert agent.grace_owed_token is None and agent.gsi1pk is None
+
+
+def test_an_owed_grace_is_forgotten_when_the_agent_comes_back(world: World) -> None:
+    gateway = Gateway()
+    only = gateway.connect(agent_query(world), token=world.owner_token)
+    with failing_requests("scheduler", {"CreateSchedule", "UpdateSchedule"}, "ServiceUnavailable"):
+        gateway.disconnect(only.connection_id)
+    gateway.connect(agent_query(world), token=world.owner_token)
+    invoke("sweeper", scheduled_event())
+    assert schedule(schedule_name(world.agent_id, None)) is None
+    assert presence(world).routing_on

@@ -48,5 +48,10 @@ def test_last_one_out_takes_four_dynamodb_requests(world: World) -> None:
     only = connect(gateway, world, "s1")
     with counting_requests() as counter:
         gateway.disconnect(only)
-    assert counter.of("dynamodb") == ["TransactWriteItems", "DeleteItem", "Query", "TransactWriteItems"]
+    assert counter.of("dynamodb") == [
+        "TransactWriteItems",
+        "DeleteItem",
+        "Query",
+        "TransactWriteItems",
+    ]
     assert counter.of("scheduler") == ["CreateSchedule"]

@@ -6,7 +6,9 @@ def test_channel_agent_connects_and_disconnects(world: World) -> None:
     from agent_channel import runtime
 
     gateway = Gateway()
-    result = gateway.connect({"agent_id": str(world.agent_id), "session_id": "s1"}, token=world.owner_token)
+    result = gateway.connect(
+        {"agent_id": str(world.agent_id), "session_id": "s1"}, token=world.owner_token
+    )
     assert result.status == 200
     presence = runtime.presence_store().read(world.agent_id)
     assert presence is not None and presence.routing_on and len(presence.leases) == 1

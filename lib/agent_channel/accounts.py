@@ -59,7 +59,11 @@ def issue_token(user_id: int, label: str = "") -> str:
         raise ValueError(f"no user {user_id}")
     token = mint_bearer_token()
     TokenRecord(
-        f"TOKEN#{token_digest(token)}", "TOKEN", user_id=user_id, label=label, created_at=clock.now()
+        f"TOKEN#{token_digest(token)}",
+        "TOKEN",
+        user_id=user_id,
+        label=label,
+        created_at=clock.now(),
     ).save(condition=TokenRecord.pk.does_not_exist())
     return token
 

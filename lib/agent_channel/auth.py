@@ -138,7 +138,8 @@ def authorize(headers: dict[str, str], query: dict[str, str]) -> Authorization:
             return Authorization(Verdict.FORBIDDEN)
         kind = TARGET_CHANNEL_AGENT if target.model == CHANNEL_AGENT_MODEL else TARGET_AGENT
         return Authorization(
-            Verdict.ALLOW, Caller(user_id, kind, agent_id=request.agent_id, session_id=request.session_id)
+            Verdict.ALLOW,
+            Caller(user_id, kind, agent_id=request.agent_id, session_id=request.session_id),
         )
 
     if not isinstance(target, TopicRecord) or not can_read_topic(target, user_id):

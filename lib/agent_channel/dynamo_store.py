@@ -15,9 +15,10 @@ from pynamodb.exceptions import DeleteError, TransactWriteError, UpdateError
 from pynamodb.expressions.condition import Condition
 from pynamodb.transactions import TransactWrite
 
-from agent_channel.config import CHANNEL_AGENT_MODEL, Settings
 from agent_channel import models
+from agent_channel.config import CHANNEL_AGENT_MODEL, Settings
 from agent_channel.models import (
+    GRACE_OWED,
     ConnectionRecord,
     LeaseRecord,
     Record,
@@ -29,7 +30,14 @@ from agent_channel.models import (
     user_pk,
 )
 from agent_channel.presence_store import AccessDenied
-from agent_channel.presence_types import Attachment, Lease, Presence, Subscription, agent_stream
+from agent_channel.presence_types import (
+    Attachment,
+    GraceCancellation,
+    Lease,
+    Presence,
+    Subscription,
+    agent_stream,
+)
 
 MAX_STALE_PER_TRANSACTION = 99
 """A transaction holds 100 items: the agent's user item and up to 99 stale leases."""
@@ -157,6 +165,10 @@ class DynamoPresenceStore:
                 UserRecord.presence_version.add(1),
                 UserRecord.gsi1pk.set(routed_shard(agent_id)),
                 UserRecord.gsi1sk.set(str(agent_id)),
+                # The agent is back: a grace still owed from its last departure
+                # is moot (cancel_offline would find routing on and do nothing).
+                UserRecord.grace_owed_token.remove(),
+                UserRecord.grace_owed_due.remove(),
             ],
             # The agent may have been deleted or handed to another owner since the
             # authorizer read it.
@@ -224,9 +236,9 @@ class DynamoPresenceStore:
         condition: Condition
         if attachment.topic_id is not None:
             target_pk, target_sk = f"TOPIC#{attachment.topic_id}", "TOPIC"
-            condition = (TopicRecord.owner_id == attachment.user_id) | TopicRecord.reader_ids.contains(
-                attachment.user_id
-            )
+            condition = (
+                TopicRecord.owner_id == attachment.user_id
+            ) | TopicRecord.reader_ids.contains(attachment.user_id)
             target_model: type[Record] = TopicRecord
         elif attachment.agent_id is not None:
             target_pk, target_sk = user_pk(attachment.agent_id), "USER"
@@ -320,6 +332,49 @@ class DynamoPresenceStore:
                 return False
             raise
         return True
+
+    def owe_grace(self, cancellation: GraceCancellation, due_at: float) -> bool:
+        try:
+            UserRecord(user_pk(cancellation.agent_id), "USER").update(
+                actions=[
+                    UserRecord.grace_owed_token.set(cancellation.subscription_token),
+                    UserRecord.grace_owed_due.set(due_at),
+                    UserRecord.gsi1pk.set(GRACE_OWED),
+                    UserRecord.gsi1sk.set(str(cancellation.agent_id)),
+                ],
+                # If a subscribe turned routing back on meanwhile, nothing is owed,
+                # and its ROUTED index entry must not be overwritten.
+                condition=UserRecord.routing_expression != "true",
+            )
+        except UpdateError as error:
+            if _condition_failed(error):
+                return False
+            raise
+        return True
+
+    def owed_graces(self) -> list[tuple[GraceCancellation, float]]:
+        owed: list[tuple[GraceCancellation, float]] = []
+        for record in Record.gsi1.query(GRACE_OWED):
+            if isinstance(record, UserRecord) and record.grace_owed_token is not None:
+                cancellation = GraceCancellation(int(record.user_id), record.grace_owed_token)
+                owed.append((cancellation, float(record.grace_owed_due or 0)))
+        return owed
+
+    def settle_owed_grace(self, cancellation: GraceCancellation) -> None:
+        try:
+            UserRecord(user_pk(cancellation.agent_id), "USER").update(
+                actions=[
+                    UserRecord.grace_owed_token.remove(),
+                    UserRecord.grace_owed_due.remove(),
+                    UserRecord.gsi1pk.remove(),
+                    UserRecord.gsi1sk.remove(),
+                ],
+                # Only the debt we paid: a newer departure may have replaced it.
+                condition=UserRecord.grace_owed_token == cancellation.subscription_token,
+            )
+        except UpdateError as error:
+            if not _condition_failed(error):
+                raise
 
     def routed_agents(self) -> list[int]:
         agents: list[int] = []

@@ -26,6 +26,7 @@ routed agents for the sweeper, delegated tasks by agent, and session topics.
 from __future__ import annotations
 
 import os
+
 from pynamodb.attributes import (
     BooleanAttribute,
     DiscriminatorAttribute,
@@ -94,6 +95,10 @@ def lease_sk(connection_id: str) -> str:
     return f"LEASE#{connection_id}"
 
 
+GRACE_OWED = "GRACE_OWED"
+"""gsi1 partition of agents whose agent-wide grace is owed (rare, so unsharded)."""
+
+
 def routed_shard(agent_id: int) -> str:
     return f"ROUTED#{agent_id % ROUTED_SHARDS}"
 
@@ -108,6 +113,10 @@ class UserRecord(Record, discriminator="user"):
     routing_expression = UnicodeAttribute(default="")
     routing_subscription_token = UnicodeAttribute(null=True)
     presence_version = NumberAttribute(default=0)
+    # A grace cancellation that could not be scheduled (Scheduler unavailable):
+    # the sweeper finds it through gsi1 ``GRACE_OWED`` and schedules it again.
+    grace_owed_token = UnicodeAttribute(null=True)
+    grace_owed_due = NumberAttribute(null=True)
     created_at = NumberAttribute()
 
     @property

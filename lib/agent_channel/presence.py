@@ -34,9 +34,7 @@ class Settled(enum.StrEnum):
     CONFLICT = "conflict"
 
 
-def subscribe(
-    store: PresenceStore, scheduler: GraceScheduler, subscription: Subscription
-) -> str:
+def subscribe(store: PresenceStore, scheduler: GraceScheduler, subscription: Subscription) -> str:
     """Attach a channel agent's socket, mint its lease and turn routing on."""
     token = mint_lease_token()
     store.subscribe(subscription, token, clock.now())
@@ -92,6 +90,8 @@ def sweep(store: PresenceStore, scheduler: GraceScheduler, settings: Settings) -
     """Settle every routed agent: an agent whose plugins all crashed without a
     $disconnect becomes unroutable within STALE_AFTER plus one sweep."""
     outcomes: dict[str, int] = {}
+    for cancellation, due_at in store.owed_graces():
+        _pay_owed_grace(store, scheduler, cancellation, due_at)
     for agent_id in store.routed_agents():
         try:
             outcome = settle(store, scheduler, settings, agent_id, dropped=None)
@@ -100,6 +100,18 @@ def sweep(store: PresenceStore, scheduler: GraceScheduler, settings: Settings) -
             outcome = Settled.CONFLICT
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
     return outcomes
+
+
+def _pay_owed_grace(
+    store: PresenceStore, scheduler: GraceScheduler, cancellation: GraceCancellation, due_at: float
+) -> None:
+    try:
+        scheduler.schedule(cancellation, max(due_at, clock.now()))
+    except Exception:
+        logger.warning("owed grace still cannot be scheduled", exc_info=True)
+        return
+    count("GraceRescheduled")
+    store.settle_owed_grace(cancellation)
 
 
 def settle(
@@ -129,7 +141,7 @@ def settle(
         live = presence.live_leases(cutoff)
         if live:
             reaped = store.reap(stale, cutoff) if stale else []
-            _schedule_sessions(scheduler, settings, presence, live, dropped, reaped, now)
+            _schedule_sessions(store, scheduler, settings, presence, live, dropped, reaped, now)
             return Settled.SIBLING_REMAINS
         if dropped is None and not presence.routing_on:
             if stale:
@@ -140,7 +152,7 @@ def settle(
             continue
         if store.clear_routing(presence, stale, cutoff):
             token = dropped.token if dropped else (presence.subscription_token or "")
-            _schedule(scheduler, settings, GraceCancellation(agent_id, token), now)
+            _schedule(store, scheduler, settings, GraceCancellation(agent_id, token), now)
             logger.info("last one out: routing cleared", extra={"reaped": len(stale)})
             return Settled.LAST_OUT
     count("PresenceConflicts")
@@ -149,6 +161,7 @@ def settle(
 
 
 def _schedule_sessions(
+    store: PresenceStore,
     scheduler: GraceScheduler,
     settings: Settings,
     presence: Presence,
@@ -167,18 +180,29 @@ def _schedule_sessions(
     if dropped is not None and dropped.session_id:
         sessions[dropped.session_id] = dropped.token
     for session_id, token in sessions.items():
-        _schedule(
-            scheduler, settings, GraceCancellation(presence.agent_id, token, session_id), now
-        )
+        cancellation = GraceCancellation(presence.agent_id, token, session_id)
+        _schedule(store, scheduler, settings, cancellation, now)
 
 
 def _schedule(
-    scheduler: GraceScheduler, settings: Settings, cancellation: GraceCancellation, now: float
+    store: PresenceStore,
+    scheduler: GraceScheduler,
+    settings: Settings,
+    cancellation: GraceCancellation,
+    now: float,
 ) -> None:
+    due_at = now + settings.grace_seconds
     try:
-        scheduler.schedule(cancellation, now + settings.grace_seconds)
+        scheduler.schedule(cancellation, due_at)
     except Exception:
-        # Routing is already settled; a lost schedule only leaves delegated work
-        # waiting, which the sweeper's next pass cannot repair, so make it loud.
+        # Routing is already settled and stays so. The agent-wide grace is owed:
+        # recorded on the agent so the sweeper schedules it once Scheduler answers.
+        # A session-scoped grace is not recorded; the agent-wide one, when its
+        # last session leaves, covers that session's work too.
         count("GraceScheduleFailures")
         logger.exception("could not schedule a grace cancellation")
+        if cancellation.session_id is None:
+            try:
+                store.owe_grace(cancellation, due_at)
+            except Exception:
+                logger.exception("could not record the owed grace either")

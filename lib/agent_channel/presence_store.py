@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from agent_channel.presence_types import Attachment, Lease, Presence, Subscription
+from agent_channel.presence_types import (
+    Attachment,
+    GraceCancellation,
+    Lease,
+    Presence,
+    Subscription,
+)
 
 
 class AccessDenied(Exception):
@@ -43,6 +49,16 @@ class PresenceStore(Protocol):
     def clear_routing(self, seen: Presence, stale: Sequence[Lease], cutoff: float) -> bool:
         """Turn routing off and delete ``stale``, only if the presence version is
         still ``seen.version`` and each stale lease is still stale. False on conflict."""
+
+    def owe_grace(self, cancellation: GraceCancellation, due_at: float) -> bool:
+        """Remember an agent-wide grace that could not be scheduled, unless routing
+        is back on; False if nothing was recorded."""
+
+    def owed_graces(self) -> list[tuple[GraceCancellation, float]]:
+        """Grace cancellations still owed, with their due times (from an index)."""
+
+    def settle_owed_grace(self, cancellation: GraceCancellation) -> None:
+        """Forget an owed grace once scheduled (only if it is still the same one)."""
 
     def routed_agents(self) -> list[int]:
         """Agents whose routing is on, from an index (may lag; decide on a read)."""

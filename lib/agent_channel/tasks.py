@@ -11,7 +11,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pynamodb.exceptions import TransactWriteError, UpdateError
+from pynamodb.exceptions import TransactWriteError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 
@@ -188,7 +188,11 @@ def _transition(
             if take_slot:
                 writes.save(
                     SlotRecord(
-                        slot_pk, slot_sk, agent_id=agent_id, task_id=task_id, acquired_at=clock.now()
+                        slot_pk,
+                        slot_sk,
+                        agent_id=agent_id,
+                        task_id=task_id,
+                        acquired_at=clock.now(),
                     )
                 )
             if free_slot:

@@ -11,19 +11,17 @@ from types import ModuleType
 from typing import Any
 
 from agent_channel.handler_kit import LocalContext
+from agent_channel.local import stack_template
 from agent_channel.local.apigw_events import (
     authorizer_context_for_routes,
     authorizer_event,
     route_event,
 )
+from agent_channel.local.gateway import select_route
 
-ROUTE_FUNCTIONS = {
-    "$connect": "connect",
-    "$disconnect": "disconnect",
-    "heartbeat": "heartbeat",
-    "replay_permissions": "replay",
-    "$default": "default",
-}
+# The routes exactly as template.yaml wires them.
+ROUTE_FUNCTIONS = stack_template.routes()
+AUTHORIZER_FUNCTION = stack_template.authorizer_function()
 
 
 def function(name: str) -> ModuleType:
@@ -59,7 +57,8 @@ class Gateway:
             full_query["token"] = token
         try:
             policy = invoke(
-                "authorize", authorizer_event(connection_id, headers=headers, query=full_query)
+                AUTHORIZER_FUNCTION,
+                authorizer_event(connection_id, headers=headers, query=full_query),
             )
         except PermissionError:
             return Connected(401, connection_id)
@@ -67,7 +66,7 @@ class Gateway:
             return Connected(403, connection_id)
         context = authorizer_context_for_routes(policy)
         result = invoke(
-            "connect",
+            ROUTE_FUNCTIONS["$connect"],
             route_event(
                 "$connect", connection_id, authorizer=context, headers=headers, query=full_query
             ),
@@ -78,16 +77,10 @@ class Gateway:
 
     def send(self, connection_id: str, body: Any) -> Any:
         raw = body if isinstance(body, str) else json.dumps(body)
-        try:
-            action = json.loads(raw).get("action")
-        except (ValueError, AttributeError):
-            action = None
-        route = action if action in ROUTE_FUNCTIONS and not action.startswith("$") else "$default"
+        route = select_route(raw, ROUTE_FUNCTIONS)
         event = route_event(route, connection_id, authorizer=self.contexts[connection_id], body=raw)
         return invoke(ROUTE_FUNCTIONS[route], event)
 
     def disconnect(self, connection_id: str) -> Any:
-        event = route_event(
-            "$disconnect", connection_id, authorizer=self.contexts[connection_id]
-        )
-        return invoke("disconnect", event)
+        event = route_event("$disconnect", connection_id, authorizer=self.contexts[connection_id])
+        return invoke(ROUTE_FUNCTIONS["$disconnect"], event)

@@ -31,7 +31,7 @@ Chooser = Callable[[list[tuple[str, Footprint]]], int]
 ActorFn = Callable[[], Any]
 
 _current = threading.local()
-_original_make_api_call = botocore.client.BaseClient._make_api_call
+_original_make_api_call = botocore.client.BaseClient._make_api_call  # type: ignore[attr-defined]
 QUIESCENCE_TIMEOUT = 20.0
 
 

@@ -25,8 +25,10 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-MESSAGE_LIMIT = 128 * 1024
-"""API Gateway refuses a WebSocket frame over 128 KB."""
+from agent_channel.config import API_GATEWAY_MESSAGE_LIMIT
+
+MESSAGE_LIMIT = API_GATEWAY_MESSAGE_LIMIT
+"""API Gateway refuses a WebSocket frame over 128 KB (413 PayloadTooLargeException)."""
 
 
 class ConnectionSink(Protocol):

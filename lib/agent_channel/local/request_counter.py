@@ -13,7 +13,7 @@ from typing import Any
 
 import botocore.client
 
-_original = botocore.client.BaseClient._make_api_call
+_original = botocore.client.BaseClient._make_api_call  # type: ignore[attr-defined]
 
 
 class RequestCounter:
@@ -38,8 +38,8 @@ def counting_requests() -> Iterator[RequestCounter]:
         counter.requests.append((self.meta.service_model.service_name, operation))
         return _original(self, operation, params)
 
-    botocore.client.BaseClient._make_api_call = counted  # type: ignore[method-assign]
+    botocore.client.BaseClient._make_api_call = counted  # type: ignore[attr-defined]
     try:
         yield counter
     finally:
-        botocore.client.BaseClient._make_api_call = _original  # type: ignore[method-assign]
+        botocore.client.BaseClient._make_api_call = _original  # type: ignore[attr-defined]
