@@ -291,6 +291,7 @@ def test_heartbeat_restores_a_reaped_lease_while_the_socket_is_open(
     [lease] = restored.leases
     assert lease.connection_id == result.connection_id
     assert restored.subscription_token == lease.token
+    assert schedule(schedule_name(world.agent_id, None)) is None, "pending grace withdrawn"
 
 
 def test_heartbeat_never_resurrects_a_removed_connection(world: World) -> None:

@@ -84,6 +84,7 @@ CALLS: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:ConditionCheckItem", "table"),
         ("dynamodb:PutItem", "table"),
         ("dynamodb:UpdateItem", "table"),
+        ("scheduler:DeleteSchedule", "group"),
     },
     "replay": GONE_PATH
     | {

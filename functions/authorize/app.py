@@ -25,16 +25,35 @@ def _policy(effect: str, resource: str, principal: str) -> dict[str, Any]:
     }
 
 
+def _strings(value: Any) -> dict[str, str]:
+    """A header or query map as API Gateway sends it: string values only. Anything
+    else (a malformed or hand-made event) is dropped rather than stringified, so a
+    ``None`` can never become the token "None"."""
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): v for k, v in value.items() if isinstance(v, str)}
+
+
+def _optional_str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
 @logger.inject_lambda_context(clear_state=True)
-def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
-    query = {str(k): str(v) for k, v in (event.get("queryStringParameters") or {}).items()}
-    resource = str(event.get("methodArn", "*"))
+def handler(event: Any, context: Any) -> dict[str, Any]:
     clear_ids()
-    context_map = event.get("requestContext") or {}
-    bind_ids(
-        connection_id=context_map.get("connectionId"), request_id=context_map.get("requestId")
-    )
+    if not isinstance(event, dict):
+        # Not an API Gateway event at all: no token can be read from it.
+        logger.warning("malformed authorizer event")
+        raise PermissionError(UNAUTHORIZED)
+    headers = {k.lower(): v for k, v in _strings(event.get("headers")).items()}
+    query = _strings(event.get("queryStringParameters"))
+    resource = _optional_str(event.get("methodArn")) or "*"
+    context_map = event.get("requestContext")
+    if isinstance(context_map, dict):
+        bind_ids(
+            connection_id=_optional_str(context_map.get("connectionId")),
+            request_id=_optional_str(context_map.get("requestId")),
+        )
     decision = authorize(headers, query)
     if decision.verdict is Verdict.FORBIDDEN:
         # Checked first: a forbidden verdict carries no caller, and must answer

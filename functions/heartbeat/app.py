@@ -10,6 +10,7 @@ from agent_channel.observability import logger
 from agent_channel.socket_events import SocketEvent, response
 
 store = runtime.presence_store()
+scheduler = runtime.grace_scheduler()
 
 
 @socket_route
@@ -20,7 +21,7 @@ def handler(event: SocketEvent) -> dict[str, Any]:
         # Topic and non-channel sockets have no lease; the frame still kept the
         # socket under API Gateway's idle timeout.
         return response(200)
-    outcome = presence.heartbeat(store, subscription)
+    outcome = presence.heartbeat(store, scheduler, subscription)
     if outcome is not presence.Heartbeat.REFRESHED:
         logger.info("heartbeat", extra={"outcome": outcome.value})
     return response(200)

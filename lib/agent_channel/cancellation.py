@@ -88,7 +88,7 @@ class Result:
 
 
 @dataclass(frozen=True)
-class _Go:
+class Proceed:
     """The rechecks passed on ``seen``; cancel in these topics (None: every topic)."""
 
     seen: Presence
@@ -120,7 +120,7 @@ def cancel_offline(
 
 def recheck(
     store: PresenceStore, book: TaskBook, settings: Settings, request: GraceCancellation
-) -> Outcome | _Go:
+) -> Outcome | Proceed:
     """DESIGN section 2, cancel_offline: whether to act, decided on a consistent
     read of the agent's presence made after reaping its stale leases."""
     cutoff = clock.now() - settings.stale_after_seconds
@@ -136,7 +136,7 @@ def recheck(
         if not topics:
             return Outcome.NO_SESSION_TOPIC
         # Only the session's own topics: a live sibling can still reply elsewhere.
-        return _Go(presence, topics)
+        return Proceed(presence, topics)
     if presence.routing_on:
         return Outcome.ROUTED_AGAIN
     if live:
@@ -145,7 +145,7 @@ def recheck(
     if token and token != request.subscription_token:
         # A newer subscribe owns the agent now; this schedule is from an older one.
         return Outcome.TOKEN_MISMATCH
-    return _Go(presence, None)
+    return Proceed(presence, None)
 
 
 def _reaped(store: PresenceStore, agent_id: int, cutoff: float) -> Presence | None:
@@ -173,7 +173,7 @@ def _reaped(store: PresenceStore, agent_id: int, cutoff: float) -> Presence | No
 def _cancel_all(
     book: TaskBook,
     events: TaskEvents,
-    go: _Go,
+    go: Proceed,
     agent_id: int,
     reason: str,
     result: Result,

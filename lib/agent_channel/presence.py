@@ -51,14 +51,18 @@ def _withdraw_pending_grace(scheduler: GraceScheduler, subscription: Subscriptio
         logger.warning("could not withdraw a pending grace schedule", exc_info=True)
 
 
-def heartbeat(store: PresenceStore, subscription: Subscription) -> Heartbeat:
+def heartbeat(
+    store: PresenceStore, scheduler: GraceScheduler, subscription: Subscription
+) -> Heartbeat:
     """Refresh the lease; restore it (and routing) if it was reaped while the socket
-    stayed open; never bring back a connection that $disconnect removed."""
+    stayed open, exactly as a subscribe would; never bring back a connection that
+    $disconnect removed."""
     now = clock.now()
     if store.touch(subscription.agent_id, subscription.connection_id, now):
         return Heartbeat.REFRESHED
     if store.restore(subscription, mint_lease_token(), now):
         logger.info("lease restored by heartbeat")
+        _withdraw_pending_grace(scheduler, subscription)
         return Heartbeat.RESTORED
     return Heartbeat.GONE
 

@@ -114,11 +114,12 @@ def parse_socket_event(event: Any) -> SocketEvent | None:
         body = None
     if isinstance(body, str) and event.get("isBase64Encoded"):
         import base64
-        import binascii
 
         try:
             body = base64.b64decode(body).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:
+            # binascii.Error, UnicodeDecodeError, and the plain ValueError that
+            # b64decode raises for a str with non-ASCII characters.
             body = None
     return SocketEvent(
         route_key=str(context.get("routeKey", "")),

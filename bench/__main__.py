@@ -1,0 +1,206 @@
+"""``make bench`` (``.venv/bin/python -m bench``): every benchmark, one run, its
+figures written to docs/BENCHMARKS.md with the command and the core count.
+
+Options: ``--quick`` (fewer samples, for a smoke run), ``--only NAME...``
+(cold_start, requests, fanout, presence).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from bench import cold_start, presence_load, report, requests_per_op
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "BENCHMARKS.md"
+COMMAND = "make bench  # runs .venv/bin/python -m bench"
+FANOUT_SIZES = (10, 100, 1000, 5000)
+
+
+def machine() -> str:
+    return (
+        f"{os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.machine()}"
+    )
+
+
+def cold_start_section(repeat: int) -> str:
+    rows = cold_start.measure(repeat)
+    worst = max(rows, key=lambda row: row.ratio)
+    profile = cold_start.import_profile(worst.function)
+    lines = [
+        f"Command: `{COMMAND}`. Machine: {machine()}. Each figure is the median of "
+        f"{repeat} fresh interpreters; function and floor samples alternate, so drifting "
+        "load hits both sides of a ratio alike.",
+        "",
+        "*Function*: `import functions.<name>.app`, which builds the function's clients "
+        "at import. *Floor*: `import boto3` and creating the same boto3 clients (found by "
+        "recording the clients the import creates). PynamoDB builds its DynamoDB client "
+        "lazily on the first request, in every function alike, so it is in neither. "
+        f"Aim: at most {cold_start.AIM}x the floor.",
+        "",
+        "| function | clients built at import | function | floor | ratio | aim met |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.function} | {', '.join(row.clients) or '-'} "
+            f"| {row.module_seconds * 1000:.0f} ms | {row.floor_seconds * 1000:.0f} ms "
+            f"| {row.ratio:.2f}x | {'yes' if row.ratio <= cold_start.AIM else 'no'} |"
+        )
+    lines += [
+        "",
+        f"What dominates the import of `{worst.function}` (the highest ratio), from "
+        "`python -X importtime`, by top-level package (cumulative, one run):",
+        "",
+        "| package | import time |",
+        "| --- | ---: |",
+    ]
+    lines += [f"| {name} | {seconds * 1000:.1f} ms |" for name, seconds in profile]
+    return "\n".join(lines)
+
+
+def requests_section() -> str:
+    rows = requests_per_op.measure()
+    return "\n".join(
+        [
+            f"Command: `{COMMAND}` (alone: `.venv/bin/python -m bench.requests_per_op`). "
+            f"Machine-independent. Counted by hooking botocore "
+            "(`agent_channel.local.request_counter.counting_requests`): requests really "
+            "sent by the handlers, against in-process moto. *posts* are "
+            "`post_to_connection` calls.",
+            "",
+            requests_per_op.markdown(rows),
+        ]
+    )
+
+
+def fanout_section(repeat: int) -> str:
+    lines = [
+        f"Command: `{COMMAND}`; it runs `.venv/bin/python -m bench.fanout --connections N "
+        f"--repeat {repeat}` (the fan-out benchmark above, same setup: 20 ms per post, 64 "
+        f"workers) for each size. Machine: {machine()}.",
+        "",
+        "| connections | what | best | median | vs sequential | ideal | vs ideal |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    sequential: list[str] = []
+    for size in FANOUT_SIZES:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.fanout",
+                "--connections",
+                str(size),
+                "--repeat",
+                str(repeat),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=1800,
+            check=True,
+        )
+        for line in done.stdout.splitlines():
+            if line.startswith("sequential loop:"):
+                sequential.append(f"{size}: {line.split(':', 1)[1].strip()}")
+            elif re.match(r"^\| \d+ \| (deliver|broadcast_to_agent)", line):
+                cells = line.strip("|").split("|")
+                lines.append("| " + " | ".join([str(size), *cells[1:]]).strip() + " |")
+    lines += ["", "Sequential loop, per size: " + "; ".join(sequential) + "."]
+    return "\n".join(lines)
+
+
+def presence_section(sessions: int, seconds: float) -> str:
+    result = presence_load.run(sessions, seconds)
+    retries = result.counts.get("metric:PresenceRetries", 0)
+    conflicts = result.counts.get("metric:PresenceConflicts", 0)
+    canceled = sum(
+        n for key, n in result.counts.items() if key.endswith(":TransactionCanceledException")
+    )
+    conditional = sum(
+        n for key, n in result.counts.items() if key.endswith(":ConditionalCheckFailedException")
+    )
+    ops = result.operations
+    failures = ", ".join(f"{k} {v}" for k, v in sorted(result.failures.items())) or "none"
+    end = result.end_presence
+    return "\n".join(
+        [
+            f"Command: `{COMMAND}` (alone: `.venv/bin/python -m bench.presence_load "
+            f"--sessions {sessions} --seconds {seconds:g}`). Machine: {machine()}.",
+            "",
+            f"The local stack (`agent-channel dev --port 0`, heartbeat "
+            f"{presence_load.HEARTBEAT_SECONDS} s, stale after "
+            f"{presence_load.STALE_AFTER_SECONDS} s, grace {presence_load.GRACE_SECONDS} s) "
+            f"in a child process; {sessions} sessions of its one demo agent, each a "
+            "`websockets` client in one asyncio loop on loopback, each looping for "
+            f"{seconds:g} s: connect, 0-6 heartbeats 50-600 ms apart, disconnect, pause. "
+            "Every wait has a timeout; the run stops at its deadline or at "
+            f"{presence_load.MAX_OPERATIONS:,} operations.",
+            "",
+            "| figure | value |",
+            "| --- | ---: |",
+            f"| operations | {sum(ops.values())} ({ops['connect']} connects, "
+            f"{ops['heartbeat']} heartbeats, {ops['disconnect']} disconnects) |",
+            f"| duration | {result.seconds:.1f} s |",
+            f"| operations per second | {result.ops_per_second:.1f} |",
+            f"| client-side failures | {failures} |",
+            f"| PresenceRetries (conditional-write retries of settle) | {retries} |",
+            f"| PresenceConflicts (settle gave up, left to the sweeper) | {conflicts} |",
+            f"| TransactionCanceledException answers (all transactions) | {canceled} |",
+            f"| ConditionalCheckFailedException answers | {conditional} |",
+            f"| sessions open at the end | {result.open_at_end} |",
+            f"| at the end: routing / live leases / leases | {end['routing']} / "
+            f"{end['live_sessions']} / {len(end['leases'])} |",
+            f"| invariant 1 at the end (routing on iff a live lease; one lease per open "
+            f"socket) | {'held' if result.invariant_at_end else 'VIOLATED'} |",
+            f"| after every socket closed: routing off, no lease | "
+            f"{'held' if result.invariant_after_close else 'VIOLATED'} |",
+            "",
+            "How the retries are read: the dev stack turns EMF output off, so the child "
+            "process wraps the shared Powertools `Metrics.add_metric` and counts "
+            "`PresenceRetries` where the handlers add it (the same number the EMF lines "
+            "carry in Lambda), and hooks botocore to count the DynamoDB error answers. "
+            "Invariant 1 is read through the backend `presence` op (a consistent Query of "
+            "the agent's partition).",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--only", nargs="+", choices=["cold_start", "requests", "fanout", "presence"]
+    )
+    args = parser.parse_args(argv)
+    wanted = set(args.only or ["cold_start", "requests", "fanout", "presence"])
+    sections: dict[str, str] = {}
+    if "cold_start" in wanted:
+        print("cold start...", flush=True)
+        sections["Cold start"] = cold_start_section(3 if args.quick else 9)
+    if "requests" in wanted:
+        print("requests per operation...", flush=True)
+        sections["Requests per operation"] = requests_section()
+    if "fanout" in wanted:
+        print("fan-out by size...", flush=True)
+        sections["Fan-out by size"] = fanout_section(1 if args.quick else 3)
+    if "presence" in wanted:
+        print("presence under load...", flush=True)
+        sections["Presence under load"] = presence_section(
+            50 if args.quick else 200, 5.0 if args.quick else 20.0
+        )
+    report.update(DOC, sections)
+    print(f"wrote {DOC.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
