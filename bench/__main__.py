@@ -13,6 +13,7 @@ import platform
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from bench import cold_start, presence_load, report, requests_per_op
@@ -182,23 +183,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     wanted = set(args.only or ["cold_start", "requests", "fanout", "presence"])
-    sections: dict[str, str] = {}
-    if "cold_start" in wanted:
-        print("cold start...", flush=True)
-        sections["Cold start"] = cold_start_section(3 if args.quick else 9)
-    if "requests" in wanted:
-        print("requests per operation...", flush=True)
-        sections["Requests per operation"] = requests_section()
-    if "fanout" in wanted:
-        print("fan-out by size...", flush=True)
-        sections["Fan-out by size"] = fanout_section(1 if args.quick else 3)
-    if "presence" in wanted:
-        print("presence under load...", flush=True)
-        sections["Presence under load"] = presence_section(
-            50 if args.quick else 200, 5.0 if args.quick else 20.0
-        )
-    report.update(DOC, sections)
-    print(f"wrote {DOC.relative_to(ROOT)}")
+    benchmarks: list[tuple[str, str, Callable[[], str]]] = [
+        ("cold_start", "Cold start", lambda: cold_start_section(3 if args.quick else 9)),
+        ("requests", "Requests per operation", requests_section),
+        ("fanout", "Fan-out by size", lambda: fanout_section(1 if args.quick else 3)),
+        (
+            "presence",
+            "Presence under load",
+            lambda: presence_section(50 if args.quick else 200, 5.0 if args.quick else 20.0),
+        ),
+    ]
+    for name, title, section in benchmarks:
+        if name not in wanted:
+            continue
+        print(f"{title}...", flush=True)
+        # Written as each one finishes: a later failure keeps the figures so far.
+        report.update(DOC, {title: section()})
+        print(f"wrote {title!r} to {DOC.relative_to(ROOT)}", flush=True)
     return 0
 
 

@@ -150,23 +150,16 @@ def measure(repeat: int) -> list[ColdStart]:
 
 
 def import_profile(function: str, top: int = 10) -> list[tuple[str, float]]:
-    """The top-level packages that dominate the import, from ``-X importtime``
-    (cumulative microseconds of each package's own top-level import)."""
+    """Where the import's time goes, from ``-X importtime``: each module's own
+    (self) time, summed by top-level package, largest first."""
     _, stderr = _sample(_MODULE.format(module=f"functions.{function}.app"), "-X", "importtime")
     totals: dict[str, float] = defaultdict(float)
     for line in stderr.splitlines():
-        if not line.startswith("import time:") or "|" not in line:
+        if not line.startswith("import time:") or line.count("|") != 2:
             continue
-        _, cumulative, name = (
-            part.strip() for part in line.removeprefix("import time:").split("|")
-        )
-        if not cumulative.isdigit():
-            continue
-        # Only outermost imports of a package: indentation marks nesting.
-        raw_name = line.rsplit("|", 1)[1]
-        depth = (len(raw_name) - len(raw_name.lstrip())) // 2
-        if depth <= 1:
-            totals[name.split(".")[0]] += int(cumulative) / 1e6
+        own, _, name = (part.strip() for part in line.removeprefix("import time:").split("|"))
+        if own.isdigit():
+            totals[name.split(".")[0]] += int(own) / 1e6
     return sorted(totals.items(), key=lambda item: -item[1])[:top]
 
 

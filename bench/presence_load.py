@@ -102,7 +102,9 @@ class Stack:
             data=json.dumps({"op": "presence", "agent_id": self.agent_id}).encode(),
             headers={"Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 (loopback)
+        # Generous: right after the load the stack may still be working through a
+        # backlog of frames, and this request queues behind them.
+        with urllib.request.urlopen(request, timeout=180) as answer:  # noqa: S310 (loopback)
             found: dict[str, Any] = json.loads(answer.read())
         return found
 

@@ -421,9 +421,8 @@ def test_route_events_are_shaped_as_the_local_gateway_builds_them() -> None:
         )
         assert set(sample) == set(built), name
         sample_context = dict(context)
-        # API Gateway adds the authorizer's latency; the context is otherwise the same.
         sample_authorizer = dict(sample_context.pop("authorizer"))
-        assert sample_authorizer.pop("integrationLatency") >= 0
+        assert sample_authorizer["integrationLatency"] >= 0
         built_context = dict(built["requestContext"])
         assert set(sample_authorizer) == set(built_context.pop("authorizer")), name
         assert set(sample_context) == set(built_context), name
@@ -455,6 +454,8 @@ def test_authorize_event_allows_with_the_context_the_route_events_carry(sample: 
     policy = sample.run("authorize.json")
     assert policy["policyDocument"]["Statement"][0]["Effect"] == "Allow"
     context = apigw_events.authorizer_context_for_routes(policy)
+    # API Gateway measures the authorizer's latency; the context is otherwise the same.
+    context.pop("integrationLatency")
     expected = dict(load_event("connect.json")["requestContext"]["authorizer"])
     expected.pop("integrationLatency")
     assert context == expected

@@ -6,11 +6,18 @@ every line a request logs carries them. Nothing secret is ever a key here.
 
 from __future__ import annotations
 
+import os
+
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
-logger = Logger(service="agent-channel")
-metrics = Metrics(namespace="AgentChannel", service="agent-channel")
+# Powertools would read these variables itself, but an explicit argument wins
+# over them; so read them here and keep the project's names as the defaults.
+SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "agent-channel")
+logger = Logger(service=SERVICE)
+metrics = Metrics(
+    namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "AgentChannel"), service=SERVICE
+)
 
 
 def bind_ids(

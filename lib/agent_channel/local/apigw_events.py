@@ -104,7 +104,11 @@ def authorizer_event(
 
 def authorizer_context_for_routes(policy: dict[str, Any]) -> dict[str, Any]:
     """What API Gateway puts in ``requestContext.authorizer`` after an Allow."""
-    return {"principalId": policy.get("principalId", ""), **(policy.get("context") or {})}
+    return {
+        "principalId": policy.get("principalId", ""),
+        "integrationLatency": 0,
+        **(policy.get("context") or {}),
+    }
 
 
 def scheduled_event() -> dict[str, Any]:
