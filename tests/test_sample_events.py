@@ -407,7 +407,10 @@ def _shape(value: Any) -> Any:
 
 
 def test_route_events_are_shaped_as_the_local_gateway_builds_them() -> None:
-    authorizer = {"principalId": "7", **Caller(7, "channel_agent", 42, None, "s").as_context()}
+    caller = Caller(7, "channel_agent", 42, None, "s")
+    authorizer = apigw_events.authorizer_context_for_routes(
+        {"principalId": "7", "context": caller.as_context()}
+    )
     for name in ("connect.json", "disconnect.json", "heartbeat.json", "replay_permissions.json"):
         sample = load_event(name)
         context = sample["requestContext"]
