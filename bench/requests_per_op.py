@@ -100,9 +100,9 @@ MINIMA: dict[str, tuple[str, str]] = {
         "the shard queries, a consistent read of the agent, the clear-and-reap transaction",
     ),
     "cancel_offline (agent-wide, 1 delegated task)": (
-        "4 + 1 event",
-        "read presence, find delegated tasks (index), cancel+release the slot in one "
-        "transaction, then publish task.cancelled; reaping adds nothing here",
+        "3 + 1 event",
+        "read presence, find delegated tasks (index), cancel + release the slot in one "
+        "transaction guarded by the presence read, then publish task.cancelled",
     ),
     "cancel_offline (routing back on)": ("1", "read presence and stop"),
     "backend dispatch": (

@@ -31,6 +31,7 @@ from botocore.exceptions import ClientError
 from agent_channel import runtime
 from agent_channel.config import API_GATEWAY_MESSAGE_LIMIT, settings
 from agent_channel.connections import forget_gone, stream_connections
+from agent_channel.errors import Refusal
 from agent_channel.observability import count, logger
 from agent_channel.presence_types import agent_stream, topic_stream
 
@@ -43,7 +44,7 @@ THROTTLE_CODES = frozenset(
 GONE_CODE = "GoneException"
 
 
-class PayloadTooLarge(ValueError):
+class PayloadTooLarge(Refusal, ValueError):
     """The encoded message is over API Gateway's frame limit; nothing was sent."""
 
     code = "payload_too_large"

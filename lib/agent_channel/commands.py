@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agent_channel import decisions, dispatch, runtime
-from agent_channel.broadcast import BroadcastResult, PayloadTooLarge, broadcast_to_stream
+from agent_channel.broadcast import BroadcastResult, broadcast_to_stream
+from agent_channel.errors import Refusal
 from agent_channel.observability import logger
 from agent_channel.presence_types import agent_stream, topic_stream
 
@@ -33,21 +34,14 @@ MAX_ID = 10**18
 """Ids are positive integers below this (the authorizer accepts up to 18 digits)."""
 
 
-class CommandError(Exception):
+class CommandError(Refusal):
     """A command refused before any rule ran: unknown op, missing or bad field."""
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(message, code=code)
 
 
-EXPECTED_ERRORS: tuple[type[Exception], ...] = (
-    CommandError,
-    decisions.DecisionError,
-    dispatch.DispatchError,
-    PayloadTooLarge,
-)
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (Refusal,)
 """Refusals the caller can act on: answered with their code, logged as info."""
 
 

@@ -21,6 +21,7 @@ from agent_channel import clock
 from agent_channel.broadcast import BroadcastResult, broadcast_to_stream
 from agent_channel.connections import stream_connections
 from agent_channel.dynamo_store import connection_key, transaction
+from agent_channel.errors import Refusal
 from agent_channel.models import ConnectionRecord, DecisionRecord, Record, UserRecord, user_pk
 from agent_channel.observability import logger
 from agent_channel.presence_types import agent_stream
@@ -45,14 +46,8 @@ class Behavior(enum.StrEnum):
     DENY = "deny"
 
 
-class DecisionError(Exception):
-    """A refusal with a stable code, shown to backends and clients as is."""
-
+class DecisionError(Refusal):
     code = "decision_error"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 class InvalidDecision(DecisionError):

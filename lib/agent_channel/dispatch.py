@@ -22,6 +22,7 @@ from agent_channel import tasks
 from agent_channel.accounts import get_user
 from agent_channel.broadcast import BroadcastResult, broadcast_to_stream, encode_checked
 from agent_channel.connections import stream_connections
+from agent_channel.errors import Refusal
 from agent_channel.models import Record, TaskRecord, TopicRecord, UserRecord, user_pk
 from agent_channel.observability import logger
 from agent_channel.presence_types import agent_stream, topic_stream
@@ -30,12 +31,8 @@ if TYPE_CHECKING:
     from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
 
 
-class DispatchError(Exception):
+class DispatchError(Refusal):
     code = "dispatch_error"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 class TaskNotFound(DispatchError):

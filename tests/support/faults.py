@@ -6,10 +6,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import botocore.client
+from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
-_original = botocore.client.BaseClient._make_api_call  # type: ignore[attr-defined]
+from agent_channel.local.botocore_hooks import ApiCall, service_of, wrapping_api_calls
+
+
+def client_error(code: str, operation: str, status: int = 503) -> ClientError:
+    return ClientError(
+        {
+            "Error": {"Code": code, "Message": f"injected {code}"},
+            "ResponseMetadata": {"HTTPStatusCode": status},
+        },
+        operation,
+    )
 
 
 @contextmanager
@@ -20,21 +30,12 @@ def failing_requests(
     ``code`` (at most ``times`` times, if given). Yields the failed operations."""
     failed: list[str] = []
 
-    def failing(self: botocore.client.BaseClient, operation: str, params: dict[str, Any]) -> Any:
-        hit = self.meta.service_model.service_name == service and operation in operations
+    def failing(client: BaseClient, operation: str, params: dict[str, Any], call: ApiCall) -> Any:
+        hit = service_of(client) == service and operation in operations
         if hit and (times is None or len(failed) < times):
             failed.append(operation)
-            raise ClientError(
-                {
-                    "Error": {"Code": code, "Message": f"injected {code}"},
-                    "ResponseMetadata": {"HTTPStatusCode": status},
-                },
-                operation,
-            )
-        return _original(self, operation, params)
+            raise client_error(code, operation, status)
+        return call(client, operation, params)
 
-    botocore.client.BaseClient._make_api_call = failing  # type: ignore[method-assign]
-    try:
+    with wrapping_api_calls(failing):
         yield failed
-    finally:
-        botocore.client.BaseClient._make_api_call = _original  # type: ignore[method-assign]

@@ -18,20 +18,19 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import botocore.client
 
+from agent_channel.local.botocore_hooks import ApiCall, service_of, wrapping_api_calls
 from tests.support.footprint import Footprint, footprint
 
 Chooser = Callable[[list[tuple[str, Footprint]]], int]
 ActorFn = Callable[[], Any]
 
 _current = threading.local()
-_original_make_api_call = botocore.client.BaseClient._make_api_call  # type: ignore[attr-defined]
 QUIESCENCE_TIMEOUT = 20.0
 
 
@@ -141,34 +140,23 @@ class Controller:
         return Run(self.trace, {a.name: a.result for a in self.actors}, self.other_calls)
 
 
-def _intercepting_make_api_call(
-    self: botocore.client.BaseClient, operation_name: str, api_params: dict[str, Any]
+def _intercept(
+    client: botocore.client.BaseClient, operation: str, params: dict[str, Any], call: ApiCall
 ) -> Any:
     actor: _Actor | None = getattr(_current, "actor", None)
     controller: Controller | None = getattr(_current, "controller", None)
-    service = self.meta.service_model.service_name
+    service = service_of(client)
     if actor is not None and controller is not None:
         if service == "dynamodb":
-            controller.pause(actor, operation_name, api_params)
+            controller.pause(actor, operation, params)
         else:
             with controller.lock:
-                controller.other_calls.append(
-                    (actor.name, service, operation_name, dict(api_params))
-                )
-    return _original_make_api_call(self, operation_name, api_params)
-
-
-@contextmanager
-def intercepting() -> Iterator[None]:
-    botocore.client.BaseClient._make_api_call = _intercepting_make_api_call  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        botocore.client.BaseClient._make_api_call = _original_make_api_call  # type: ignore[method-assign]
+                controller.other_calls.append((actor.name, service, operation, dict(params)))
+    return call(client, operation, params)
 
 
 def run_once(actors: list[tuple[str, ActorFn]], choose: Chooser) -> Run:
-    with intercepting():
+    with wrapping_api_calls(_intercept):
         return Controller().run(actors, choose)
 
 

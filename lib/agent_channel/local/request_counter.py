@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import botocore.client
+from botocore.client import BaseClient
 
-_original = botocore.client.BaseClient._make_api_call  # type: ignore[attr-defined]
+from agent_channel.local.botocore_hooks import ApiCall, service_of, wrapping_api_calls
 
 
 class RequestCounter:
@@ -29,17 +29,15 @@ class RequestCounter:
     def by_operation(self, service: str) -> Counter[str]:
         return Counter(self.of(service))
 
+    def _record(
+        self, client: BaseClient, operation: str, params: dict[str, Any], call: ApiCall
+    ) -> Any:
+        self.requests.append((service_of(client), operation))
+        return call(client, operation, params)
+
 
 @contextmanager
 def counting_requests() -> Iterator[RequestCounter]:
     counter = RequestCounter()
-
-    def counted(self: botocore.client.BaseClient, operation: str, params: dict[str, Any]) -> Any:
-        counter.requests.append((self.meta.service_model.service_name, operation))
-        return _original(self, operation, params)
-
-    botocore.client.BaseClient._make_api_call = counted  # type: ignore[attr-defined]
-    try:
+    with wrapping_api_calls(counter._record):
         yield counter
-    finally:
-        botocore.client.BaseClient._make_api_call = _original  # type: ignore[attr-defined]
