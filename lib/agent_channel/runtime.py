@@ -1,4 +1,8 @@
-"""The process's AWS clients and stores, built once and reused across invocations."""
+"""The process's AWS clients and stores, built once and reused across invocations.
+
+Each factory imports what it builds, so a function pays at cold start only for
+the clients and modules its own route uses.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,14 @@ import boto3
 from botocore.config import Config
 
 from agent_channel.config import settings
-from agent_channel.dynamo_store import DynamoPresenceStore
-from agent_channel.grace_scheduler import EventBridgeGraceScheduler
-from agent_channel.task_events import EventBridgeTaskEvents
 
 if TYPE_CHECKING:
     from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
     from mypy_boto3_events import EventBridgeClient
+
+    from agent_channel.dynamo_store import DynamoPresenceStore
+    from agent_channel.grace_scheduler import EventBridgeGraceScheduler
+    from agent_channel.task_events import EventBridgeTaskEvents
 
 # Standard retry mode retries throttling with exponential backoff and jitter.
 RETRYING = Config(retries={"mode": "standard", "max_attempts": 5})
@@ -23,11 +28,15 @@ RETRYING = Config(retries={"mode": "standard", "max_attempts": 5})
 
 @cache
 def presence_store() -> DynamoPresenceStore:
+    from agent_channel.dynamo_store import DynamoPresenceStore
+
     return DynamoPresenceStore(settings())
 
 
 @cache
 def grace_scheduler() -> EventBridgeGraceScheduler:
+    from agent_channel.grace_scheduler import EventBridgeGraceScheduler
+
     return EventBridgeGraceScheduler(boto3.client("scheduler", config=RETRYING), settings())
 
 
@@ -55,4 +64,6 @@ def events_client() -> EventBridgeClient:
 @cache
 def task_events() -> EventBridgeTaskEvents:
     """The publisher of task events to the backend's bus (EVENT_BUS_NAME)."""
+    from agent_channel.task_events import EventBridgeTaskEvents
+
     return EventBridgeTaskEvents(events_client(), settings().event_bus_name)

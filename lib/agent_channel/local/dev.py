@@ -24,6 +24,7 @@ from agent_channel.local.environment import Constants, LocalEndpoints, apply, lo
 
 if TYPE_CHECKING:
     from agent_channel.local.demo import DemoAccounts
+    from agent_channel.local.moto_server import MotoServer
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -136,12 +137,12 @@ def run(options: DevOptions, out: TextIO = sys.stdout) -> int:
 
 
 async def _serve(options: DevOptions, sock: socket.socket, out: TextIO) -> int:
-    from moto.server import ThreadedMotoServer
+    from agent_channel.local.moto_server import MotoServer
 
     loop = asyncio.get_running_loop()
     loop.set_default_executor(ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="lambda"))
     _quiet_libraries()
-    moto = ThreadedMotoServer(ip_address=HOST, port=0, verbose=False)
+    moto = MotoServer(HOST)
     moto.start()
     try:
         return await _serve_with_moto(options, sock, out, moto)
@@ -150,10 +151,9 @@ async def _serve(options: DevOptions, sock: socket.socket, out: TextIO) -> int:
 
 
 async def _serve_with_moto(
-    options: DevOptions, sock: socket.socket, out: TextIO, moto: object
+    options: DevOptions, sock: socket.socket, out: TextIO, moto: MotoServer
 ) -> int:
-    host, moto_port = moto.get_host_and_port()  # type: ignore[attr-defined]
-    moto_url = f"http://{host}:{moto_port}"
+    moto_url = moto.url
     port = int(sock.getsockname()[1])
 
     # Imported only from here on: the stack reads settings, once, at import.
