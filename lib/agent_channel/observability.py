@@ -7,6 +7,7 @@ every line a request logs carries them. Nothing secret is ever a key here.
 from __future__ import annotations
 
 import os
+import warnings
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
@@ -18,6 +19,11 @@ logger = Logger(service=SERVICE)
 metrics = Metrics(
     namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "AgentChannel"), service=SERVICE
 )
+
+
+# Most invocations (a heartbeat that refreshes, a disconnect with a sibling left)
+# have nothing to count; Powertools warns on every such flush, which is noise.
+warnings.filterwarnings("ignore", message="No application metrics to publish")
 
 
 def bind_ids(

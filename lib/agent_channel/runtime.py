@@ -52,6 +52,9 @@ def management_api(endpoint_url: str | None = None) -> ApiGatewayManagementApiCl
             # One attempt: broadcast retries throttling itself (with jitter, counted
             # as ThrottleRetries); botocore's max_attempts would add a hidden retry.
             retries={"mode": "standard", "total_max_attempts": 1},
+            # The requests are built here, from typed values: validating each of
+            # a thousand posts costs client CPU that fan-out is bound by.
+            parameter_validation=False,
         ),
     )
 
