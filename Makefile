@@ -26,11 +26,11 @@ dev: setup
 	$(BIN)/agent-channel dev
 
 lint:
-	$(BIN)/ruff check lib functions tests bench
-	$(BIN)/ruff format --check lib functions tests bench
+	$(BIN)/ruff check lib devtools functions tests bench
+	$(BIN)/ruff format --check lib devtools functions tests bench
 
 typecheck:
-	$(BIN)/mypy lib functions
+	$(BIN)/mypy lib devtools functions
 
 # The README's test command: lint, types, then the whole suite.
 test: setup lint typecheck

@@ -55,7 +55,7 @@ def _fake_aws_environment() -> None:
 
 def _serve(connection_ids: list[str], latency: float, pipe: Connection) -> None:
     """The child process: a MemorySink behind the @connections API."""
-    from agent_channel.local.connections_api import memory_connections_api
+    from agent_channel_dev.local.connections_api import memory_connections_api
 
     with memory_connections_api(stage=STAGE, latency_seconds=latency) as (sink, server):
         for connection_id in connection_ids:
@@ -108,10 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     from moto import mock_aws
     from moto.core.config import DefaultConfig
 
-    from agent_channel import broadcast, runtime
-    from agent_channel.connections import stream_pk
-    from agent_channel.models import Record, StreamMemberRecord
-    from agent_channel.presence_types import agent_stream
+    from agent_channel.delivery import broadcast, fanout
+    from agent_channel.delivery.streams import agent_stream
+    from agent_channel.lambda_kit import wiring
+    from agent_channel.storage import schema
+    from agent_channel.storage.records import Record, StreamMemberRecord
 
     n, latency = args.connections, args.latency_ms / 1000
     ids = [f"conn-{i:05d}=" for i in range(n)]
@@ -133,15 +134,14 @@ def main(argv: list[str] | None = None) -> int:
                 for connection_id in ids:
                     batch.save(
                         StreamMemberRecord(
-                            stream_pk(stream),
-                            f"CONN#{connection_id}",
+                            *schema.member_key(stream, connection_id),
                             stream=stream,
                             connection_id=connection_id,
                         )
                     )
-            client = runtime.management_api(endpoint)
+            client = wiring.management_api(endpoint)
             # Warm the client's connection pool and the server, as a warm Lambda is.
-            broadcast.deliver(
+            fanout.deliver(
                 stream, ids, data, client=client, workers=max(args.workers), on_gone=None
             )
 
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
             def concurrent(workers: int) -> Callable[[], None]:
                 def run() -> None:
-                    result = broadcast.deliver(
+                    result = fanout.deliver(
                         stream, ids, data, client=client, workers=workers, on_gone=None
                     )
                     assert len(result.delivered) == n, result
@@ -161,7 +161,11 @@ def main(argv: list[str] | None = None) -> int:
             def end_to_end(workers: int) -> Callable[[], None]:
                 def run() -> None:
                     result = broadcast.broadcast_to_agent(
-                        AGENT_ID, {"type": "bench", "n": 1}, client=client, workers=workers
+                        AGENT_ID,
+                        {"type": "bench", "n": 1},
+                        client=client,
+                        on_gone=None,
+                        workers=workers,
                     )
                     assert len(result.delivered) == n, result
 

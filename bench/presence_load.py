@@ -49,8 +49,8 @@ def serve() -> int:
     import botocore.client
     from botocore.exceptions import ClientError
 
-    from agent_channel.local import dev
     from agent_channel.observability import metrics
+    from agent_channel_dev.local import dev
 
     counts: Counter[str] = Counter()
     lock = threading.Lock()

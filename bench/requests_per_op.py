@@ -123,13 +123,17 @@ def measure() -> list[Row]:
     import boto3
     from moto import mock_aws
 
-    from agent_channel import accounts, tasks
     from agent_channel.config import CHANNEL_AGENT_MODEL, settings
-    from agent_channel.handler_kit import LocalContext
-    from agent_channel.local import stack_template
-    from agent_channel.local.apigw_events import authorizer_event, route_event, scheduled_event
-    from agent_channel.local.request_counter import counting_requests
-    from agent_channel.models import LeaseRecord, Record, lease_sk, user_pk
+    from agent_channel.identity import accounts
+    from agent_channel.storage import schema
+    from agent_channel.storage.records import LeaseRecord, Record
+    from agent_channel.tasks.dynamodb import DynamoTaskStore
+
+    tasks = DynamoTaskStore()
+    from agent_channel_dev.instruments.lambda_context import LocalContext
+    from agent_channel_dev.instruments.request_counter import counting_requests
+    from agent_channel_dev.local import stack_template
+    from agent_channel_dev.local.apigw_events import authorizer_event, route_event, scheduled_event
 
     rows: list[Row] = []
     gateway_functions: dict[str, Any] = {}
@@ -215,7 +219,7 @@ def measure() -> list[Row]:
         connect("t1=", {"topic_id": str(topic_id)}, "$connect (topic)")
         send("a1=", "heartbeat", "heartbeat", '{"action": "heartbeat"}', "heartbeat")
         # A reaped lease: delete it behind the open socket's back.
-        LeaseRecord(user_pk(agent_id), lease_sk("a1=")).delete()
+        LeaseRecord(*schema.lease_key(agent_id, "a1=")).delete()
         send(
             "a1=",
             "heartbeat",
@@ -243,14 +247,14 @@ def measure() -> list[Row]:
             "replay_permissions (3 ids, 2 decided)",
         )
         send("a1=", "$default", "default", '{"action": "nope"}', "$default")
-        task = tasks.start(tasks.create_task(topic_id=topic_id, agent_id=agent_id, content="x"))
+        task = tasks.start(tasks.create(topic_id=topic_id, agent_id=agent_id, content="x"))
         backend({"op": "dispatch", "task_id": int(task.task_id)}, "backend dispatch")
         backend({"op": "claim_reply", "task_id": int(task.task_id)}, "backend claim_reply")
 
         connect("a2=", {**agent_query, "session_id": "s2"}, None)
         disconnect("a2=", "$disconnect (sibling remains)")
         disconnect("a2=", "$disconnect (stale or duplicate)")
-        task = tasks.start(tasks.create_task(topic_id=topic_id, agent_id=agent_id, content="y"))
+        task = tasks.start(tasks.create(topic_id=topic_id, agent_id=agent_id, content="y"))
         backend({"op": "dispatch", "task_id": int(task.task_id)}, "backend dispatch")
         rows.pop()
         lease_token = next(
@@ -269,7 +273,7 @@ def measure() -> list[Row]:
         connect("a3=", agent_query, None)
         count("cancel_offline (routing back on)", lambda: invoke("cancel_offline", grace))
         # Every lease stale: the plugin crashed without a $disconnect.
-        LeaseRecord(user_pk(agent_id), lease_sk("a3=")).update(
+        LeaseRecord(*schema.lease_key(agent_id, "a3=")).update(
             actions=[LeaseRecord.last_seen_at.set(1.0)]
         )
         count("sweeper (1 agent, all leases stale)", lambda: invoke("sweeper", scheduled_event()))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent_channel.auth import Verdict, authorize
+from agent_channel.identity.authorizer import AuthVerdict, authorize
 from agent_channel.observability import bind_ids, clear_ids, logger
 
 # API Gateway answers 401 when a Lambda authorizer fails with exactly this message.
@@ -55,12 +55,12 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
             request_id=_optional_str(context_map.get("requestId")),
         )
     decision = authorize(headers, query)
-    if decision.verdict is Verdict.FORBIDDEN:
+    if decision.verdict is AuthVerdict.FORBIDDEN:
         # Checked first: a forbidden verdict carries no caller, and must answer
         # 403 (a Deny), not 401.
         logger.info("connect refused: target is not the caller's")
         return _policy("Deny", resource, "forbidden")
-    if decision.verdict is Verdict.UNAUTHORIZED or decision.caller is None:
+    if decision.verdict is AuthVerdict.UNAUTHORIZED or decision.caller is None:
         logger.info("connect refused: no valid token")
         raise PermissionError(UNAUTHORIZED)
     principal = str(decision.caller.user_id)

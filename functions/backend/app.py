@@ -7,12 +7,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent_channel import runtime
-from agent_channel.commands import CommandContext, execute
+from agent_channel.backend.commands import CommandContext, execute
+from agent_channel.lambda_kit import wiring
 from agent_channel.observability import logger, metrics
 
-management = runtime.management_api()
-context_for_commands = CommandContext(management_factory=lambda: management)
+management = wiring.management_api()
+context_for_commands = CommandContext(
+    management_factory=lambda: management,
+    gone_handler_factory=wiring.gone_handler,
+    tasks_factory=wiring.task_store,
+    decisions_factory=wiring.decision_store,
+    presence_factory=wiring.presence_store,
+)
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -2,7 +2,7 @@
 
 Scheduler invokes it asynchronously, so at least once and up to a minute late: the
 rules recheck presence before acting and every write is conditional (see
-agent_channel.cancellation). Bad input is logged and answered with an error result,
+agent_channel.grace.cancellation). Bad input is logged and answered with an error result,
 never raised, because a retry of the same input cannot succeed. A storage failure is
 raised, so Lambda's asynchronous retries run the (idempotent) cancellation again.
 """
@@ -11,18 +11,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent_channel import cancellation, runtime
 from agent_channel.config import settings
-from agent_channel.dynamo_task_book import DynamoTaskBook
+from agent_channel.grace import cancellation
+from agent_channel.grace.scheduler import GraceCancellation
+from agent_channel.lambda_kit import wiring
 from agent_channel.observability import bind_ids, logger, metrics
-from agent_channel.presence_types import GraceCancellation
 
 MAX_TOKEN_LENGTH = 64
 MAX_SESSION_ID_LENGTH = 256
 
-store = runtime.presence_store()
-events = runtime.task_events()
-book = DynamoTaskBook()
+store = wiring.presence_store()
+events = wiring.task_events()
+book = wiring.task_book()
 
 
 class BadInput(ValueError):

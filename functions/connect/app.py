@@ -5,16 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent_channel import clock, presence, runtime
-from agent_channel.auth import BadConnectRequest, parse_connect_query
-from agent_channel.handler_kit import socket_route
+from agent_channel import clock
+from agent_channel.identity.authorizer import BadConnectRequest, parse_connect_query
+from agent_channel.identity.caller import Target
+from agent_channel.lambda_kit import wiring
+from agent_channel.lambda_kit.events import SocketEvent, response
+from agent_channel.lambda_kit.route import socket_route
 from agent_channel.observability import logger
-from agent_channel.presence_store import AccessDenied
-from agent_channel.presence_types import Attachment
-from agent_channel.socket_events import TARGET_NONE, SocketEvent, response
+from agent_channel.presence import rules
+from agent_channel.presence.model import Attachment
+from agent_channel.presence.store import AccessDenied
 
-store = runtime.presence_store()
-scheduler = runtime.grace_scheduler()
+store = wiring.presence_store()
+scheduler = wiring.grace_scheduler()
 
 
 @socket_route
@@ -26,12 +29,12 @@ def handler(event: SocketEvent) -> dict[str, Any]:
         parse_connect_query(event.query)
     except BadConnectRequest as error:
         return response(400, str(error))
-    if caller.target == TARGET_NONE or caller.stream is None:
+    if caller.target is Target.NONE or caller.stream is None:
         return response(400, "agent_id or topic_id is required")
     try:
         subscription = caller.subscription(event.connection_id)
         if subscription is not None:
-            presence.subscribe(store, scheduler, subscription)
+            rules.subscribe(store, scheduler, subscription)
         else:
             attachment = Attachment(
                 event.connection_id, caller.user_id, caller.stream, caller.agent_id, caller.topic_id

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from agent_channel import runtime
-from agent_channel.broadcast import error_message, send_to_connection
-from agent_channel.handler_kit import socket_route
+from agent_channel.delivery.fanout import error_message, send_to_connection
+from agent_channel.lambda_kit import wiring
+from agent_channel.lambda_kit.events import SocketEvent, response
+from agent_channel.lambda_kit.route import socket_route
 from agent_channel.observability import logger
-from agent_channel.socket_events import SocketEvent, response
 
-management = runtime.management_api()
+management = wiring.management_api()
 
 KNOWN_ACTIONS = ("heartbeat", "replay_permissions")
 MAX_ECHOED_ACTION = 64

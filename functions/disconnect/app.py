@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent_channel import presence, runtime
 from agent_channel.config import settings
-from agent_channel.handler_kit import socket_route
+from agent_channel.lambda_kit import wiring
+from agent_channel.lambda_kit.events import SocketEvent, response
+from agent_channel.lambda_kit.route import socket_route
 from agent_channel.observability import logger
-from agent_channel.socket_events import SocketEvent, response
+from agent_channel.presence import rules
 
-store = runtime.presence_store()
-scheduler = runtime.grace_scheduler()
+store = wiring.presence_store()
+scheduler = wiring.grace_scheduler()
 
 
 @socket_route
@@ -22,7 +23,7 @@ def handler(event: SocketEvent) -> dict[str, Any]:
         logger.warning("disconnect without a known caller")
         return response(200)
     try:
-        outcome = presence.disconnect(
+        outcome = rules.disconnect(
             store,
             scheduler,
             settings(),

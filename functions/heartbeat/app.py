@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent_channel import presence, runtime
-from agent_channel.handler_kit import socket_route
+from agent_channel.lambda_kit import wiring
+from agent_channel.lambda_kit.events import SocketEvent, response
+from agent_channel.lambda_kit.route import socket_route
 from agent_channel.observability import logger
-from agent_channel.socket_events import SocketEvent, response
+from agent_channel.presence import rules
 
-store = runtime.presence_store()
-scheduler = runtime.grace_scheduler()
+store = wiring.presence_store()
+scheduler = wiring.grace_scheduler()
 
 
 @socket_route
@@ -21,7 +22,7 @@ def handler(event: SocketEvent) -> dict[str, Any]:
         # Topic and non-channel sockets have no lease; the frame still kept the
         # socket under API Gateway's idle timeout.
         return response(200)
-    outcome = presence.heartbeat(store, scheduler, subscription)
-    if outcome is not presence.Heartbeat.REFRESHED:
+    outcome = rules.heartbeat(store, scheduler, subscription)
+    if outcome is not rules.Heartbeat.REFRESHED:
         logger.info("heartbeat", extra={"outcome": outcome.value})
     return response(200)

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent_channel import decisions, runtime
-from agent_channel.broadcast import error_message, send_to_connection
 from agent_channel.config import settings
-from agent_channel.handler_kit import socket_route
+from agent_channel.delivery import decisions
+from agent_channel.delivery.fanout import error_message, send_to_connection
+from agent_channel.lambda_kit import wiring
+from agent_channel.lambda_kit.events import SocketEvent, response
+from agent_channel.lambda_kit.route import socket_route
 from agent_channel.observability import logger
-from agent_channel.socket_events import SocketEvent, response
 
-management = runtime.management_api()
+management = wiring.management_api()
+decision_store = wiring.decision_store()
+on_gone = wiring.gone_handler()
 
 
 @socket_route
@@ -24,7 +27,12 @@ def handler(event: SocketEvent) -> dict[str, Any]:
     try:
         request_ids = decisions.parse_replay_body(event.body, settings().max_replay_ids)
         replayed = decisions.replay(
-            event.connection_id, event.caller, request_ids, client=management
+            decision_store,
+            event.connection_id,
+            event.caller,
+            request_ids,
+            client=management,
+            on_gone=on_gone,
         )
     except decisions.DecisionError as refused:
         logger.info("replay refused", extra={"code": refused.code})

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent_channel import presence, runtime
 from agent_channel.config import settings
+from agent_channel.lambda_kit import wiring
 from agent_channel.observability import count, logger, metrics
+from agent_channel.presence import rules
 
-store = runtime.presence_store()
-scheduler = runtime.grace_scheduler()
+store = wiring.presence_store()
+scheduler = wiring.grace_scheduler()
 
 
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 def handler(event: Any, context: Any) -> dict[str, Any]:
-    outcomes = presence.sweep(store, scheduler, settings())
+    outcomes = rules.sweep(store, scheduler, settings())
     count("SweptAgents", sum(outcomes.values()))
     logger.info("sweep done", extra={"outcomes": outcomes})
     return {"outcomes": outcomes}

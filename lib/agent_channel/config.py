@@ -25,7 +25,6 @@ def _int(name: str, default: int) -> int:
 
 @dataclass(frozen=True)
 class Settings:
-    table_name: str
     heartbeat_seconds: int
     stale_after_seconds: int
     grace_seconds: int
@@ -41,7 +40,6 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         return cls(
-            table_name=os.environ.get("TABLE_NAME", "agent-channel"),
             heartbeat_seconds=_int("HEARTBEAT_SECONDS", 15),
             stale_after_seconds=_int("STALE_AFTER", 45),
             grace_seconds=_int("GRACE_SECONDS", 30),

@@ -11,7 +11,7 @@ from typing import Any
 import boto3
 import pytest
 
-from agent_channel.client import AgentClient, Backoff, ClientConfig, ConnectRefused
+from agent_channel_dev.client import AgentClient, Backoff, ClientConfig, ConnectRefused
 from tests.e2e.stack import HEARTBEAT_SECONDS, STALE_AFTER_SECONDS, DevServer
 
 pytestmark = pytest.mark.e2e

@@ -9,7 +9,7 @@ from typing import Any
 
 import boto3
 
-from agent_channel.task_events import SOURCE, TASK_CANCELLED
+from agent_channel.tasks.events import SOURCE, TASK_CANCELLED
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Any
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
-from agent_channel.local.botocore_hooks import ApiCall, service_of, wrapping_api_calls
+from agent_channel_dev.instruments.botocore_hooks import ApiCall, service_of, wrapping_api_calls
 
 
 def client_error(code: str, operation: str, status: int = 503) -> ClientError:

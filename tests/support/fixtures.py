@@ -11,10 +11,11 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from agent_channel import accounts, clock
+from agent_channel import clock
 from agent_channel.config import CHANNEL_AGENT_MODEL, settings
-from agent_channel.local import stack_template
-from agent_channel.models import Record
+from agent_channel.identity import accounts
+from agent_channel.storage.records import Record
+from agent_channel_dev.local import stack_template
 from tests.support.clock import FakeClock
 
 if TYPE_CHECKING:

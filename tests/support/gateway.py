@@ -10,14 +10,14 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from agent_channel.handler_kit import LocalContext
-from agent_channel.local import stack_template
-from agent_channel.local.apigw_events import (
+from agent_channel_dev.instruments.lambda_context import LocalContext
+from agent_channel_dev.local import stack_template
+from agent_channel_dev.local.apigw_events import (
     authorizer_context_for_routes,
     authorizer_event,
     route_event,
 )
-from agent_channel.local.gateway import select_route
+from agent_channel_dev.local.gateway import select_route
 
 # The routes exactly as template.yaml wires them.
 ROUTE_FUNCTIONS = stack_template.routes()

@@ -24,7 +24,7 @@ from typing import Any
 
 import botocore.client
 
-from agent_channel.local.botocore_hooks import ApiCall, service_of, wrapping_api_calls
+from agent_channel_dev.instruments.botocore_hooks import ApiCall, service_of, wrapping_api_calls
 from tests.support.footprint import Footprint, footprint
 
 Chooser = Callable[[list[tuple[str, Footprint]]], int]

@@ -18,9 +18,13 @@ import pytest
 from moto import mock_aws
 from moto.core.config import DefaultConfig
 
-from agent_channel import runtime
 from agent_channel.config import settings
-from agent_channel.local.connections_api import MemorySink, RunningServer, memory_connections_api
+from agent_channel.lambda_kit import wiring
+from agent_channel_dev.local.connections_api import (
+    MemorySink,
+    RunningServer,
+    memory_connections_api,
+)
 from tests.support.fixtures import World, create_table
 from tests.support.gateway import Gateway
 
@@ -64,7 +68,7 @@ def management(aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Managemen
     import importlib
 
     with memory_connections_api(stage=STAGE) as (sink, server):
-        client = runtime.management_api(server.endpoint_url(STAGE))
+        client = wiring.management_api(server.endpoint_url(STAGE))
         for name in ROUTE_MODULES:
             module = importlib.import_module(name)
             monkeypatch.setattr(module, "management", client)

@@ -12,12 +12,13 @@ from typing import Any
 import boto3
 from moto import mock_aws
 
-from agent_channel import accounts, runtime
 from agent_channel.config import CHANNEL_AGENT_MODEL, settings
-from agent_channel.dynamo_store import connection_key
-from agent_channel.local.apigw_events import scheduled_event
-from agent_channel.models import ConnectionRecord, LeaseRecord, lease_sk, user_pk
-from agent_channel.presence_types import Presence
+from agent_channel.identity import accounts
+from agent_channel.lambda_kit import wiring
+from agent_channel.presence.model import Presence
+from agent_channel.storage import schema
+from agent_channel.storage.records import ConnectionRecord, LeaseRecord
+from agent_channel_dev.local.apigw_events import scheduled_event
 from tests.support.clock import FakeClock
 from tests.support.fixtures import create_table
 from tests.support.gateway import Gateway, invoke
@@ -42,7 +43,7 @@ class PresenceWorld:
 
     def make_stale(self, name: str) -> None:
         """The plugin behind this socket stopped heartbeating long ago."""
-        lease = LeaseRecord(user_pk(self.agent_id), lease_sk(self.connections[name]))
+        lease = LeaseRecord(*schema.lease_key(self.agent_id, self.connections[name]))
         lease.update(actions=[LeaseRecord.last_seen_at.set(self.clock() - 10_000)])
 
     def reap_by_sweep(self) -> None:
@@ -85,7 +86,7 @@ class PresenceWorld:
 
     # -- observation ---------------------------------------------------------------
     def presence(self) -> Presence:
-        presence = runtime.presence_store().read(self.agent_id)
+        presence = wiring.presence_store().read(self.agent_id)
         assert presence is not None
         return presence
 
@@ -93,7 +94,7 @@ class PresenceWorld:
         return {
             connection_id
             for connection_id in self.connections.values()
-            if _exists(ConnectionRecord, *connection_key(connection_id))
+            if _exists(ConnectionRecord, *schema.connection_key(connection_id))
         }
 
     def schedules(self) -> list[dict[str, Any]]:

@@ -1,0 +1,94 @@
+"""The delivery ops of the backend: dispatch, permission decisions, replies and
+broadcasts. Registered into the command router on import."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent_channel.backend.router import Args, CommandContext, CommandError, op
+from agent_channel.delivery import decisions, dispatch
+from agent_channel.delivery.broadcast import broadcast_to_stream
+from agent_channel.delivery.fanout import BroadcastResult
+from agent_channel.delivery.streams import agent_stream, topic_stream
+
+
+def _delivery(result: BroadcastResult) -> dict[str, Any]:
+    return result.as_dict()
+
+
+@op("dispatch", "hand a running task to its channel agent (running -> delegated)")
+def _dispatch(args: Args, context: CommandContext) -> dict[str, Any]:
+    task_id = args.integer("task_id")
+    pending_tool_call = args.optional_string("pending_tool_call", max_length=1024)
+    comment = _comment_patch(args.optional_object("comment"))
+    done = dispatch.dispatch(
+        context.tasks(),
+        task_id,
+        client=context.management(),
+        on_gone=context.on_gone(),
+        comment_fields=comment,
+        pending_tool_call=pending_tool_call,
+    )
+    return {
+        "task_id": task_id,
+        "status": done.task.status.value,
+        "dispatched": done.message,
+        "agent_stream": _delivery(done.to_agent),
+        "topic_stream": _delivery(done.to_topic),
+    }
+
+
+def _comment_patch(comment: Args | None) -> dict[str, Any] | None:
+    """The comment fields the backend gave, each validated; the rest come from the task."""
+    if comment is None:
+        return None
+    patch: dict[str, Any] = {}
+    for name in ("id", "author_id", "topic_id", "creative_id"):
+        if comment.has(name):
+            patch[name] = comment.optional_integer(name)
+    for name in ("content", "author_name", "created_at"):
+        if comment.has(name):
+            patch[name] = comment.optional_string(name)
+    return patch
+
+
+@op("decide_permission", "record a permission decision (first wins) and push it to the agent")
+def _decide(args: Args, context: CommandContext) -> dict[str, Any]:
+    decided = decisions.decide(
+        context.decisions(),
+        agent_id=args.integer("agent_id"),
+        request_id=args.string("request_id", max_length=decisions.MAX_REQUEST_ID_LENGTH),
+        behavior=args.string("behavior", choices=tuple(b.value for b in decisions.Behavior)),
+        decided_by=args.integer("decided_by"),
+        client=context.management(),
+        on_gone=context.on_gone(),
+    )
+    record = decided.record
+    return {
+        "agent_id": record.agent_id,
+        "request_id": record.request_id,
+        "behavior": record.behavior,
+        "decided_at": record.decided_at,
+        "decided_by": record.decided_by,
+        **_delivery(decided.broadcast),
+    }
+
+
+@op("claim_reply", "complete a delegated task with its agent's reply (at most once)")
+def _claim_reply(args: Args, context: CommandContext) -> dict[str, Any]:
+    task = dispatch.claim_reply(
+        context.tasks(), args.integer("task_id"), agent_id=args.optional_integer("agent_id")
+    )
+    return {"task_id": task.task_id, "status": task.status.value}
+
+
+@op("broadcast", "send a JSON object to an agent's or a topic's stream")
+def _broadcast(args: Args, context: CommandContext) -> dict[str, Any]:
+    agent_id, topic_id = args.optional_integer("agent_id"), args.optional_integer("topic_id")
+    if (agent_id is None) == (topic_id is None):
+        raise CommandError("invalid_command", "give exactly one of 'agent_id' and 'topic_id'")
+    stream = agent_stream(agent_id) if agent_id is not None else topic_stream(topic_id or 0)
+    result = broadcast_to_stream(
+        stream, args.raw_object("payload"), client=context.management(), on_gone=context.on_gone()
+    )
+    return _delivery(result)

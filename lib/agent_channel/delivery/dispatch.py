@@ -1,0 +1,206 @@
+"""Dispatching a task to a channel agent, and claiming the agent's reply.
+
+Dispatch: the agent must be routable (``routing_expression == "true"``, read
+consistently) before the task moves ``running -> delegated``; the message then
+goes to the agent's stream (every session) and the topic's stream (UI and
+legacy listeners). ``session_topic`` in the message is the topic's
+``session_id`` when the topic is private to one session of the agent, else
+null: the session it names is the one that should take the work.
+
+Claiming the reply: ``delegated -> done`` at most once; a second claim, or a
+claim after a grace cancellation won, is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from agent_channel.delivery.broadcast import broadcast_to_stream
+from agent_channel.delivery.fanout import BroadcastResult, GoneHandler, encode_checked
+from agent_channel.delivery.members import stream_connections
+from agent_channel.delivery.streams import agent_stream, topic_stream
+from agent_channel.errors import Refusal
+from agent_channel.observability import logger
+from agent_channel.tasks.model import Task, TransitionRefused
+from agent_channel.tasks.store import TaskStore
+
+if TYPE_CHECKING:
+    from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
+
+
+class DispatchError(Refusal):
+    code = "dispatch_error"
+
+
+class TaskNotFound(DispatchError):
+    code = "task_not_found"
+
+
+class AgentNotRoutable(DispatchError):
+    code = "agent_not_routable"
+
+
+class InvalidTransition(DispatchError):
+    code = "invalid_transition"
+
+
+class InvalidComment(DispatchError):
+    code = "invalid_comment"
+
+
+class ReplyAlreadyClaimed(DispatchError):
+    code = "reply_not_claimable"
+
+
+@dataclass(frozen=True)
+class Comment:
+    """The comment that carries the work, as the plugin shows it to the agent."""
+
+    id: int | None
+    content: str
+    author_id: int | None
+    author_name: str
+    topic_id: int
+    creative_id: int | None
+    created_at: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "content": self.content,
+            "author_id": self.author_id,
+            "author_name": self.author_name,
+            "topic_id": self.topic_id,
+            "creative_id": self.creative_id,
+            "created_at": self.created_at,
+        }
+
+
+COMMENT_FIELDS = frozenset(f.name for f in fields(Comment))
+
+
+def iso8601(moment: float) -> str:
+    return datetime.fromtimestamp(moment, tz=UTC).isoformat(timespec="seconds")
+
+
+def dispatch_message(task: Task, comment: Comment, session_topic: str | None) -> dict[str, Any]:
+    return {
+        "type": "dispatch",
+        "agent_id": task.agent_id,
+        "task_id": task.task_id,
+        "session_topic": session_topic,
+        "comment": comment.as_dict(),
+    }
+
+
+@dataclass(frozen=True)
+class Dispatched:
+    task: Task
+    message: dict[str, Any]
+    to_agent: BroadcastResult
+    to_topic: BroadcastResult
+
+
+def default_comment(task: Task, author_name: str = "") -> Comment:
+    """The comment a task carries when the backend gives none of its own."""
+    return Comment(
+        id=task.comment_id,
+        content=task.content,
+        author_id=task.author_id,
+        author_name=author_name,
+        topic_id=task.topic_id,
+        creative_id=None,
+        created_at=iso8601(task.created_at),
+    )
+
+
+def dispatch(
+    tasks: TaskStore,
+    task_id: int,
+    *,
+    client: ApiGatewayManagementApiClient,
+    on_gone: GoneHandler | None,
+    comment_fields: Mapping[str, Any] | None = None,
+    pending_tool_call: str | None = None,
+) -> Dispatched:
+    """Hand a running task to its channel agent and tell both streams.
+
+    ``comment_fields`` override the comment built from the task (its content,
+    author, comment id and creation time). Raises TaskNotFound, AgentNotRoutable,
+    InvalidComment, InvalidTransition or PayloadTooLarge; on any of them the task
+    is left as it was.
+    """
+    task = tasks.get(task_id)
+    if task is None:
+        raise TaskNotFound(f"no task {task_id}")
+    context = tasks.dispatch_context(task)
+    # Checked before the transition: a task must not become delegated to an agent
+    # nobody serves. (If the last session leaves right after this check, the
+    # agent-wide grace cancellation takes the task back: that race is its job.)
+    if not context.agent_routable:
+        raise AgentNotRoutable(f"agent {task.agent_id} is not routable")
+    comment = default_comment(task, context.author_name)
+    if comment_fields:
+        unknown = set(comment_fields) - COMMENT_FIELDS
+        if unknown:
+            raise InvalidComment(f"unknown comment fields: {', '.join(sorted(unknown))}")
+        comment = replace(comment, **comment_fields)
+    if comment.topic_id != task.topic_id:
+        raise InvalidComment(f"the comment belongs to topic {comment.topic_id}, not the task's")
+    message = dispatch_message(task, comment, context.session_topic)
+    # Everything that can fail is done before the transition (the size check, the
+    # reads of both streams' members), so a task never ends delegated with its
+    # message unsent for a reason we could have seen; after it, posting reports
+    # per connection and never raises.
+    encode_checked(message)
+    agent_members = stream_connections(agent_stream(task.agent_id))
+    topic_members = stream_connections(topic_stream(task.topic_id))
+    try:
+        delegated = tasks.delegate(task, pending_tool_call)
+    except TransitionRefused as error:
+        raise InvalidTransition(f"task {task_id} is not running") from error
+    to_agent = broadcast_to_stream(
+        agent_stream(task.agent_id),
+        message,
+        client=client,
+        on_gone=on_gone,
+        connection_ids=agent_members,
+    )
+    to_topic = broadcast_to_stream(
+        topic_stream(task.topic_id),
+        message,
+        client=client,
+        on_gone=on_gone,
+        connection_ids=topic_members,
+    )
+    logger.info(
+        "task dispatched",
+        extra={
+            "task_id": task_id,
+            "agent_deliveries": len(to_agent.delivered),
+            "topic_deliveries": len(to_topic.delivered),
+        },
+    )
+    return Dispatched(delegated, message, to_agent, to_topic)
+
+
+def claim_reply(tasks: TaskStore, task_id: int, *, agent_id: int | None = None) -> Task:
+    """delegated -> done, at most once (clears the pending tool call, frees the slot).
+
+    ``agent_id``, when given, must be the task's agent: a reply from another agent
+    does not complete someone else's work.
+    """
+    task = tasks.get(task_id)
+    if task is None:
+        raise TaskNotFound(f"no task {task_id}")
+    if agent_id is not None and task.agent_id != agent_id:
+        raise TaskNotFound(f"no task {task_id} for agent {agent_id}")
+    try:
+        return tasks.claim_reply(task)
+    except TransitionRefused as error:
+        # The status condition is the guard: a second claim, or a grace
+        # cancellation that got there first, leaves nothing to claim.
+        raise ReplyAlreadyClaimed(f"task {task_id} is not delegated") from error

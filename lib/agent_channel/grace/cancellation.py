@@ -1,0 +1,183 @@
+"""Grace cancellation: what ``cancel_offline`` does when a grace schedule fires.
+
+Plain functions over a PresenceStore, a TaskBook and TaskEvents. Scheduler invokes
+the function asynchronously, so at least once and possibly late: every recheck is
+made again at run time, and every write is a conditional transition, so a duplicate
+run, or a run after the agent came back, changes nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from agent_channel import clock
+from agent_channel.config import Settings
+from agent_channel.grace.scheduler import GraceCancellation
+from agent_channel.grace.task_book import CancelVerdict, DelegatedTask, TaskBook
+from agent_channel.observability import count, logger
+from agent_channel.presence.model import Presence
+from agent_channel.presence.store import PresenceStore
+from agent_channel.tasks.events import TaskCancelled, TaskEvents
+
+MAX_ATTEMPTS = 5
+"""Rechecks before giving up when presence keeps changing under the cancellation."""
+
+REASON_AGENT_OFFLINE = "agent_offline"
+REASON_SESSION_OFFLINE = "session_offline"
+
+
+class Outcome(enum.StrEnum):
+    NO_AGENT = "no_agent"
+    ROUTED_AGAIN = "routed_again"
+    LIVE_LEASE = "live_lease"
+    TOKEN_MISMATCH = "token_mismatch"  # noqa: S105 (an outcome name, not a secret)
+    SESSION_BACK = "session_back"
+    NO_SESSION_TOPIC = "no_session_topic"
+    CANCELLED = "cancelled"
+    """The rechecks passed; every delegated task in scope was cancelled or lost."""
+
+
+class PresenceKeptChanging(Exception):
+    """Presence changed under every attempt; the invocation should be retried."""
+
+
+@dataclass
+class Result:
+    outcome: Outcome
+    cancelled: list[int] = field(default_factory=list)
+    lost: list[int] = field(default_factory=list)
+    unannounced: list[int] = field(default_factory=list)
+    """Cancelled, but the task.cancelled event could not be published."""
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "outcome": self.outcome.value,
+            "cancelled": self.cancelled,
+            "lost": self.lost,
+            "unannounced": self.unannounced,
+        }
+
+
+@dataclass(frozen=True)
+class Proceed:
+    """The rechecks passed on ``seen``; cancel in these topics (None: every topic)."""
+
+    seen: Presence
+    topics: list[int] | None
+
+
+def cancel_offline(
+    store: PresenceStore,
+    book: TaskBook,
+    events: TaskEvents,
+    settings: Settings,
+    request: GraceCancellation,
+) -> Result:
+    """Recheck, then cancel the delegated tasks in scope of a grace cancellation."""
+    reason = REASON_SESSION_OFFLINE if request.session_id else REASON_AGENT_OFFLINE
+    result = Result(Outcome.CANCELLED)
+    for attempt in range(MAX_ATTEMPTS):
+        if attempt:
+            count("PresenceRetries")
+        decision = recheck(store, book, settings, request)
+        if isinstance(decision, Outcome):
+            result.outcome = decision
+            return result
+        if not _cancel_all(book, events, decision, request.agent_id, reason, result):
+            return result
+    logger.warning("presence kept changing under the grace cancellation")
+    raise PresenceKeptChanging(f"agent {request.agent_id}")
+
+
+def recheck(
+    store: PresenceStore, book: TaskBook, settings: Settings, request: GraceCancellation
+) -> Outcome | Proceed:
+    """Whether to act, decided on a consistent read of the agent's presence made
+    after reaping its stale leases (docs/GRACE.md, "The rechecks")."""
+    cutoff = clock.now() - settings.stale_after_seconds
+    presence = _reaped(store, request.agent_id, cutoff)
+    if presence is None:
+        return Outcome.NO_AGENT
+    live = presence.live_leases(cutoff)
+    if request.session_id:
+        if any(lease.session_id == request.session_id for lease in live):
+            # The same session came back: its own topic has its plugin again.
+            return Outcome.SESSION_BACK
+        topics = book.session_topics(request.agent_id, request.session_id)
+        if not topics:
+            return Outcome.NO_SESSION_TOPIC
+        # Only the session's own topics: a live sibling can still reply elsewhere.
+        return Proceed(presence, topics)
+    if presence.routing_on:
+        return Outcome.ROUTED_AGAIN
+    if live:
+        return Outcome.LIVE_LEASE
+    token = presence.subscription_token
+    if token and token != request.subscription_token:
+        # A newer subscribe owns the agent now; this schedule is from an older one.
+        return Outcome.TOKEN_MISMATCH
+    return Proceed(presence, None)
+
+
+def _reaped(store: PresenceStore, agent_id: int, cutoff: float) -> Presence | None:
+    presence = store.read(agent_id)
+    if presence is None:
+        return None
+    stale = presence.stale_leases(cutoff)
+    if not stale:
+        return presence
+    if presence.routing_on and not presence.live_leases(cutoff):
+        # Reaping every lease of a routed agent would leave routing on with no lease
+        # at all (invariant 1). The sweeper's settle reaps and clears routing in one
+        # transaction, and then schedules an agent-wide grace of its own.
+        return presence
+    # Reaping (each delete conditioned on the lease still being stale) rather than
+    # just ignoring stale leases: a plugin that revives after its lease is gone must
+    # restore it, and a restore bumps the presence version that cancel() is
+    # conditioned on, so a revival racing this cancellation wins.
+    store.reap(stale, cutoff)
+    # Decide on what is there after the reap: a lease refreshed by a heartbeat
+    # between the read and the reap was not deleted and is live now.
+    return store.read(agent_id)
+
+
+def _cancel_all(
+    book: TaskBook,
+    events: TaskEvents,
+    go: Proceed,
+    agent_id: int,
+    reason: str,
+    result: Result,
+) -> bool:
+    """Cancel every delegated task in scope; True if presence changed on the way
+    (the caller must recheck before going on)."""
+    if go.topics is None:
+        tasks = book.delegated(agent_id)
+    else:
+        tasks = [task for topic in go.topics for task in book.delegated(agent_id, topic)]
+    for task in tasks:
+        verdict = book.cancel(task, go.seen)
+        if verdict is CancelVerdict.PRESENCE_CHANGED:
+            return True
+        if verdict is CancelVerdict.LOST:
+            if task.task_id not in result.lost:
+                result.lost.append(task.task_id)
+            continue
+        result.cancelled.append(task.task_id)
+        count("Cancellations")
+        _announce(events, task, reason, result)
+    return False
+
+
+def _announce(events: TaskEvents, task: DelegatedTask, reason: str, result: Result) -> None:
+    event = TaskCancelled(task.task_id, task.agent_id, task.topic_id, reason, clock.now())
+    try:
+        events.task_cancelled(event)
+    except Exception:
+        # The cancellation has committed and a retry would not find the task
+        # delegated again, so failing the invocation would not bring the event back.
+        # Make it loud instead, and carry on with the other tasks.
+        count("CancelEventFailures")
+        logger.exception("task.cancelled event not published", extra={"task_id": task.task_id})
+        result.unannounced.append(task.task_id)

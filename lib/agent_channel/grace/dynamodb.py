@@ -1,0 +1,43 @@
+"""The task book of grace cancellation on DynamoDB: index paths to an agent's
+delegated tasks and a session's own topics, and the guarded delegated -> cancelled."""
+
+from __future__ import annotations
+
+from agent_channel.grace.task_book import CancelVerdict, DelegatedTask
+from agent_channel.presence.model import Presence
+from agent_channel.storage import schema
+from agent_channel.storage.records import Record, TopicRecord
+from agent_channel.tasks.model import Status, Task, TransitionRefused
+from agent_channel.tasks.store import TaskStore
+
+
+class DynamoTaskBook:
+    def __init__(self, tasks: TaskStore) -> None:
+        self._tasks = tasks
+
+    def delegated(self, agent_id: int, topic_id: int | None = None) -> list[DelegatedTask]:
+        return [
+            DelegatedTask(task.task_id, task.agent_id, task.topic_id)
+            for task in self._tasks.by_status(agent_id, Status.DELEGATED, topic_id=topic_id)
+        ]
+
+    def session_topics(self, agent_id: int, session_id: str) -> list[int]:
+        return [
+            int(record.topic_id)
+            for record in Record.gsi1.query(schema.session_topic_index(agent_id, session_id))
+            if isinstance(record, TopicRecord)
+        ]
+
+    def cancel(self, task: DelegatedTask, seen: Presence) -> CancelVerdict:
+        target = Task(task.task_id, task.topic_id, task.agent_id, Status.DELEGATED)
+        try:
+            self._tasks.cancel_delegated(target, presence_version=seen.version)
+        except TransitionRefused:
+            # Refused: either the task left delegated (a reply claimed it first, or an
+            # earlier run cancelled it), or the guard failed (the agent came back), or
+            # the transaction met a concurrent one. A consistent read tells which.
+            current = self._tasks.get(task.task_id)
+            if current is None or current.status is not Status.DELEGATED:
+                return CancelVerdict.LOST
+            return CancelVerdict.PRESENCE_CHANGED
+        return CancelVerdict.CANCELLED

@@ -1,0 +1,42 @@
+"""The task book of grace cancellation: the interface ``cancel_offline`` runs over.
+
+It finds an agent's delegated tasks and a session's own topics by index, and
+cancels a task only while the agent's presence is still as the recheck read it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+from agent_channel.presence.model import Presence
+
+
+class CancelVerdict(enum.StrEnum):
+    CANCELLED = "cancelled"
+    LOST = "lost"
+    """No longer delegated: a reply (or an earlier run of this schedule) got it first."""
+    PRESENCE_CHANGED = "presence_changed"
+    """Still delegated, but presence changed since the recheck: decide again."""
+
+
+@dataclass(frozen=True)
+class DelegatedTask:
+    task_id: int
+    agent_id: int
+    topic_id: int
+
+
+class TaskBook(Protocol):
+    def delegated(self, agent_id: int, topic_id: int | None = None) -> list[DelegatedTask]:
+        """The agent's delegated tasks (of one topic, if given), by a key or an
+        index path, never a scan. May lag; cancel() is what decides."""
+
+    def session_topics(self, agent_id: int, session_id: str) -> list[int]:
+        """The topics private to this session of the agent."""
+
+    def cancel(self, task: DelegatedTask, seen: Presence) -> CancelVerdict:
+        """delegated -> cancelled, clearing the pending tool call and releasing the
+        slot, in one write that holds only while the agent's presence is still as
+        ``seen`` (so the rechecks still hold at the moment it commits)."""

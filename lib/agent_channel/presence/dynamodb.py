@@ -1,0 +1,330 @@
+"""The presence store on DynamoDB, through the PynamoDB models.
+
+Conditional writes and transactions stand where the reference took row locks.
+Each condition names the race it guards against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from pynamodb.exceptions import DeleteError, TransactWriteError, UpdateError
+from pynamodb.expressions.condition import Condition
+from pynamodb.transactions import TransactWrite
+
+from agent_channel.config import CHANNEL_AGENT_MODEL
+from agent_channel.delivery.streams import agent_stream
+from agent_channel.grace.scheduler import GraceCancellation
+from agent_channel.presence.model import Attachment, Lease, Presence, Subscription
+from agent_channel.presence.store import MAX_STALE_PER_CLEAR, AccessDenied
+from agent_channel.storage import schema
+from agent_channel.storage.records import (
+    ConnectionRecord,
+    LeaseRecord,
+    Record,
+    StreamMemberRecord,
+    TopicRecord,
+    UserRecord,
+)
+from agent_channel.storage.transactions import condition_failed, failed_positions, transaction
+
+GARBAGE_AFTER = timedelta(days=1)
+
+
+def _lease_from(record: LeaseRecord) -> Lease:
+    return Lease(
+        agent_id=int(record.agent_id),
+        connection_id=record.connection_id,
+        token=record.token,
+        session_id=record.session_id or "",
+        last_seen_at=float(record.last_seen_at),
+    )
+
+
+class DynamoPresenceStore:
+    def _ttl(self, now: float) -> datetime:
+        # Garbage collection only (TTL deletion can lag for days): liveness is
+        # always computed from last_seen_at.
+        return datetime.fromtimestamp(now, tz=UTC) + GARBAGE_AFTER
+
+    def read(self, agent_id: int) -> Presence | None:
+        user: UserRecord | None = None
+        leases: list[Lease] = []
+        for record in Record.query(schema.user_partition(agent_id), consistent_read=True):
+            if isinstance(record, UserRecord):
+                user = record
+            elif isinstance(record, LeaseRecord):
+                leases.append(_lease_from(record))
+        if user is None:
+            return None
+        return Presence(
+            agent_id=agent_id,
+            routing_on=user.routing_expression == "true",
+            subscription_token=user.routing_subscription_token,
+            version=int(user.presence_version or 0),
+            leases=tuple(leases),
+        )
+
+    def _stream_items(self, attachment: Attachment, now: float) -> list[Record]:
+        return [
+            ConnectionRecord(
+                *schema.connection_key(attachment.connection_id),
+                connection_id=attachment.connection_id,
+                user_id=attachment.user_id,
+                stream=attachment.stream,
+                agent_id=attachment.agent_id,
+                topic_id=attachment.topic_id,
+                connected_at=now,
+                expires_at=self._ttl(now),
+            ),
+            StreamMemberRecord(
+                *schema.member_key(attachment.stream, attachment.connection_id),
+                stream=attachment.stream,
+                connection_id=attachment.connection_id,
+                expires_at=self._ttl(now),
+            ),
+        ]
+
+    def _lease_writes(
+        self, writes: TransactWrite, subscription: Subscription, token: str, now: float
+    ) -> None:
+        """The lease and routing-on, as one subscribe writes them.
+
+        Bumping presence_version makes any last-one-out clear that read the agent
+        before this subscribe fail its condition, so a subscribe that lands between
+        a disconnect's read and its clear wins: routing stays on.
+        """
+        agent_id = subscription.agent_id
+        writes.save(
+            LeaseRecord(
+                *schema.lease_key(agent_id, subscription.connection_id),
+                agent_id=agent_id,
+                connection_id=subscription.connection_id,
+                token=token,
+                session_id=subscription.session_id,
+                last_seen_at=now,
+                expires_at=self._ttl(now),
+            )
+        )
+        writes.update(
+            UserRecord(*schema.user_key(agent_id)),
+            actions=[
+                UserRecord.routing_expression.set("true"),
+                UserRecord.routing_subscription_token.set(token),
+                UserRecord.presence_version.add(1),
+                UserRecord.gsi1pk.set(schema.routed_shard(agent_id)),
+                UserRecord.gsi1sk.set(schema.agent_sort(agent_id)),
+                # The agent is back: a grace still owed from its last departure
+                # is moot (cancel_offline would find routing on and do nothing).
+                UserRecord.grace_owed_token.remove(),
+                UserRecord.grace_owed_due.remove(),
+            ],
+            # The agent may have been deleted or handed to another owner since the
+            # authorizer read it.
+            condition=(UserRecord.created_by == subscription.user_id)
+            & (UserRecord.model == CHANNEL_AGENT_MODEL),
+        )
+
+    def subscribe(self, subscription: Subscription, token: str, now: float) -> None:
+        attachment = Attachment(
+            connection_id=subscription.connection_id,
+            user_id=subscription.user_id,
+            stream=agent_stream(subscription.agent_id),
+            agent_id=subscription.agent_id,
+        )
+        connection, member = self._stream_items(attachment, now)
+        assert isinstance(connection, ConnectionRecord)
+        connection.holds_lease = True
+        connection.session_id = subscription.session_id
+        # One transaction: the stream is attached no later than routing turns on,
+        # so a dispatch can never go into a stream nobody holds yet.
+        try:
+            with transaction() as writes:
+                writes.save(connection)
+                writes.save(member)
+                self._lease_writes(writes, subscription, token, now)
+        except TransactWriteError as error:
+            if failed_positions(error):
+                raise AccessDenied(f"agent {subscription.agent_id}") from error
+            raise
+
+    def restore(self, subscription: Subscription, token: str, now: float) -> bool:
+        try:
+            with transaction() as writes:
+                # A heartbeat racing its own $disconnect must not resurrect the
+                # connection: the restore holds only while the connection item exists,
+                # and $disconnect removes that item before it touches the lease.
+                writes.condition_check(
+                    ConnectionRecord,
+                    *schema.connection_key(subscription.connection_id),
+                    ConnectionRecord.pk.exists(),
+                )
+                self._lease_writes(writes, subscription, token, now)
+        except TransactWriteError as error:
+            if failed_positions(error):
+                return False
+            raise
+        return True
+
+    def touch(self, agent_id: int, connection_id: str, now: float) -> bool:
+        lease = LeaseRecord(*schema.lease_key(agent_id, connection_id))
+        try:
+            lease.update(
+                actions=[
+                    LeaseRecord.last_seen_at.set(now),
+                    LeaseRecord.expires_at.set(self._ttl(now)),
+                ],
+                # Never recreate a lease that a reap or a disconnect deleted: that is
+                # restore's job, which rechecks the connection.
+                condition=LeaseRecord.pk.exists(),
+            )
+        except UpdateError as error:
+            if condition_failed(error):
+                return False
+            raise
+        return True
+
+    def attach(self, attachment: Attachment, now: float) -> None:
+        condition: Condition
+        if attachment.topic_id is not None:
+            target_key = schema.topic_key(attachment.topic_id)
+            condition = (
+                TopicRecord.owner_id == attachment.user_id
+            ) | TopicRecord.reader_ids.contains(attachment.user_id)
+            target_model: type[Record] = TopicRecord
+        elif attachment.agent_id is not None:
+            target_key = schema.user_key(attachment.agent_id)
+            condition = UserRecord.created_by == attachment.user_id
+            target_model = UserRecord
+        else:
+            raise ValueError("an attachment names an agent or a topic")
+        connection, member = self._stream_items(attachment, now)
+        try:
+            with transaction() as writes:
+                # Access may have been withdrawn since the authorizer read the target.
+                writes.condition_check(target_model, *target_key, condition)
+                writes.save(connection)
+                writes.save(member)
+        except TransactWriteError as error:
+            if failed_positions(error):
+                raise AccessDenied(attachment.stream) from error
+            raise
+
+    def drop_connection(self, connection_id: str, stream: str) -> None:
+        with transaction() as writes:
+            writes.delete(ConnectionRecord(*schema.connection_key(connection_id)))
+            writes.delete(StreamMemberRecord(*schema.member_key(stream, connection_id)))
+
+    def drop_lease(self, agent_id: int, connection_id: str) -> Lease | None:
+        try:
+            response = LeaseRecord._get_connection().delete_item(
+                *schema.lease_key(agent_id, connection_id),
+                # A stale or duplicate $disconnect finds its lease already reaped and
+                # must then change nothing and schedule nothing.
+                condition=LeaseRecord.pk.exists(),
+                return_values="ALL_OLD",
+            )
+        except DeleteError as error:
+            if condition_failed(error):
+                return None
+            raise
+        record = LeaseRecord.from_raw_data(response["Attributes"])
+        return _lease_from(record)
+
+    def reap(self, stale: Sequence[Lease], cutoff: float) -> list[Lease]:
+        reaped: list[Lease] = []
+        for lease in stale:
+            try:
+                LeaseRecord(*schema.lease_key(lease.agent_id, lease.connection_id)).delete(
+                    # A heartbeat may have refreshed it since it was read as stale.
+                    condition=LeaseRecord.last_seen_at < cutoff
+                )
+            except DeleteError as error:
+                if condition_failed(error):
+                    continue
+                raise
+            reaped.append(lease)
+        return reaped
+
+    def clear_routing(self, seen: Presence, stale: Sequence[Lease], cutoff: float) -> bool:
+        if len(stale) > MAX_STALE_PER_CLEAR:
+            raise ValueError("too many stale leases for one transaction; reap first")
+        try:
+            with transaction() as writes:
+                for lease in stale:
+                    writes.delete(
+                        LeaseRecord(*schema.lease_key(lease.agent_id, lease.connection_id)),
+                        # A heartbeat that refreshed this lease since the read makes
+                        # the agent live again: the clear must not happen. A lease
+                        # someone else already deleted is no obstacle.
+                        condition=LeaseRecord.pk.does_not_exist()
+                        | (LeaseRecord.last_seen_at < cutoff),
+                    )
+                writes.update(
+                    UserRecord(*schema.user_key(seen.agent_id)),
+                    actions=[
+                        UserRecord.routing_expression.set(""),
+                        UserRecord.routing_subscription_token.remove(),
+                        UserRecord.gsi1pk.remove(),
+                        UserRecord.gsi1sk.remove(),
+                    ],
+                    # A subscribe or restore since the read bumped the version: it wins.
+                    condition=schema.presence_version_is(seen.version),
+                )
+        except TransactWriteError as error:
+            if failed_positions(error):
+                return False
+            raise
+        return True
+
+    def owe_grace(self, cancellation: GraceCancellation, due_at: float) -> bool:
+        try:
+            UserRecord(*schema.user_key(cancellation.agent_id)).update(
+                actions=[
+                    UserRecord.grace_owed_token.set(cancellation.subscription_token),
+                    UserRecord.grace_owed_due.set(due_at),
+                    UserRecord.gsi1pk.set(schema.GRACE_OWED),
+                    UserRecord.gsi1sk.set(schema.agent_sort(cancellation.agent_id)),
+                ],
+                # If a subscribe turned routing back on meanwhile, nothing is owed,
+                # and its ROUTED index entry must not be overwritten.
+                condition=UserRecord.routing_expression != "true",
+            )
+        except UpdateError as error:
+            if condition_failed(error):
+                return False
+            raise
+        return True
+
+    def owed_graces(self) -> list[tuple[GraceCancellation, float]]:
+        owed: list[tuple[GraceCancellation, float]] = []
+        for record in Record.gsi1.query(schema.GRACE_OWED):
+            if isinstance(record, UserRecord) and record.grace_owed_token is not None:
+                cancellation = GraceCancellation(int(record.user_id), record.grace_owed_token)
+                owed.append((cancellation, float(record.grace_owed_due or 0)))
+        return owed
+
+    def settle_owed_grace(self, cancellation: GraceCancellation) -> None:
+        try:
+            UserRecord(*schema.user_key(cancellation.agent_id)).update(
+                actions=[
+                    UserRecord.grace_owed_token.remove(),
+                    UserRecord.grace_owed_due.remove(),
+                    UserRecord.gsi1pk.remove(),
+                    UserRecord.gsi1sk.remove(),
+                ],
+                # Only the debt we paid: a newer departure may have replaced it.
+                condition=UserRecord.grace_owed_token == cancellation.subscription_token,
+            )
+        except UpdateError as error:
+            if not condition_failed(error):
+                raise
+
+    def routed_agents(self) -> list[int]:
+        agents: list[int] = []
+        for shard in schema.routed_shards():
+            for record in Record.gsi1.query(shard):
+                if isinstance(record, UserRecord):
+                    agents.append(int(record.user_id))
+        return agents

@@ -1,0 +1,164 @@
+"""Every key, index key and shared condition of the single table, in one place.
+
+The layout puts what one decision needs into one partition:
+
+| item                  | pk                         | sk                  |
+| --------------------- | -------------------------- | ------------------- |
+| user or agent         | ``USER#<id>``              | ``USER``            |
+| lease (presence row)  | ``USER#<agent_id>``        | ``LEASE#<conn_id>`` |
+| token (hashed)        | ``TOKEN#<sha256>``         | ``TOKEN``           |
+| connection            | ``CONN#<conn_id>``         | ``CONN``            |
+| stream membership     | ``STREAM#<stream>``        | ``CONN#<conn_id>``  |
+| topic                 | ``TOPIC#<id>``             | ``TOPIC``           |
+| task                  | ``TASK#<id>``              | ``TASK``            |
+| permission decision   | ``DECISION#<agent_id>``    | ``REQ#<request_id>``|
+| held slot             | ``SLOTS#<agent_id>``       | ``TASK#<task_id>``  |
+| id counter            | ``COUNTER#<name>``         | ``COUNTER``         |
+
+An agent's user item and its leases share ``USER#<agent_id>``, so one consistent
+Query reads routing, the presence version and every lease. One sparse GSI
+(``gsi1``) serves the paths that may be eventually consistent:
+
+| gsi1pk                              | gsi1sk                        | finds                   |
+| ----------------------------------- | ----------------------------- | ----------------------- |
+| ``ROUTED#<agent_id mod 16>``        | ``<agent_id>``                | routed agents (sweeper) |
+| ``GRACE_OWED``                      | ``<agent_id>``                | graces owed (sweeper)   |
+| ``AGENT#<id>#STATUS#<status>``      | ``TOPIC#<topic>#TASK#<task>`` | an agent's tasks        |
+| ``AGENT#<id>#SESSION#<session_id>`` | ``TOPIC#<topic>``             | a session's own topics  |
+
+Stores build keys only through these functions, and share the conditions below,
+so a key's shape and a race guard used by two stores are each written once.
+"""
+
+from __future__ import annotations
+
+from pynamodb.expressions.condition import Condition
+
+from agent_channel.storage.records import UserRecord
+
+Key = tuple[str, str]
+"""A (partition key, sort key) pair."""
+
+# ---------------------------------------------------------------- base table
+
+
+def user_key(user_id: int) -> Key:
+    return f"USER#{user_id}", "USER"
+
+
+def user_partition(user_id: int) -> str:
+    """An agent's partition: its user item and every lease."""
+    return user_key(user_id)[0]
+
+
+def lease_key(agent_id: int, connection_id: str) -> Key:
+    return user_partition(agent_id), f"LEASE#{connection_id}"
+
+
+def token_key(digest: str) -> Key:
+    return f"TOKEN#{digest}", "TOKEN"
+
+
+def connection_key(connection_id: str) -> Key:
+    return f"CONN#{connection_id}", "CONN"
+
+
+MEMBER_PREFIX = "CONN#"
+"""Sort-key prefix of a stream's members; the rest of the sort key is the connection id."""
+
+
+def stream_partition(stream: str) -> str:
+    return f"STREAM#{stream}"
+
+
+def member_key(stream: str, connection_id: str) -> Key:
+    return stream_partition(stream), f"{MEMBER_PREFIX}{connection_id}"
+
+
+def topic_key(topic_id: int) -> Key:
+    return f"TOPIC#{topic_id}", "TOPIC"
+
+
+def task_key(task_id: int) -> Key:
+    return f"TASK#{task_id}", "TASK"
+
+
+def decision_key(agent_id: int, request_id: str) -> Key:
+    return f"DECISION#{agent_id}", f"REQ#{request_id}"
+
+
+def slots_partition(agent_id: int) -> str:
+    return f"SLOTS#{agent_id}"
+
+
+def slot_key(agent_id: int, task_id: int) -> Key:
+    return slots_partition(agent_id), f"TASK#{task_id}"
+
+
+def counter_key(name: str) -> Key:
+    return f"COUNTER#{name}", "COUNTER"
+
+
+# ---------------------------------------------------------------- gsi1
+
+ROUTED_SHARDS = 16
+"""The sweeper's index spreads routed agents over this many partitions."""
+
+GRACE_OWED = "GRACE_OWED"
+"""gsi1 partition of agents whose agent-wide grace is owed (rare, so unsharded)."""
+
+
+def routed_shard(agent_id: int) -> str:
+    return f"ROUTED#{agent_id % ROUTED_SHARDS}"
+
+
+def routed_shards() -> list[str]:
+    return [f"ROUTED#{shard}" for shard in range(ROUTED_SHARDS)]
+
+
+def agent_sort(agent_id: int) -> str:
+    """gsi1 sort key of an agent's entry in ``ROUTED#n`` or ``GRACE_OWED``."""
+    return str(agent_id)
+
+
+def task_status_index(agent_id: int, status: str) -> str:
+    return f"AGENT#{agent_id}#STATUS#{status}"
+
+
+def topic_tasks_prefix(topic_id: int) -> str:
+    """Sorted by topic first, so one topic's tasks are a begins_with away."""
+    return f"TOPIC#{topic_id:019d}#"
+
+
+def task_status_sort(topic_id: int, task_id: int) -> str:
+    return f"{topic_tasks_prefix(topic_id)}TASK#{task_id:019d}"
+
+
+def session_topic_index(agent_id: int, session_id: str) -> str:
+    return f"AGENT#{agent_id}#SESSION#{session_id}"
+
+
+def session_topic_sort(topic_id: int) -> str:
+    return f"TOPIC#{topic_id}"
+
+
+# ---------------------------------------------------------------- shared conditions
+
+
+def presence_version_is(version: int) -> Condition:
+    """Holds while no subscribe or restore has bumped the agent's presence version
+    since it was read as ``version``.
+
+    Every lease add bumps the version, and only a lease add can bring an agent (or
+    one of its sessions) back. Guarded by this, a last-one-out clear cannot switch
+    routing off under a subscribe that landed after its read, and a grace
+    cancellation cannot commit after the agent reconnected, however late it runs.
+    """
+    condition: Condition
+    if version:
+        condition = UserRecord.presence_version == version
+    else:
+        condition = UserRecord.presence_version.does_not_exist() | (
+            UserRecord.presence_version == 0
+        )
+    return condition

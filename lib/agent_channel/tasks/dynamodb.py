@@ -1,0 +1,228 @@
+"""The task store on DynamoDB: the task lifecycle and the agent's resource-tracker slots.
+
+Each transition is one transaction: the status change conditioned on the status
+it starts from, the slot taken or freed beside it, and any guard on another item.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pynamodb.exceptions import TransactWriteError
+from pynamodb.expressions.condition import Condition
+from pynamodb.expressions.update import Action
+
+from agent_channel import clock
+from agent_channel.storage import schema
+from agent_channel.storage.counters import next_id
+from agent_channel.storage.records import Record, SlotRecord, TaskRecord, TopicRecord, UserRecord
+from agent_channel.storage.transactions import transaction
+from agent_channel.tasks.model import DispatchContext, Status, Task, TransitionRefused
+
+
+@dataclass(frozen=True)
+class _Guard:
+    """A condition on another item that a transition's transaction must also meet (a
+    ConditionCheck): the transition holds only while what its caller decided on is
+    unchanged."""
+
+    model: type[Record]
+    key: schema.Key
+    condition: Condition
+
+
+def task_from(record: TaskRecord) -> Task:
+    return Task(
+        task_id=int(record.task_id),
+        topic_id=int(record.topic_id),
+        agent_id=int(record.agent_id),
+        status=Status(record.status),
+        content=record.content or "",
+        author_id=None if record.author_id is None else int(record.author_id),
+        comment_id=None if record.comment_id is None else int(record.comment_id),
+        pending_tool_call=record.pending_tool_call,
+        created_at=float(record.created_at),
+        updated_at=float(record.updated_at),
+    )
+
+
+class DynamoTaskStore:
+    def create(
+        self,
+        *,
+        topic_id: int,
+        agent_id: int,
+        content: str,
+        author_id: int | None = None,
+        comment_id: int | None = None,
+        status: Status = Status.QUEUED,
+    ) -> Task:
+        task_id = next_id("task")
+        now = clock.now()
+        record = TaskRecord(
+            *schema.task_key(task_id),
+            task_id=task_id,
+            topic_id=topic_id,
+            agent_id=agent_id,
+            status=status.value,
+            content=content,
+            author_id=author_id,
+            comment_id=comment_id,
+            created_at=now,
+            updated_at=now,
+            gsi1pk=schema.task_status_index(agent_id, status.value),
+            gsi1sk=schema.task_status_sort(topic_id, task_id),
+        )
+        # A fresh id from the counter; never overwrite a task, whatever the counter says.
+        record.save(condition=TaskRecord.pk.does_not_exist())
+        return task_from(record)
+
+    def get(self, task_id: int) -> Task | None:
+        try:
+            record = TaskRecord.get(*schema.task_key(task_id), consistent_read=True)
+        except TaskRecord.DoesNotExist:
+            return None
+        return task_from(record)
+
+    def dispatch_context(self, task: Task) -> DispatchContext:
+        # Consistent: routing is a presence decision and must not rest on a stale read.
+        agent_key = schema.user_key(task.agent_id)
+        topic_key = schema.topic_key(task.topic_id)
+        keys = [agent_key, topic_key]
+        author_key = None if task.author_id is None else schema.user_key(task.author_id)
+        if author_key is not None and author_key != agent_key:
+            keys.append(author_key)
+        found = {(r.pk, r.sk): r for r in Record.batch_get(keys, consistent_read=True)}
+        agent, topic = found.get(agent_key), found.get(topic_key)
+        author = found.get(author_key) if author_key is not None else None
+        routable = isinstance(agent, UserRecord) and agent.routing_expression == "true"
+        return DispatchContext(
+            agent_routable=routable,
+            presence_version=(
+                int(agent.presence_version or 0) if isinstance(agent, UserRecord) else 0
+            ),
+            session_topic=(
+                topic.session_id if isinstance(topic, TopicRecord) and topic.session_id else None
+            ),
+            author_name=author.name if isinstance(author, UserRecord) else "",
+        )
+
+    def start(self, task: Task) -> Task:
+        return self._transition(
+            task, {Status.QUEUED, Status.PENDING}, Status.RUNNING, take_slot=True
+        )
+
+    def delegate(self, task: Task, pending_tool_call: str | None = None) -> Task:
+        extra: list[Action] = (
+            [TaskRecord.pending_tool_call.set(pending_tool_call)] if pending_tool_call else []
+        )
+        return self._transition(task, {Status.RUNNING}, Status.DELEGATED, extra_actions=extra)
+
+    def claim_reply(self, task: Task) -> Task:
+        return self._transition(
+            task,
+            {Status.DELEGATED},
+            Status.DONE,
+            extra_actions=[TaskRecord.pending_tool_call.remove()],
+            free_slot=True,
+        )
+
+    def cancel_delegated(self, task: Task, *, presence_version: int | None = None) -> Task:
+        guards = []
+        if presence_version is not None:
+            # A grace cancellation decided on this presence: an agent (or session)
+            # that came back since then bumped the version, and then must keep its work.
+            guards.append(
+                _Guard(
+                    UserRecord,
+                    schema.user_key(task.agent_id),
+                    schema.presence_version_is(presence_version),
+                )
+            )
+        return self._transition(
+            task,
+            {Status.DELEGATED},
+            Status.CANCELLED,
+            extra_actions=[TaskRecord.pending_tool_call.remove()],
+            free_slot=True,
+            guards=guards,
+        )
+
+    def _transition(
+        self,
+        task: Task,
+        allowed_from: set[Status],
+        to: Status,
+        *,
+        extra_actions: Sequence[Action] = (),
+        take_slot: bool = False,
+        free_slot: bool = False,
+        guards: Sequence[_Guard] = (),
+    ) -> Task:
+        """Move a task between statuses with the slot change in the same transaction, so
+        a crash can neither free a slot of a task still running nor leak one."""
+        condition = TaskRecord.status.is_in(*(status.value for status in allowed_from))
+        actions = [
+            TaskRecord.status.set(to.value),
+            TaskRecord.updated_at.set(clock.now()),
+            TaskRecord.gsi1pk.set(schema.task_status_index(task.agent_id, to.value)),
+            *extra_actions,
+        ]
+        slot_pk, slot_sk = schema.slot_key(task.agent_id, task.task_id)
+        try:
+            with transaction() as writes:
+                # The status condition is the whole race guard: a reply and a grace
+                # cancellation both start from delegated, and only the first commits.
+                writes.update(
+                    TaskRecord(*schema.task_key(task.task_id)), actions=actions, condition=condition
+                )
+                if take_slot:
+                    writes.save(
+                        SlotRecord(
+                            slot_pk,
+                            slot_sk,
+                            agent_id=task.agent_id,
+                            task_id=task.task_id,
+                            acquired_at=clock.now(),
+                        )
+                    )
+                if free_slot:
+                    # Deleting a slot that is not there is a no-op: release is idempotent.
+                    writes.delete(SlotRecord(slot_pk, slot_sk))
+                for guard in guards:
+                    writes.condition_check(guard.model, *guard.key, guard.condition)
+        except TransactWriteError as error:
+            raise TransitionRefused(f"task {task.task_id} is not {sorted(allowed_from)}") from error
+        refreshed = self.get(task.task_id)
+        assert refreshed is not None
+        return refreshed
+
+    def release_slot(self, agent_id: int, task_id: int) -> None:
+        SlotRecord(*schema.slot_key(agent_id, task_id)).delete()
+
+    def held_slots(self, agent_id: int) -> list[int]:
+        return [
+            int(record.task_id)
+            for record in Record.query(schema.slots_partition(agent_id), consistent_read=True)
+            if isinstance(record, SlotRecord)
+        ]
+
+    def by_status(
+        self,
+        agent_id: int,
+        status: Status,
+        *,
+        topic_id: int | None = None,
+        limit: int | None = None,
+    ) -> list[Task]:
+        sort_condition = None
+        if topic_id is not None:
+            sort_condition = Record.gsi1sk.startswith(schema.topic_tasks_prefix(topic_id))
+        return [
+            task_from(record)
+            for record in Record.gsi1.query(
+                schema.task_status_index(agent_id, status.value), sort_condition, limit=limit
+            )
+            if isinstance(record, TaskRecord)
+        ]

@@ -1,0 +1,51 @@
+"""The values the task rules reason about, free of any storage detail."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Status(enum.StrEnum):
+    QUEUED = "queued"
+    PENDING = "pending"
+    RUNNING = "running"
+    DELEGATED = "delegated"
+    DONE = "done"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+class TransitionRefused(Exception):
+    """The task is not in the status the transition starts from (someone else won),
+    or a condition the transition was made under no longer holds."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """Work given to an agent on a topic."""
+
+    task_id: int
+    topic_id: int
+    agent_id: int
+    status: Status
+    content: str = ""
+    author_id: int | None = None
+    comment_id: int | None = None
+    pending_tool_call: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class DispatchContext:
+    """What dispatching a task needs besides the task, read consistently in one go."""
+
+    agent_routable: bool
+    """The agent exists and its routing is on."""
+    presence_version: int
+    """The agent's presence version as read with its routing."""
+    session_topic: str | None
+    """The topic's session id when the topic is private to one session, else None."""
+    author_name: str
+    """The task author's name ("" when the task has no author or it is gone)."""
