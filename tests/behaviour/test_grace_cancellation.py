@@ -479,7 +479,8 @@ def test_a_stale_index_entry_is_refused_not_cancelled_twice(
     seen = wiring.presence_store().read(world.agent_id)
     assert seen is not None
 
-    verdicts = [DynamoTaskBook(tasks).cancel(listed[0], seen) for _ in range(2)]
+    cutoff = fake_clock() - STALE_AFTER
+    verdicts = [DynamoTaskBook(tasks).cancel(listed[0], seen, cutoff) for _ in range(2)]
 
     assert [verdict.value for verdict in verdicts] == ["cancelled", "lost"]
     assert token

@@ -23,8 +23,8 @@ from agent_channel.delivery.fanout import BroadcastResult, GoneHandler, encode_c
 from agent_channel.delivery.members import stream_connections
 from agent_channel.delivery.streams import agent_stream, topic_stream
 from agent_channel.errors import Refusal
-from agent_channel.observability import logger
-from agent_channel.tasks.model import Task, TransitionRefused
+from agent_channel.observability import count, logger
+from agent_channel.tasks.model import DispatchContext, Task, TransitionRefused
 from agent_channel.tasks.store import TaskStore
 
 if TYPE_CHECKING:
@@ -49,6 +49,10 @@ class InvalidTransition(DispatchError):
 
 class InvalidComment(DispatchError):
     code = "invalid_comment"
+
+
+class PresenceChanged(DispatchError):
+    code = "presence_changed"
 
 
 class ReplyAlreadyClaimed(DispatchError):
@@ -117,6 +121,25 @@ def default_comment(task: Task, author_name: str = "") -> Comment:
     )
 
 
+MAX_DISPATCH_ATTEMPTS = 3
+"""Reads of the agent's presence before a dispatch gives up on presence that keeps
+changing under it (each retry follows a subscribe, restore or last one out)."""
+
+
+def _message(
+    task: Task, context: DispatchContext, comment_fields: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    comment = default_comment(task, context.author_name)
+    if comment_fields:
+        unknown = set(comment_fields) - COMMENT_FIELDS
+        if unknown:
+            raise InvalidComment(f"unknown comment fields: {', '.join(sorted(unknown))}")
+        comment = replace(comment, **comment_fields)
+    if comment.topic_id != task.topic_id:
+        raise InvalidComment(f"the comment belongs to topic {comment.topic_id}, not the task's")
+    return dispatch_message(task, comment, context.session_topic)
+
+
 def dispatch(
     tasks: TaskStore,
     task_id: int,
@@ -130,38 +153,42 @@ def dispatch(
 
     ``comment_fields`` override the comment built from the task (its content,
     author, comment id and creation time). Raises TaskNotFound, AgentNotRoutable,
-    InvalidComment, InvalidTransition or PayloadTooLarge; on any of them the task
-    is left as it was.
+    InvalidComment, InvalidTransition, PresenceChanged or PayloadTooLarge; on any
+    of them the task is left as it was.
     """
     task = tasks.get(task_id)
     if task is None:
         raise TaskNotFound(f"no task {task_id}")
-    context = tasks.dispatch_context(task)
-    # Checked before the transition: a task must not become delegated to an agent
-    # nobody serves. (If the last session leaves right after this check, the
-    # agent-wide grace cancellation takes the task back: that race is its job.)
-    if not context.agent_routable:
-        raise AgentNotRoutable(f"agent {task.agent_id} is not routable")
-    comment = default_comment(task, context.author_name)
-    if comment_fields:
-        unknown = set(comment_fields) - COMMENT_FIELDS
-        if unknown:
-            raise InvalidComment(f"unknown comment fields: {', '.join(sorted(unknown))}")
-        comment = replace(comment, **comment_fields)
-    if comment.topic_id != task.topic_id:
-        raise InvalidComment(f"the comment belongs to topic {comment.topic_id}, not the task's")
-    message = dispatch_message(task, comment, context.session_topic)
-    # Everything that can fail is done before the transition (the size check, the
-    # reads of both streams' members), so a task never ends delegated with its
-    # message unsent for a reason we could have seen; after it, posting reports
-    # per connection and never raises.
-    encode_checked(message)
-    agent_members = stream_connections(agent_stream(task.agent_id))
-    topic_members = stream_connections(topic_stream(task.topic_id))
-    try:
-        delegated = tasks.delegate(task, pending_tool_call)
-    except TransitionRefused as error:
-        raise InvalidTransition(f"task {task_id} is not running") from error
+    for attempt in range(MAX_DISPATCH_ATTEMPTS):
+        if attempt:
+            count("PresenceRetries")
+        context = tasks.dispatch_context(task)
+        # Checked before the transition, and again by it: a task must not become
+        # delegated to an agent nobody serves.
+        if not context.agent_routable:
+            raise AgentNotRoutable(f"agent {task.agent_id} is not routable")
+        message = _message(task, context, comment_fields)
+        # Everything that can fail is done before the transition (the size check, the
+        # reads of both streams' members), so a task never ends delegated with its
+        # message unsent for a reason we could have seen; after it, posting reports
+        # per connection and never raises.
+        encode_checked(message)
+        agent_members = stream_connections(agent_stream(task.agent_id))
+        topic_members = stream_connections(topic_stream(task.topic_id))
+        try:
+            # Race: the only session leaves and the same session comes back (a new
+            # socket) between these reads and the transition; conditioned on the
+            # presence read, the task cannot become delegated to the old socket.
+            delegated = tasks.delegate(
+                task, pending_tool_call, presence_version=context.presence_version
+            )
+            break
+        except TransitionRefused as error:
+            if not error.guard_failed:
+                raise InvalidTransition(f"task {task_id} is not running") from error
+            logger.info("presence changed under the dispatch; reading it again")
+    else:
+        raise PresenceChanged(f"agent {task.agent_id}'s presence kept changing")
     to_agent = broadcast_to_stream(
         agent_stream(task.agent_id),
         message,

@@ -65,6 +65,8 @@ class Proceed:
 
     seen: Presence
     topics: list[int] | None
+    cutoff: float
+    """Leases seen at or before this were stale when the rechecks were made."""
 
 
 def cancel_offline(
@@ -108,7 +110,7 @@ def recheck(
         if not topics:
             return Outcome.NO_SESSION_TOPIC
         # Only the session's own topics: a live sibling can still reply elsewhere.
-        return Proceed(presence, topics)
+        return Proceed(presence, topics, cutoff)
     if presence.routing_on:
         return Outcome.ROUTED_AGAIN
     if live:
@@ -117,7 +119,7 @@ def recheck(
     if token and token != request.subscription_token:
         # A newer subscribe owns the agent now; this schedule is from an older one.
         return Outcome.TOKEN_MISMATCH
-    return Proceed(presence, None)
+    return Proceed(presence, None, cutoff)
 
 
 def _reaped(store: PresenceStore, agent_id: int, cutoff: float) -> Presence | None:
@@ -157,7 +159,7 @@ def _cancel_all(
     else:
         tasks = [task for topic in go.topics for task in book.delegated(agent_id, topic)]
     for task in tasks:
-        verdict = book.cancel(task, go.seen)
+        verdict = book.cancel(task, go.seen, go.cutoff)
         if verdict is CancelVerdict.PRESENCE_CHANGED:
             return True
         if verdict is CancelVerdict.LOST:

@@ -28,10 +28,18 @@ class DynamoTaskBook:
             if isinstance(record, TopicRecord)
         ]
 
-    def cancel(self, task: DelegatedTask, seen: Presence) -> CancelVerdict:
+    def cancel(self, task: DelegatedTask, seen: Presence, cutoff: float) -> CancelVerdict:
         target = Task(task.task_id, task.topic_id, task.agent_id, Status.DELEGATED)
         try:
-            self._tasks.cancel_delegated(target, presence_version=seen.version)
+            self._tasks.cancel_delegated(
+                target,
+                presence_version=seen.version,
+                # Race: with every lease stale and routing still on, the recheck
+                # does not reap, and a heartbeat's touch revives a stale lease
+                # without bumping the version; these guards make that revival win.
+                stale_leases=[lease.connection_id for lease in seen.stale_leases(cutoff)],
+                stale_before=cutoff,
+            )
         except TransitionRefused:
             # Refused: either the task left delegated (a reply claimed it first, or an
             # earlier run cancelled it), or the guard failed (the agent came back), or

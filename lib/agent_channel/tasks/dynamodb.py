@@ -9,16 +9,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pynamodb.exceptions import TransactWriteError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
+from pynamodb.transactions import TransactWrite
 
 from agent_channel import clock
 from agent_channel.storage import schema
 from agent_channel.storage.counters import next_id
-from agent_channel.storage.records import Record, SlotRecord, TaskRecord, TopicRecord, UserRecord
-from agent_channel.storage.transactions import transaction
+from agent_channel.storage.records import (
+    LeaseRecord,
+    Record,
+    SlotRecord,
+    TaskRecord,
+    TopicRecord,
+    UserRecord,
+)
+from agent_channel.storage.transactions import Refused, commit, retrying
 from agent_channel.tasks.model import DispatchContext, Status, Task, TransitionRefused
+
+MAX_LEASE_GUARDS = 96
+"""Lease guards one transition may carry (100 items: the task, a slot, the agent and
+these). A session holds one or two leases; more are left unguarded."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +86,7 @@ class DynamoTaskStore:
             gsi1sk=schema.task_status_sort(topic_id, task_id),
         )
         # A fresh id from the counter; never overwrite a task, whatever the counter says.
-        record.save(condition=TaskRecord.pk.does_not_exist())
+        retrying(lambda: record.save(condition=TaskRecord.pk.does_not_exist()))
         return task_from(record)
 
     def get(self, task_id: int) -> Task | None:
@@ -113,11 +124,34 @@ class DynamoTaskStore:
             task, {Status.QUEUED, Status.PENDING}, Status.RUNNING, take_slot=True
         )
 
-    def delegate(self, task: Task, pending_tool_call: str | None = None) -> Task:
+    def delegate(
+        self,
+        task: Task,
+        pending_tool_call: str | None = None,
+        *,
+        presence_version: int | None = None,
+    ) -> Task:
         extra: list[Action] = (
             [TaskRecord.pending_tool_call.set(pending_tool_call)] if pending_tool_call else []
         )
-        return self._transition(task, {Status.RUNNING}, Status.DELEGATED, extra_actions=extra)
+        guards = []
+        if presence_version is not None:
+            # A dispatch decided on this presence (routing on, these stream members):
+            # a last one out since then switched routing off, and a subscribe or
+            # restore since then bumped the version and may hold a socket the
+            # dispatch never read; either way the task must not become delegated
+            # to the connections it read.
+            guards.append(
+                _Guard(
+                    UserRecord,
+                    schema.user_key(task.agent_id),
+                    (UserRecord.routing_expression == "true")
+                    & schema.presence_version_is(presence_version),
+                )
+            )
+        return self._transition(
+            task, {Status.RUNNING}, Status.DELEGATED, extra_actions=extra, guards=guards
+        )
 
     def claim_reply(self, task: Task) -> Task:
         return self._transition(
@@ -128,7 +162,14 @@ class DynamoTaskStore:
             free_slot=True,
         )
 
-    def cancel_delegated(self, task: Task, *, presence_version: int | None = None) -> Task:
+    def cancel_delegated(
+        self,
+        task: Task,
+        *,
+        presence_version: int | None = None,
+        stale_leases: Sequence[str] = (),
+        stale_before: float = 0.0,
+    ) -> Task:
         guards = []
         if presence_version is not None:
             # A grace cancellation decided on this presence: an agent (or session)
@@ -138,6 +179,16 @@ class DynamoTaskStore:
                     UserRecord,
                     schema.user_key(task.agent_id),
                     schema.presence_version_is(presence_version),
+                )
+            )
+        for connection_id in stale_leases[:MAX_LEASE_GUARDS]:
+            # A heartbeat's touch revives a stale lease it finds unreaped without
+            # bumping the version: a session back that way must keep its work too.
+            guards.append(
+                _Guard(
+                    LeaseRecord,
+                    schema.lease_key(task.agent_id, connection_id),
+                    LeaseRecord.pk.does_not_exist() | (LeaseRecord.last_seen_at <= stale_before),
                 )
             )
         return self._transition(
@@ -170,30 +221,38 @@ class DynamoTaskStore:
             *extra_actions,
         ]
         slot_pk, slot_sk = schema.slot_key(task.agent_id, task.task_id)
-        try:
-            with transaction() as writes:
-                # The status condition is the whole race guard: a reply and a grace
-                # cancellation both start from delegated, and only the first commits.
-                writes.update(
-                    TaskRecord(*schema.task_key(task.task_id)), actions=actions, condition=condition
-                )
-                if take_slot:
-                    writes.save(
-                        SlotRecord(
-                            slot_pk,
-                            slot_sk,
-                            agent_id=task.agent_id,
-                            task_id=task.task_id,
-                            acquired_at=clock.now(),
-                        )
+
+        def build(writes: TransactWrite) -> None:
+            # The status condition is the whole race guard between transitions: a
+            # reply and a grace cancellation both start from delegated, and only the
+            # first commits.
+            writes.update(
+                TaskRecord(*schema.task_key(task.task_id)), actions=actions, condition=condition
+            )
+            if take_slot:
+                writes.save(
+                    SlotRecord(
+                        slot_pk,
+                        slot_sk,
+                        agent_id=task.agent_id,
+                        task_id=task.task_id,
+                        acquired_at=clock.now(),
                     )
-                if free_slot:
-                    # Deleting a slot that is not there is a no-op: release is idempotent.
-                    writes.delete(SlotRecord(slot_pk, slot_sk))
-                for guard in guards:
-                    writes.condition_check(guard.model, *guard.key, guard.condition)
-        except TransactWriteError as error:
-            raise TransitionRefused(f"task {task.task_id} is not {sorted(allowed_from)}") from error
+                )
+            if free_slot:
+                # Deleting a slot that is not there is a no-op: release is idempotent.
+                writes.delete(SlotRecord(slot_pk, slot_sk))
+            for guard in guards:
+                writes.condition_check(guard.model, *guard.key, guard.condition)
+
+        try:
+            commit(build)
+        except Refused as refused:
+            raise TransitionRefused(
+                f"task {task.task_id} is not {sorted(allowed_from)}",
+                # If the task's own status condition held, what failed was a guard.
+                guard_failed=schema.task_key(task.task_id) not in refused.keys,
+            ) from refused
         refreshed = self.get(task.task_id)
         assert refreshed is not None
         return refreshed

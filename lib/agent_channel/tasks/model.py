@@ -18,7 +18,12 @@ class Status(enum.StrEnum):
 
 class TransitionRefused(Exception):
     """The task is not in the status the transition starts from (someone else won),
-    or a condition the transition was made under no longer holds."""
+    or a condition the transition was made under no longer holds (``guard_failed``:
+    the status was right, another item had changed)."""
+
+    def __init__(self, message: str, *, guard_failed: bool = False) -> None:
+        super().__init__(message)
+        self.guard_failed = guard_failed
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ and the other changes nothing: it raises TransitionRefused.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from agent_channel.tasks.model import DispatchContext, Status, Task
@@ -34,16 +35,33 @@ class TaskStore(Protocol):
     def start(self, task: Task) -> Task:
         """queued or pending -> running, taking a slot of the agent's tracker."""
 
-    def delegate(self, task: Task, pending_tool_call: str | None = None) -> Task:
-        """running -> delegated: handed to a channel agent, waiting for its reply."""
+    def delegate(
+        self,
+        task: Task,
+        pending_tool_call: str | None = None,
+        *,
+        presence_version: int | None = None,
+    ) -> Task:
+        """running -> delegated: handed to a channel agent, waiting for its reply. With
+        ``presence_version``, only while the agent's routing is on and its presence
+        version is still that one (no last one out, subscribe or restore since)."""
 
     def claim_reply(self, task: Task) -> Task:
         """delegated -> done, at most once; clears the pending tool call, frees the slot."""
 
-    def cancel_delegated(self, task: Task, *, presence_version: int | None = None) -> Task:
+    def cancel_delegated(
+        self,
+        task: Task,
+        *,
+        presence_version: int | None = None,
+        stale_leases: Sequence[str] = (),
+        stale_before: float = 0.0,
+    ) -> Task:
         """delegated -> cancelled, at most once; clears the pending tool call, frees
         the slot. With ``presence_version``, only while the agent's presence version
-        is still that one (no subscribe or restore since it was read)."""
+        is still that one (no subscribe or restore since it was read), and while each
+        lease of ``stale_leases`` (connection ids) is gone or still no newer than
+        ``stale_before`` (no heartbeat revived it)."""
 
     def release_slot(self, agent_id: int, task_id: int) -> None:
         """Free a slot; idempotent."""
