@@ -3,9 +3,9 @@ gets an error message back on the socket, never silence."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from agent_channel import client_json
 from agent_channel.delivery.fanout import error_message, send_to_connection
 from agent_channel.lambda_kit import wiring
 from agent_channel.lambda_kit.events import SocketEvent, response
@@ -20,7 +20,7 @@ MAX_ECHOED_ACTION = 64
 
 def _refusal(body: str | None) -> dict[str, str]:
     try:
-        message = json.loads(body or "")
+        message = client_json.loads(body or "")
     except ValueError:
         return error_message("invalid_json", "the message must be a JSON object")
     if not isinstance(message, dict):

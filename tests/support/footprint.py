@@ -1,5 +1,5 @@
-"""Which partitions a DynamoDB request reads or writes, to tell independent
-requests apart: two requests commute when both only read, or when the
+"""Which partitions a DynamoDB request reads or writes (and which schedule or socket
+a Scheduler or @connections request touches), to tell independent requests apart: two requests commute when both only read, or when the
 partitions they touch are disjoint. Index Queries are treated as touching every
 partition (an index entry moves whenever its item is written)."""
 
@@ -45,7 +45,25 @@ def _query_partition(params: dict[str, Any]) -> str:
     return EVERYTHING
 
 
-def footprint(operation: str, params: dict[str, Any]) -> Footprint:
+SCHEDULER_READS = {"GetSchedule", "ListSchedules", "GetScheduleGroup", "ListScheduleGroups"}
+
+
+def _other_service(service: str, operation: str, params: dict[str, Any]) -> Footprint:
+    """A schedule is its own "partition" (named by group and name), a socket too: two
+    requests on different schedules or sockets commute, and neither commutes with a
+    request on the same one. None touches the table."""
+    if service == "scheduler":
+        name = params.get("Name")
+        target = f"schedule:{params.get('GroupName', '')}/{name}" if name else EVERYTHING
+        return Footprint(frozenset({target}), operation not in SCHEDULER_READS)
+    connection = params.get("ConnectionId")
+    target = f"socket:{connection}" if connection else EVERYTHING
+    return Footprint(frozenset({target}), operation != "GetConnection")
+
+
+def footprint(operation: str, params: dict[str, Any], service: str = "dynamodb") -> Footprint:
+    if service != "dynamodb":
+        return _other_service(service, operation, params)
     partitions: set[str] = set()
     if operation in ("GetItem", "DeleteItem", "UpdateItem"):
         partitions.add(_pk(params.get("Key")))

@@ -1,8 +1,9 @@
 """Run handlers "at once", as many Lambda instances would, one storage call at a time.
 
-Each actor runs in its own thread. Every DynamoDB request an actor makes (through
-any botocore client: PynamoDB's or boto3's) first pauses the actor; a controller
-then lets exactly one paused actor proceed to its next DynamoDB request. So an
+Each actor runs in its own thread. Every DynamoDB, EventBridge Scheduler and
+``@connections`` request an actor makes (through any botocore client: PynamoDB's or
+boto3's) first pauses the actor; a controller then lets exactly one paused actor
+proceed to its next request. So an
 interleaving is a sequence of choices of which actor goes next, and every
 sequence can be replayed.
 
@@ -31,6 +32,10 @@ Chooser = Callable[[list[tuple[str, Footprint]]], int]
 ActorFn = Callable[[], Any]
 
 _current = threading.local()
+INTERLEAVED_SERVICES = frozenset({"dynamodb", "scheduler", "apigatewaymanagementapi"})
+"""Every request that another Lambda instance could observe or be affected by is a
+point where the actors may interleave: the table, grace schedules, and posts to
+sockets (a post is what a client sees, and a Gone answer starts a disconnect)."""
 QUIESCENCE_TIMEOUT = 20.0
 
 
@@ -76,11 +81,13 @@ class Controller:
         self.trace: list[tuple[str, str]] = []
         self.other_calls: list[tuple[str, str, str, dict[str, Any]]] = []
 
-    def pause(self, actor: _Actor, operation: str, params: dict[str, Any]) -> None:
+    def pause(
+        self, actor: _Actor, operation: str, params: dict[str, Any], service: str = "dynamodb"
+    ) -> None:
         with self.lock:
             actor.state = "paused"
             actor.pending_operation = operation
-            actor.pending_footprint = footprint(operation, params)
+            actor.pending_footprint = footprint(operation, params, service)
             actor.grant.clear()
             self.lock.notify_all()
         actor.grant.wait()
@@ -147,11 +154,11 @@ def _intercept(
     controller: Controller | None = getattr(_current, "controller", None)
     service = service_of(client)
     if actor is not None and controller is not None:
-        if service == "dynamodb":
-            controller.pause(actor, operation, params)
-        else:
+        if service != "dynamodb":
             with controller.lock:
                 controller.other_calls.append((actor.name, service, operation, dict(params)))
+        if service in INTERLEAVED_SERVICES:
+            controller.pause(actor, operation, params, service)
     return call(client, operation, params)
 
 

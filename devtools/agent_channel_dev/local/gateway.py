@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import secrets
 import string
 import time
@@ -25,6 +24,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from agent_channel import client_json
 from agent_channel.config import API_GATEWAY_MESSAGE_LIMIT
 from agent_channel.observability import logger
 from agent_channel_dev.local.apigw_events import (
@@ -57,7 +57,7 @@ def _iso(moment: float) -> str:
 def select_route(body: str, routes: dict[str, str]) -> str:
     """Route selection on ``$request.body.action``; no match (or no JSON) -> $default."""
     try:
-        action = json.loads(body).get("action")
+        action = client_json.loads(body).get("action")
     except (ValueError, AttributeError):
         return DEFAULT
     if isinstance(action, str) and not action.startswith("$") and action in routes:

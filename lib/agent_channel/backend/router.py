@@ -16,12 +16,12 @@ listed in ``EXPECTED_ERRORS``) to refuse; its ``code`` reaches the caller.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from agent_channel import client_json
 from agent_channel.errors import Refusal
 from agent_channel.observability import logger
 
@@ -201,7 +201,7 @@ def parse_command(command: Any) -> tuple[Op, Args]:
     if isinstance(command, str | bytes):
         # A caller that sent a JSON document as a string (some SDKs do).
         try:
-            command = json.loads(command)
+            command = client_json.loads(command)
         except ValueError:
             raise CommandError("invalid_command", "the command is not JSON") from None
     if not isinstance(command, dict):
