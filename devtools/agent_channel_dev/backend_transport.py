@@ -10,6 +10,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from agent_channel_dev.local import backend_secret
+
 BACKEND_OUTPUT = "BackendFunctionArn"
 BACKEND_LOGICAL_ID = "BackendFunction"
 TIMEOUT_SECONDS = 60.0
@@ -41,6 +43,8 @@ class LocalTransport:
     """The dev server's backend endpoint (``agent-channel dev``)."""
 
     base_url: str
+    secret: str | None = None
+    """The local stack's backend secret (None: from the environment or its file)."""
 
     def describe(self) -> str:
         return self.base_url
@@ -49,10 +53,16 @@ class LocalTransport:
         url = self.base_url.rstrip("/") + "/_backend"
         if not url.startswith(("http://", "https://")):
             raise TransportError(f"--local must be an http(s) URL, got {self.base_url!r}")
+        secret = self.secret or backend_secret.for_client()
+        if not secret:
+            raise TransportError(
+                f"no backend secret: set ${backend_secret.SECRET_ENV} to the secret "
+                "`agent-channel dev` printed, or run it with the same data directory"
+            )
         request = urllib.request.Request(  # noqa: S310  (scheme checked above)
             url,
             data=json.dumps(command).encode("utf-8"),
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **backend_secret.authorization(secret)},
             method="POST",
         )
         try:

@@ -41,6 +41,11 @@ def add_dev_command(commands: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("--stale-after-seconds", type=_positive, default=45)
     p.add_argument("--grace-seconds", type=_positive, default=30)
     p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument(
+        "--data-dir",
+        help="where state and the backend secret are kept "
+        "(default $AGENT_CHANNEL_DATA_DIR or ~/.agent-channel/dev)",
+    )
     p.set_defaults(run=_run_dev)
 
 
@@ -56,6 +61,7 @@ def _run_dev(args: argparse.Namespace) -> int:
             stale_after_seconds=args.stale_after_seconds,
             grace_seconds=args.grace_seconds,
             log_level=args.log_level,
+            data_dir=args.data_dir,
         )
     )
     # Everything is stopped and flushed by now; tearing down the interpreter with

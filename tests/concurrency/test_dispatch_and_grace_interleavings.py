@@ -144,7 +144,11 @@ def session_grace_races_heartbeat(clock: FakeClock, choose: Chooser) -> Run:
         task_id = tasks.delegate(tasks.start(task)).task_id
         lease = world.presence().leases[0]
         world.make_stale("a")
-        payload = {"agent_id": world.agent_id, "subscription_token": lease.token, "session_id": "s1"}
+        payload = {
+            "agent_id": world.agent_id,
+            "subscription_token": lease.token,
+            "session_id": "s1",
+        }
         actors = [
             ("grace", lambda: invoke("cancel_offline", payload)),
             ("beat", world.heartbeat("a")),

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -95,6 +96,8 @@ class DevServer:
     topic_id: int
     token: str
     output: LineReader
+    data_dir: Path
+    secret_file: Path
 
     @property
     def callback_url(self) -> str:
@@ -107,7 +110,8 @@ class DevServer:
             capture_output=True,
             text=True,
             timeout=COMMAND_TIMEOUT,
-            env=clean_environment(),
+            # The command line finds the backend secret in the stack's data directory.
+            env=clean_environment(AGENT_CHANNEL_DATA_DIR=str(self.data_dir)),
             check=False,
         )
         answer = json.loads(done.stdout) if done.stdout.strip() else None
@@ -157,12 +161,17 @@ class DevServer:
         return int(self.process.returncode)
 
 
-def start_dev_server(*extra: str) -> DevServer:
+def start_dev_server(*extra: str, data_dir: Path | None = None) -> DevServer:
+    """A dev server on a free port, keeping its state in ``data_dir`` (a fresh
+    temporary directory unless given: pass the same one to restart on its state)."""
+    directory = data_dir or Path(tempfile.mkdtemp(prefix="agent-channel-e2e-"))
     process = subprocess.Popen(
         command_line(
             "dev",
             "--port",
             "0",
+            "--data-dir",
+            str(directory),
             "--heartbeat-seconds",
             str(HEARTBEAT_SECONDS),
             "--stale-after-seconds",
@@ -194,6 +203,8 @@ def start_dev_server(*extra: str) -> DevServer:
         topic_id=int(details["topic_id"]),
         token=token,
         output=output,
+        data_dir=directory,
+        secret_file=Path(details["secret_file"]),
     )
 
 

@@ -484,6 +484,7 @@ OPS = [
     "list_tasks",
 ]
 
+
 def test_the_fuzzer_knows_every_backend_op() -> None:
     from agent_channel.backend.commands import OPS as REGISTERED
 

@@ -1,6 +1,7 @@
 """Which partitions a DynamoDB request reads or writes (and which schedule or socket
-a Scheduler or @connections request touches), to tell independent requests apart: two requests commute when both only read, or when the
-partitions they touch are disjoint. Index Queries are treated as touching every
+a Scheduler or @connections request touches), to tell independent requests apart:
+two requests commute when both only read, or when the partitions they touch are
+disjoint. Index Queries are treated as touching every
 partition (an index entry moves whenever its item is written)."""
 
 from __future__ import annotations
@@ -16,9 +17,15 @@ EVERYTHING = "*"
 class Footprint:
     partitions: frozenset[str]
     writes: bool
+    only_deletes: bool = False
+    """A delete that tolerates its target being gone already (DeleteSchedule as a
+    withdraw makes it): two such deletes of one target leave the same state in
+    either order."""
 
     def independent_of(self, other: Footprint) -> bool:
         if not self.writes and not other.writes:
+            return True
+        if self.only_deletes and other.only_deletes:
             return True
         if EVERYTHING in self.partitions or EVERYTHING in other.partitions:
             return False
@@ -55,7 +62,11 @@ def _other_service(service: str, operation: str, params: dict[str, Any]) -> Foot
     if service == "scheduler":
         name = params.get("Name")
         target = f"schedule:{params.get('GroupName', '')}/{name}" if name else EVERYTHING
-        return Footprint(frozenset({target}), operation not in SCHEDULER_READS)
+        return Footprint(
+            frozenset({target}),
+            operation not in SCHEDULER_READS,
+            only_deletes=operation == "DeleteSchedule",
+        )
     connection = params.get("ConnectionId")
     target = f"socket:{connection}" if connection else EVERYTHING
     return Footprint(frozenset({target}), operation != "GetConnection")

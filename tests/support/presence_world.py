@@ -14,11 +14,11 @@ import boto3
 from moto import mock_aws
 
 from agent_channel.config import CHANNEL_AGENT_MODEL, settings
+from agent_channel.grace.scheduler import schedule_name
 from agent_channel.identity import accounts
 from agent_channel.lambda_kit import wiring
 from agent_channel.presence.model import Presence
 from agent_channel.storage import schema
-from agent_channel.grace.scheduler import schedule_name
 from agent_channel.storage.records import ConnectionRecord, LeaseRecord, UserRecord
 from agent_channel_dev.local.apigw_events import scheduled_event
 from tests.support.clock import FakeClock

@@ -18,8 +18,12 @@ import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from agent_channel_dev.local import backend_secret
+from agent_channel_dev.local.backend_secret import SECRET_ENV
+from agent_channel_dev.local.data_dir import data_dir, ensure_private_dir
 from agent_channel_dev.local.environment import Constants, LocalEndpoints, apply, local_environment
 
 if TYPE_CHECKING:
@@ -46,6 +50,8 @@ class DevOptions:
     stale_after_seconds: int = 45
     grace_seconds: int = 30
     log_level: str = "WARNING"
+    data_dir: str | None = None
+    """Where state and the backend secret live (None: $AGENT_CHANNEL_DATA_DIR or the default)."""
 
     @property
     def constants(self) -> Constants:
@@ -71,7 +77,14 @@ def bind(port: int) -> socket.socket:
     return sock
 
 
-def banner(options: DevOptions, port: int, moto_url: str, demo: DemoAccounts) -> str:
+def banner(
+    options: DevOptions,
+    port: int,
+    moto_url: str,
+    demo: DemoAccounts,
+    secret: str,
+    secret_path: Path,
+) -> str:
     ws_url = f"ws://{HOST}:{port}/{options.stage}"
     http_url = f"http://{HOST}:{port}"
     connect = f"{ws_url}?agent_id={demo.agent_id}&session_id=demo&token={demo.token}"
@@ -80,6 +93,7 @@ def banner(options: DevOptions, port: int, moto_url: str, demo: DemoAccounts) ->
         f"  websocket     {ws_url}",
         f"  @connections  {http_url}/{options.stage}/@connections/{{connection_id}}",
         f"  backend       {http_url}/_backend",
+        f"  data          {secret_path.parent}",
         f"  moto          {moto_url}",
         f"  constants     heartbeat {options.heartbeat_seconds}s, "
         f"stale after {options.stale_after_seconds}s, grace {options.grace_seconds}s",
@@ -89,6 +103,10 @@ def banner(options: DevOptions, port: int, moto_url: str, demo: DemoAccounts) ->
         f"  token  {demo.token}",
         f"  agent  {demo.agent_id} (channel agent)",
         f"  topic  {demo.topic_id}",
+        "",
+        "backend secret for POST /_backend (minted on every start, shown only here;",
+        f"the command line reads it from ${SECRET_ENV} or from {secret_path}):",
+        f"  secret {secret}",
         "",
         "connect the reference agent client:",
         f"  agent-channel agent --url {ws_url} --agent-id {demo.agent_id} "
@@ -108,10 +126,12 @@ def banner(options: DevOptions, port: int, moto_url: str, demo: DemoAccounts) ->
     return "\n".join(lines)
 
 
-def ready_line(options: DevOptions, port: int, demo: DemoAccounts) -> str:
-    """One machine-readable line for scripts and tests (no secret in it)."""
+def ready_line(options: DevOptions, port: int, demo: DemoAccounts, secret_path: Path) -> str:
+    """One machine-readable line for scripts and tests (no secret in it: only where
+    the owner-only secret file is)."""
     details = {
         "backend": f"http://{HOST}:{port}",
+        "secret_file": str(secret_path),
         "owner_id": demo.owner_id,
         "agent_id": demo.agent_id,
         "topic_id": demo.topic_id,
@@ -170,8 +190,12 @@ async def _serve_with_moto(
             log_level=options.log_level,
         )
     )
+    from agent_channel_dev.local.backend_endpoint import BackendGuard
     from agent_channel_dev.local.stack import LocalStack
 
+    directory = ensure_private_dir(data_dir(options.data_dir))
+    secret = backend_secret.mint(directory)
+    secret_path = backend_secret.secret_file(directory)
     stack = await asyncio.to_thread(
         LocalStack.build,
         stage=options.stage,
@@ -180,6 +204,7 @@ async def _serve_with_moto(
         event_bus=DEFAULT_EVENT_BUS,
         ping_seconds=ping_seconds(options.stale_after_seconds),
         stale_after_seconds=options.stale_after_seconds,
+        backend_guard=BackendGuard(secret, port),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -187,8 +212,8 @@ async def _serve_with_moto(
         loop.add_signal_handler(signum, stop.set)
     await stack.start(sock)
     try:
-        print(banner(options, port, moto_url, stack.demo), file=out)
-        print(ready_line(options, port, stack.demo), file=out, flush=True)
+        print(banner(options, port, moto_url, stack.demo, secret, secret_path), file=out)
+        print(ready_line(options, port, stack.demo, secret_path), file=out, flush=True)
         await stop.wait()
         print("stopping", file=out, flush=True)
     finally:

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from agent_channel.observability import logger
 from agent_channel_dev.local import demo, resources
-from agent_channel_dev.local.backend_endpoint import BACKEND_FOLDER, mount_backend
+from agent_channel_dev.local.backend_endpoint import BACKEND_FOLDER, BackendGuard, mount_backend
 from agent_channel_dev.local.connections_api import add_connection_routes
 from agent_channel_dev.local.demo import DemoAccounts
 from agent_channel_dev.local.environment import CANCEL_OFFLINE_FUNCTION
@@ -45,6 +45,7 @@ class LocalStack:
         event_bus: str,
         ping_seconds: float,
         stale_after_seconds: int,
+        backend_guard: BackendGuard,
     ) -> LocalStack:
         """Create the table, schedule group and bus in moto, seed the demo accounts
         and import every function (blocking: call it in a worker thread)."""
@@ -73,7 +74,7 @@ class LocalStack:
         app = web.Application()
         gateway.mount(app)
         add_connection_routes(app, gateway, stage=stage)
-        mount_backend(app, runner)
+        mount_backend(app, runner, backend_guard)
         return cls(seeded, gateway, scheduler, app)
 
     async def start(self, sock: socket.socket) -> None:
