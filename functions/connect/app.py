@@ -37,7 +37,12 @@ def handler(event: SocketEvent) -> dict[str, Any]:
             rules.subscribe(store, scheduler, subscription)
         else:
             attachment = Attachment(
-                event.connection_id, caller.user_id, caller.stream, caller.agent_id, caller.topic_id
+                event.connection_id,
+                caller.user_id,
+                caller.stream,
+                caller.agent_id,
+                caller.topic_id,
+                caller.token_digest,
             )
             store.attach(attachment, clock.now())
     except AccessDenied:

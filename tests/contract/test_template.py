@@ -59,6 +59,7 @@ ROUTES = {
 #   table        the single table            index:gsi1     its index
 #   group        schedules of the grace group scheduler-role  the role Scheduler assumes
 #   connections  POST @connections of this API's stage      bus  the task-event bus
+#   connections:delete  DELETE @connections (closing sockets)
 # TransactWriteItems is authorized per item (PutItem, UpdateItem, DeleteItem,
 # ConditionCheckItem); a 410 Gone during fan-out runs the $disconnect path, so
 # every function that broadcasts also carries that path's permissions.
@@ -112,6 +113,7 @@ CALLS: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:PutItem", "table"),
         ("dynamodb:Query", "index:gsi1"),
         ("execute-api:ManageConnections", "connections"),
+        ("execute-api:ManageConnections", "connections:delete"),
         ("events:PutEvents", "bus"),
     },
 }
@@ -133,6 +135,7 @@ CALL_MARKERS = {
     "execute-api:ManageConnections": r"\.post_to_connection\(",
 }
 INDEX_QUERY_MARKER = r"\.gsi1\.query\("
+RESOURCE_MARKERS = {"connections:delete": r"\.delete_connection\("}
 
 # Environment. Each variable the code reads has a rule for where it must be set.
 ALWAYS_SET = {
@@ -257,6 +260,12 @@ SYMBOLIC_RESOURCES = {
             ":${WebSocketApi}/${StageName}/POST/@connections/*"
         }
     ): "connections",
+    json.dumps(
+        {
+            "Fn::Sub": "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}"
+            ":${WebSocketApi}/${StageName}/DELETE/@connections/*"
+        }
+    ): "connections:delete",
     json.dumps({"Fn::GetAtt": ["TaskEventBus", "Arn"]}): "bus",
     json.dumps({"Fn::GetAtt": ["GraceDeadLetterQueue", "Arn"]}): "dead-letter-queue",
 }
@@ -614,7 +623,9 @@ def test_each_declared_call_is_made_by_code_the_function_reaches(folder: str) ->
     for action, resource in sorted(CALLS[folder]):
         if (folder, action, resource) in PLATFORM_CALLS:
             continue
-        marker = INDEX_QUERY_MARKER if resource.startswith("index:") else CALL_MARKERS[action]
+        marker = RESOURCE_MARKERS.get(resource) or (
+            INDEX_QUERY_MARKER if resource.startswith("index:") else CALL_MARKERS[action]
+        )
         assert re.search(marker, source), f"{folder}: no code makes {action} on {resource}"
 
 

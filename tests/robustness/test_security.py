@@ -69,6 +69,8 @@ def test_a_revoked_token_is_refused_and_stays_refused(world: World) -> None:
         "ok": True,
         "op": "revoke_token",
         "revoked": True,
+        "closed": 1,
+        "not_closed": 0,
     }
     for how in ({"token": world.owner_token}, {"header_token": world.owner_token}):
         with counting_requests() as counter:
@@ -249,3 +251,80 @@ def test_a_token_is_never_logged(
     for secret in secrets:
         assert secret not in logged
         assert secret.removeprefix("act_") not in logged
+
+
+# -- a revoked token keeps no access on a socket it opened ---------------------------------
+
+
+def test_revoking_a_token_closes_every_socket_opened_with_it(
+    world: World, management: ManagementApi
+) -> None:
+    gateway, sink = Gateway(), management.sink
+    agent_socket = connect_agent(gateway, sink, world, "rev-agent=", session_id="s1")
+    topic_socket = connect_topic(gateway, sink, world, "rev-topic=")
+    other_token = accounts.issue_token(world.owner_id)
+    kept = connect_agent(gateway, sink, world, "kept=", token=other_token, session_id="s2")
+
+    answer = backend({"op": "revoke_token", "token": world.owner_token})
+
+    assert answer == {
+        "ok": True,
+        "op": "revoke_token",
+        "revoked": True,
+        "closed": 2,
+        "not_closed": 0,
+    }
+    assert not sink.is_open(agent_socket), "the revoked token's agent socket is still open"
+    assert not sink.is_open(topic_socket), "the revoked token's topic socket is still open"
+    assert sink.is_open(kept), "a socket opened with another token was closed"
+
+
+def test_a_heartbeat_on_a_revoked_tokens_socket_restores_nothing(
+    world: World, fake_clock: Any
+) -> None:
+    """Even if the socket outlives the revocation (its close failed, its $disconnect
+    is lost), once its lease is reaped no heartbeat brings routing back."""
+    from agent_channel.config import settings
+    from agent_channel.lambda_kit import wiring
+    from agent_channel_dev.local.apigw_events import scheduled_event
+    from tests.support.gateway import invoke
+
+    gateway = Gateway()
+    query = {"agent_id": str(world.agent_id), "session_id": "s1"}
+    socket = gateway.connect(query, token=world.owner_token).connection_id
+    assert accounts.revoke_token(world.owner_token)
+    fake_clock.advance(settings().stale_after_seconds + 1)
+    invoke("sweeper", scheduled_event())
+    presence = wiring.presence_store().read(world.agent_id)
+    assert presence is not None and not presence.routing_on and not presence.leases
+
+    gateway.send(socket, {"action": "heartbeat"})
+
+    presence = wiring.presence_store().read(world.agent_id)
+    assert presence is not None
+    assert not presence.routing_on, "a heartbeat with a revoked token restored routing"
+    assert not presence.leases
+
+
+def test_a_heartbeat_after_the_agent_changed_hands_restores_nothing(
+    world: World, fake_clock: Any
+) -> None:
+    from agent_channel.config import settings
+    from agent_channel.lambda_kit import wiring
+    from agent_channel.storage.records import UserRecord
+    from agent_channel_dev.local.apigw_events import scheduled_event
+    from tests.support.gateway import invoke
+
+    gateway = Gateway()
+    query = {"agent_id": str(world.agent_id), "session_id": "s1"}
+    socket = gateway.connect(query, token=world.owner_token).connection_id
+    UserRecord(*schema.user_key(world.agent_id)).update(
+        actions=[UserRecord.created_by.set(world.stranger_id)]
+    )
+    fake_clock.advance(settings().stale_after_seconds + 1)
+    invoke("sweeper", scheduled_event())
+
+    gateway.send(socket, {"action": "heartbeat"})
+
+    presence = wiring.presence_store().read(world.agent_id)
+    assert presence is not None and not presence.routing_on and not presence.leases

@@ -54,9 +54,20 @@ def _issue_token(args: Args, context: CommandContext) -> dict[str, Any]:
     return {"user_id": user_id, "token": token}
 
 
-@op("revoke_token", "forget a bearer token; new connections with it are refused")
+@op("revoke_token", "forget a bearer token and close every socket opened with it")
 def _revoke_token(args: Args, context: CommandContext) -> dict[str, Any]:
-    return {"revoked": accounts.revoke_token(args.string("token", max_length=512))}
+    from agent_channel.delivery.closing import close_connections
+
+    token = args.string("token", max_length=512)
+    revoked = accounts.revoke_token(token)
+    # Listed after the delete, consistently: a connect or restore that commits
+    # later fails its check on the token, so no socket opened with it is missed.
+    # An open socket keeps no access of its own: it is closed here, and its
+    # $disconnect releases whatever it held.
+    closed, failed = close_connections(
+        accounts.sockets_opened_with(token), client=context.management()
+    )
+    return {"revoked": revoked, "closed": len(closed), "not_closed": len(failed)}
 
 
 @op("create_agent", "create an AI agent owned by a human (model claude-code: a channel agent)")

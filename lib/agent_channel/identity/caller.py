@@ -34,6 +34,9 @@ class Caller:
     agent_id: int | None = None
     topic_id: int | None = None
     session_id: str = ""
+    token_digest: str = ""
+    """The digest of the token the socket was opened with: a restore rechecks that
+    the token still exists, and a revocation finds the socket by it."""
 
     def __post_init__(self) -> None:
         # A target given as its string value (an authorizer context, a test) is
@@ -55,7 +58,9 @@ class Caller:
     def subscription(self, connection_id: str) -> Subscription | None:
         if not self.holds_lease or self.agent_id is None:
             return None
-        return Subscription(connection_id, self.user_id, self.agent_id, self.session_id)
+        return Subscription(
+            connection_id, self.user_id, self.agent_id, self.session_id, self.token_digest
+        )
 
     def as_context(self) -> dict[str, str]:
         """The authorizer's ``context`` map (API Gateway allows only scalar values)."""
@@ -65,6 +70,7 @@ class Caller:
             "agent_id": "" if self.agent_id is None else str(self.agent_id),
             "topic_id": "" if self.topic_id is None else str(self.topic_id),
             "session_id": self.session_id,
+            "token_digest": self.token_digest,
         }
 
     @classmethod
@@ -82,6 +88,7 @@ class Caller:
                 agent_id=int(agent_raw) if agent_raw else None,
                 topic_id=int(topic_raw) if topic_raw else None,
                 session_id=str(context.get("session_id") or ""),
+                token_digest=str(context.get("token_digest") or ""),
             )
         except (KeyError, TypeError, ValueError):
             return None

@@ -25,6 +25,8 @@ from agent_channel.storage.records import (
     LeaseRecord,
     Record,
     StreamMemberRecord,
+    TokenRecord,
+    TokenSocketRecord,
     TopicRecord,
     UserRecord,
 )
@@ -87,6 +89,23 @@ class DynamoPresenceStore:
             ),
         ]
 
+    def _token_writes(
+        self, writes: TransactWrite, digest: str, connection_id: str, now: float
+    ) -> None:
+        """The socket filed under its token, while the token still exists."""
+        if not digest:
+            return
+        # Race: a revocation deletes the token, then lists its sockets; a connect or
+        # restore committing after that delete would be missed, so it must fail.
+        writes.condition_check(TokenRecord, *schema.token_key(digest), TokenRecord.pk.exists())
+        writes.save(
+            TokenSocketRecord(
+                *schema.token_socket_key(digest, connection_id),
+                connection_id=connection_id,
+                expires_at=self._ttl(now),
+            )
+        )
+
     def _lease_writes(
         self, writes: TransactWrite, subscription: Subscription, token: str, now: float
     ) -> None:
@@ -145,6 +164,7 @@ class DynamoPresenceStore:
             writes.save(connection)
             writes.save(member)
             self._lease_writes(writes, subscription, token, now)
+            self._token_writes(writes, subscription.token_digest, subscription.connection_id, now)
 
         try:
             commit(build)
@@ -162,6 +182,9 @@ class DynamoPresenceStore:
                 ConnectionRecord.pk.exists(),
             )
             self._lease_writes(writes, subscription, token, now)
+            # A revoked token brings nothing back, and the agent must still be the
+            # caller's (the condition in _lease_writes).
+            self._token_writes(writes, subscription.token_digest, subscription.connection_id, now)
 
         try:
             commit(build)
@@ -210,6 +233,7 @@ class DynamoPresenceStore:
             writes.condition_check(target_model, *target_key, condition)
             writes.save(connection)
             writes.save(member)
+            self._token_writes(writes, attachment.token_digest, attachment.connection_id, now)
 
         try:
             commit(build)

@@ -90,6 +90,13 @@ class TokenRecord(Record, discriminator="token"):
     created_at = NumberAttribute()
 
 
+class TokenSocketRecord(Record, discriminator="token_socket"):
+    """A socket opened with a token, under the token's partition: revoking the token
+    finds every socket to close with one consistent Query."""
+
+    connection_id = UnicodeAttribute()
+
+
 class ConnectionRecord(Record, discriminator="connection"):
     """An open socket: who opened it and which stream it joined."""
 
