@@ -46,6 +46,11 @@ def add_dev_command(commands: argparse._SubParsersAction[argparse.ArgumentParser
         help="where state and the backend secret are kept "
         "(default $AGENT_CHANNEL_DATA_DIR or ~/.agent-channel/dev)",
     )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="forget the kept state (tasks, decisions, tokens, demo accounts) and start over",
+    )
     p.set_defaults(run=_run_dev)
 
 
@@ -62,6 +67,7 @@ def _run_dev(args: argparse.Namespace) -> int:
             grace_seconds=args.grace_seconds,
             log_level=args.log_level,
             data_dir=args.data_dir,
+            fresh=args.fresh,
         )
     )
     # Everything is stopped and flushed by now; tearing down the interpreter with

@@ -3,7 +3,8 @@ interleaving of their DynamoDB, Scheduler and @connections requests."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from agent_channel.config import settings
 from agent_channel.delivery import dispatch as delivery
 from agent_channel.errors import Refusal
+from agent_channel.grace.dynamodb import DynamoTaskBook
 from agent_channel.identity import accounts
 from agent_channel.lambda_kit import wiring
 from agent_channel.storage import schema
@@ -185,3 +187,63 @@ def test_every_interleaving_of_a_session_grace_and_a_revival_lets_the_revival_wi
     runs = explore(one)
     print(f"session_grace_races_heartbeat: {runs} interleavings, outcomes {sorted(outcomes)}")
     assert {"cancelled", "session_back"} <= outcomes, outcomes
+
+
+# -- the harness kills the guards' mutants ----------------------------------------------
+
+
+class UnguardedDelegate(DynamoTaskStore):
+    """delegate without the presence guard: the code before the fix."""
+
+    def delegate(
+        self,
+        task: Task,
+        pending_tool_call: str | None = None,
+        *,
+        presence_version: int | None = None,
+    ) -> Task:
+        return super().delegate(task, pending_tool_call)
+
+
+class CancelWithoutLeaseGuards(DynamoTaskStore):
+    """cancel_delegated without the stale-lease guards: the code before the fix."""
+
+    def cancel_delegated(
+        self,
+        task: Task,
+        *,
+        presence_version: int | None = None,
+        stale_leases: Sequence[str] = (),
+        stale_before: float = 0.0,
+    ) -> Task:
+        return super().cancel_delegated(task, presence_version=presence_version)
+
+
+def test_the_harness_catches_an_unguarded_delegate(
+    fake_clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "tasks", UnguardedDelegate())
+    start = fake_clock.value
+
+    def one(choose: Chooser) -> None:
+        fake_clock.value = start
+        dispatch_races_leave_and_return(fake_clock, choose)
+
+    with pytest.raises(InterleavingError, match="none of which held a lease"):
+        explore(one)
+
+
+def test_the_harness_catches_a_cancel_without_lease_guards(
+    fake_clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from functions.cancel_offline import app
+
+    monkeypatch.setattr(app, "book", DynamoTaskBook(CancelWithoutLeaseGuards()))
+    start = fake_clock.value
+
+    def one(choose: Chooser) -> None:
+        fake_clock.value = start
+        session_grace_races_heartbeat(fake_clock, choose)
+
+    with pytest.raises(InterleavingError, match="revived it first"):
+        explore(one)

@@ -52,6 +52,8 @@ class DevOptions:
     log_level: str = "WARNING"
     data_dir: str | None = None
     """Where state and the backend secret live (None: $AGENT_CHANNEL_DATA_DIR or the default)."""
+    fresh: bool = False
+    """Forget the kept state and start from new demo accounts."""
 
     @property
     def constants(self) -> Constants:
@@ -98,7 +100,8 @@ def banner(
         f"  constants     heartbeat {options.heartbeat_seconds}s, "
         f"stale after {options.stale_after_seconds}s, grace {options.grace_seconds}s",
         "",
-        "demo accounts (the token is shown only here, once):",
+        "demo accounts (kept in the data directory with the rest of the state;",
+        "the token stays valid across restarts, --fresh starts over):",
         f"  owner  user {demo.owner_id}",
         f"  token  {demo.token}",
         f"  agent  {demo.agent_id} (channel agent)",
@@ -191,11 +194,21 @@ async def _serve_with_moto(
         )
     )
     from agent_channel_dev.local.backend_endpoint import BackendGuard
+    from agent_channel_dev.local.persistence import LocalState
     from agent_channel_dev.local.stack import LocalStack
 
     directory = ensure_private_dir(data_dir(options.data_dir))
     secret = backend_secret.mint(directory)
     secret_path = backend_secret.secret_file(directory)
+    state = LocalState(directory)
+    if options.fresh:
+        state.forget()
+    restored: DemoAccounts | None = None
+    if state.exists():
+        replayed = await asyncio.to_thread(state.replay, moto_url)
+        restored = state.load_demo()
+        print(f"restored the state kept in {directory} ({replayed} requests)", file=out)
+    state.record()
     stack = await asyncio.to_thread(
         LocalStack.build,
         stage=options.stage,
@@ -205,7 +218,10 @@ async def _serve_with_moto(
         ping_seconds=ping_seconds(options.stale_after_seconds),
         stale_after_seconds=options.stale_after_seconds,
         backend_guard=BackendGuard(secret, port),
+        restored=restored,
     )
+    if restored is None:
+        state.save_demo(stack.demo)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -46,13 +46,16 @@ class LocalStack:
         ping_seconds: float,
         stale_after_seconds: int,
         backend_guard: BackendGuard,
+        restored: DemoAccounts | None = None,
     ) -> LocalStack:
-        """Create the table, schedule group and bus in moto, seed the demo accounts
-        and import every function (blocking: call it in a worker thread)."""
-        resources.create_table(boto3.client("dynamodb"), table_name)
-        resources.create_schedule_group(boto3.client("scheduler"), schedule_group)
-        if event_bus != "default":
-            boto3.client("events").create_event_bus(Name=event_bus)
+        """Create the table, schedule group and bus in moto and seed the demo accounts
+        (unless ``restored`` names the demo accounts of a state already replayed into
+        moto), and import every function (blocking: call it in a worker thread)."""
+        if restored is None:
+            resources.create_table(boto3.client("dynamodb"), table_name)
+            resources.create_schedule_group(boto3.client("scheduler"), schedule_group)
+            if event_bus != "default":
+                boto3.client("events").create_event_bus(Name=event_bus)
         layout = resources.layout()
         runner = FunctionRunner()
         # Import every function now: a broken one fails the start, not a request.
@@ -63,7 +66,7 @@ class LocalStack:
                 runner.module(folder)
             else:
                 logger.warning("function not built yet", extra={"function": folder})
-        seeded = demo.seed()
+        seeded = restored or demo.seed()
         gateway = Gateway(runner, layout, stage=stage, ping_seconds=ping_seconds)
         scheduler = SchedulerLoop(
             boto3.client("scheduler"),

@@ -12,6 +12,7 @@ from functools import partial
 
 from pynamodb.exceptions import DeleteError, UpdateError
 from pynamodb.expressions.condition import Condition
+from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
 
 from agent_channel.config import CHANNEL_AGENT_MODEL
@@ -292,16 +293,20 @@ class DynamoPresenceStore:
                     # else already deleted is no obstacle.
                     condition=LeaseRecord.pk.does_not_exist() | (LeaseRecord.last_seen_at < cutoff),
                 )
+            actions: list[Action] = [
+                UserRecord.routing_expression.set(""),
+                UserRecord.routing_subscription_token.remove(),
+            ]
+            # A subscribe or restore since the read bumped the version: it wins.
+            condition = schema.presence_version_is(seen.version)
+            if seen.routing_on:
+                actions += [UserRecord.gsi1pk.remove(), UserRecord.gsi1sk.remove()]
+                # Race: a departure that cleared routing since the read may already
+                # have recorded an owed grace under GRACE_OWED; clearing again would
+                # erase that index entry, and no sweep would pay the debt.
+                condition &= UserRecord.routing_expression == "true"
             writes.update(
-                UserRecord(*schema.user_key(seen.agent_id)),
-                actions=[
-                    UserRecord.routing_expression.set(""),
-                    UserRecord.routing_subscription_token.remove(),
-                    UserRecord.gsi1pk.remove(),
-                    UserRecord.gsi1sk.remove(),
-                ],
-                # A subscribe or restore since the read bumped the version: it wins.
-                condition=schema.presence_version_is(seen.version),
+                UserRecord(*schema.user_key(seen.agent_id)), actions=actions, condition=condition
             )
 
         try:
