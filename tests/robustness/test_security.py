@@ -328,3 +328,86 @@ def test_a_heartbeat_after_the_agent_changed_hands_restores_nothing(
 
     presence = wiring.presence_store().read(world.agent_id)
     assert presence is not None and not presence.routing_on and not presence.leases
+
+
+# -- what changed between the authorizer and $connect is caught by $connect ---------------
+
+
+def _authorized_then(world: World, query: dict[str, str], change: Any) -> int:
+    """Run the authorizer, apply ``change`` (what another request did meanwhile),
+    then $connect with the context the authorizer returned; $connect's status."""
+    from agent_channel_dev.local.apigw_events import (
+        authorizer_context_for_routes,
+        authorizer_event,
+        route_event,
+    )
+    from tests.support.gateway import AUTHORIZER_FUNCTION, ROUTE_FUNCTIONS, invoke
+
+    full = {**query, "token": world.owner_token}
+    policy = invoke(AUTHORIZER_FUNCTION, authorizer_event("late=", query=full))
+    assert policy["policyDocument"]["Statement"][0]["Effect"] == "Allow"
+    change()
+    context = authorizer_context_for_routes(policy)
+    event = route_event("$connect", "late=", authorizer=context, query=full)
+    result: int = invoke(ROUTE_FUNCTIONS["$connect"], event)["statusCode"]
+    return result
+
+
+def _connection_exists(connection_id: str) -> bool:
+    from agent_channel.storage.records import ConnectionRecord
+
+    try:
+        ConnectionRecord.get(*schema.connection_key(connection_id), consistent_read=True)
+    except ConnectionRecord.DoesNotExist:
+        return False
+    return True
+
+
+def test_an_agent_handed_over_after_the_authorizer_is_not_subscribed(world: World) -> None:
+    from agent_channel.storage.records import UserRecord
+
+    def hand_over() -> None:
+        UserRecord(*schema.user_key(world.agent_id)).update(
+            actions=[UserRecord.created_by.set(world.stranger_id)]
+        )
+
+    query = {"agent_id": str(world.agent_id), "session_id": "s1"}
+    assert _authorized_then(world, query, hand_over) == 403
+    assert not _connection_exists("late=")
+
+
+def test_a_topic_withdrawn_after_the_authorizer_is_not_attached(world: World) -> None:
+    from agent_channel.storage.records import TopicRecord
+
+    def withdraw() -> None:
+        TopicRecord(*schema.topic_key(world.topic_id)).update(
+            actions=[TopicRecord.owner_id.set(world.stranger_id)]
+        )
+
+    assert _authorized_then(world, {"topic_id": str(world.topic_id)}, withdraw) == 403
+    assert not _connection_exists("late=")
+
+
+@pytest.mark.parametrize("target", ["agent", "topic"])
+def test_a_token_revoked_after_the_authorizer_opens_nothing(world: World, target: str) -> None:
+    query = (
+        {"agent_id": str(world.agent_id), "session_id": "s1"}
+        if target == "agent"
+        else {"topic_id": str(world.topic_id)}
+    )
+    assert _authorized_then(world, query, lambda: accounts.revoke_token(world.owner_token)) == 403
+    assert not _connection_exists("late=")
+    assert accounts.sockets_opened_with(world.owner_token) == []
+
+
+def test_a_task_is_never_overwritten_even_if_the_counter_repeats(world: World) -> None:
+    from pynamodb.exceptions import PutError
+
+    from agent_channel.storage.records import CounterRecord
+
+    first = tasks.create(topic_id=world.topic_id, agent_id=world.agent_id, content="first")
+    CounterRecord(*schema.counter_key("task")).update(actions=[CounterRecord.value.set(0)])
+    with pytest.raises(PutError):
+        tasks.create(topic_id=world.topic_id, agent_id=world.agent_id, content="second")
+    kept = tasks.get(first.task_id)
+    assert kept is not None and kept.content == "first"
