@@ -716,3 +716,39 @@ def test_a_transaction_conflict_on_a_single_item_write_is_retried(
         gateway.send(connected.connection_id, {"action": "heartbeat"})
     assert len(failed) == 2
     assert presence_of(world).leases[0].last_seen_at == fake_clock()
+
+
+def test_a_sweep_does_not_clear_again_and_erase_an_owed_graces_index_entry(
+    world: World, fake_clock: FakeClock
+) -> None:
+    """A last one out is half done (connection and lease gone, routing still on)
+    when a sweep reads the agent; the departure then clears routing and, Scheduler
+    failing it, records the grace as owed under GRACE_OWED. The sweep's clear must
+    not run on top of it: it would remove that index entry with routing's."""
+    from agent_channel.config import settings as channel_settings
+    from agent_channel.storage.records import UserRecord
+    from tests.support.faults import SCHEDULER_UNAVAILABLE
+
+    gateway = Gateway()
+    only = gateway.connect(query(world), token=world.owner_token)
+    store, scheduler = wiring.presence_store(), wiring.grace_scheduler()
+    stream = presence_of(world).leases[0]
+    store.drop_connection(only.connection_id, f"agent:{world.agent_id}")
+    dropped = store.drop_lease(world.agent_id, stream.connection_id)
+    assert dropped is not None
+
+    def rest_of_the_departure() -> None:
+        code, status = SCHEDULER_UNAVAILABLE
+        with failing_requests("scheduler", {"CreateSchedule"}, code, status=status):
+            presence.settle(store, scheduler, channel_settings(), world.agent_id, dropped=dropped)
+
+    with before_nth("TransactWriteItems", 1, rest_of_the_departure) as raced:
+        invoke("sweeper", scheduled_event())
+    assert raced
+    agent = UserRecord.get(*schema.user_key(world.agent_id), consistent_read=True)
+    assert agent.routing_expression == ""
+    assert agent.grace_owed_token == dropped.token
+    assert agent.gsi1pk == schema.GRACE_OWED, "the owed grace lost its index entry"
+    # And the next sweep pays it.
+    invoke("sweeper", scheduled_event())
+    assert schedule_exists(schedule_name(world.agent_id, None))
