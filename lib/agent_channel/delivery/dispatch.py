@@ -175,12 +175,20 @@ def dispatch(
         encode_checked(message)
         agent_members = stream_connections(agent_stream(task.agent_id))
         topic_members = stream_connections(topic_stream(task.topic_id))
+        if not agent_members:
+            # Routing still on with no socket in the stream: the last session is
+            # leaving right now. Nobody would receive the work.
+            raise AgentNotRoutable(f"agent {task.agent_id} has no open socket")
         try:
             # Race: the only session leaves and the same session comes back (a new
             # socket) between these reads and the transition; conditioned on the
-            # presence read, the task cannot become delegated to the old socket.
+            # presence read and on the sockets read still being open, the task
+            # cannot become delegated to a socket that is gone.
             delegated = tasks.delegate(
-                task, pending_tool_call, presence_version=context.presence_version
+                task,
+                pending_tool_call,
+                presence_version=context.presence_version,
+                connections=agent_members,
             )
             break
         except TransitionRefused as error:

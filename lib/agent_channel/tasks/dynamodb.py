@@ -17,6 +17,7 @@ from agent_channel import clock
 from agent_channel.storage import schema
 from agent_channel.storage.counters import next_id
 from agent_channel.storage.records import (
+    ConnectionRecord,
     LeaseRecord,
     Record,
     SlotRecord,
@@ -28,8 +29,9 @@ from agent_channel.storage.transactions import Refused, commit, retrying
 from agent_channel.tasks.model import DispatchContext, Status, Task, TransitionRefused
 
 MAX_LEASE_GUARDS = 96
-"""Lease guards one transition may carry (100 items: the task, a slot, the agent and
-these). A session holds one or two leases; more are left unguarded."""
+"""Lease or connection guards one transition may carry (100 items: the task, a slot,
+the agent and these). A session holds one or two leases and an agent a few
+sockets; beyond this many, the rest are left unguarded."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ class DynamoTaskStore:
         pending_tool_call: str | None = None,
         *,
         presence_version: int | None = None,
+        connections: Sequence[str] = (),
     ) -> Task:
         extra: list[Action] = (
             [TaskRecord.pending_tool_call.set(pending_tool_call)] if pending_tool_call else []
@@ -147,6 +150,17 @@ class DynamoTaskStore:
                     schema.user_key(task.agent_id),
                     (UserRecord.routing_expression == "true")
                     & schema.presence_version_is(presence_version),
+                )
+            )
+        for connection_id in connections[:MAX_LEASE_GUARDS]:
+            # Race: a socket the dispatch will post to is leaving ($disconnect removes
+            # its connection item first); if its session then comes back, the
+            # grace is withdrawn and nobody would ever get the task.
+            guards.append(
+                _Guard(
+                    ConnectionRecord,
+                    schema.connection_key(connection_id),
+                    ConnectionRecord.pk.exists(),
                 )
             )
         return self._transition(

@@ -41,10 +41,12 @@ class TaskStore(Protocol):
         pending_tool_call: str | None = None,
         *,
         presence_version: int | None = None,
+        connections: Sequence[str] = (),
     ) -> Task:
         """running -> delegated: handed to a channel agent, waiting for its reply. With
         ``presence_version``, only while the agent's routing is on and its presence
-        version is still that one (no last one out, subscribe or restore since)."""
+        version is still that one (no last one out, subscribe or restore since), and
+        while each of ``connections`` (the sockets the work goes to) is still open."""
 
     def claim_reply(self, task: Task) -> Task:
         """delegated -> done, at most once; clears the pending tool call, frees the slot."""
