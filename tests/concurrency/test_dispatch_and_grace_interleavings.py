@@ -269,3 +269,31 @@ def test_the_harness_catches_a_cancel_without_lease_guards(
 
     with pytest.raises(InterleavingError, match="revived it first"):
         explore(one)
+
+
+def test_the_harness_catches_a_recheck_that_reaps_a_routed_agents_last_leases(
+    fake_clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recheck must not reap every lease of an agent whose routing is on (the
+    sweeper's settle does that, together with the clear); without that exception
+    the grace cancels the work of a session whose heartbeat came first."""
+    from agent_channel.grace import cancellation
+
+    def always_reap(store: Any, agent_id: int, cutoff: float) -> Any:
+        presence = store.read(agent_id)
+        if presence is None:
+            return None
+        stale = presence.stale_leases(cutoff)
+        if stale:
+            store.reap(stale, cutoff)
+        return store.read(agent_id)
+
+    monkeypatch.setattr(cancellation, "_reaped", always_reap)
+    start = fake_clock.value
+
+    def one(choose: Chooser) -> None:
+        fake_clock.value = start
+        session_grace_races_heartbeat(fake_clock, choose)
+
+    with pytest.raises(InterleavingError):
+        explore(one)

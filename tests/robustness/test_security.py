@@ -376,6 +376,20 @@ def test_an_agent_handed_over_after_the_authorizer_is_not_subscribed(world: Worl
     assert not _connection_exists("late=")
 
 
+def test_a_listened_agent_handed_over_after_the_authorizer_is_not_attached(
+    world: World,
+) -> None:
+    from agent_channel.storage.records import UserRecord
+
+    def hand_over() -> None:
+        UserRecord(*schema.user_key(world.other_ai_id)).update(
+            actions=[UserRecord.created_by.set(world.stranger_id)]
+        )
+
+    assert _authorized_then(world, {"agent_id": str(world.other_ai_id)}, hand_over) == 403
+    assert not _connection_exists("late=")
+
+
 def test_a_topic_withdrawn_after_the_authorizer_is_not_attached(world: World) -> None:
     from agent_channel.storage.records import TopicRecord
 
