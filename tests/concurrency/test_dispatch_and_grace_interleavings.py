@@ -118,6 +118,7 @@ def check_delegated_to_a_socket_that_held_a_lease(
     assert held_at_commit, f"delegated to {posted}, none of which held a lease at the commit"
 
 
+@pytest.mark.timeout(900)  # hundreds of interleavings; slow only on a loaded machine
 def test_every_interleaving_of_dispatch_and_presence_delegates_to_a_live_socket(
     fake_clock: FakeClock,
 ) -> None:
