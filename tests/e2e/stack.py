@@ -25,6 +25,8 @@ COMMAND_TIMEOUT = 30.0
 HEARTBEAT_SECONDS = 1
 STALE_AFTER_SECONDS = 3
 GRACE_SECONDS = 3
+IDLE_TIMEOUT_SECONDS = 8
+"""API Gateway's 10 minutes, shortened: after staleness and a sweep, before a test ends."""
 READY = re.compile(r"^READY (ws://\S+) (\{.*\})$")
 TOKEN_LINE = re.compile(r"^\s+token\s+(\S+)$")
 
@@ -169,6 +171,8 @@ def start_dev_server(*extra: str) -> DevServer:
             str(STALE_AFTER_SECONDS),
             "--grace-seconds",
             str(GRACE_SECONDS),
+            "--idle-timeout-seconds",
+            str(IDLE_TIMEOUT_SECONDS),
             *extra,
         ),
         stdout=subprocess.PIPE,
