@@ -77,7 +77,9 @@ def add_dev_command(commands: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument(
         "--stack-name", default="agent-channel", help="names resources as CloudFormation would"
     )
-    p.add_argument("--stage", default="local", help="the stage (overrides the template's)")
+    p.add_argument(
+        "--stage", default=None, help="the stage (default: local, or the --template's own)"
+    )
     p.add_argument("--heartbeat-seconds", type=_positive, default=15)
     p.add_argument("--stale-after-seconds", type=_positive, default=45)
     p.add_argument("--grace-seconds", type=_positive, default=30)

@@ -53,7 +53,8 @@ READY_PREFIX = "READY"
 @dataclass(frozen=True)
 class DevOptions:
     port: int = DEFAULT_PORT
-    stage: str = DEFAULT_STAGE
+    stage: str | None = None
+    """None: ``local`` for this project, the template's own for another app."""
     template: Path | None = None
     """None: this project's template.yaml, with demo accounts and /_backend."""
     parameters: dict[str, str] = field(default_factory=dict)
@@ -117,14 +118,14 @@ def app_banner(app: SamApp, port: int, moto_url: str) -> str:
     return "\n".join(lines)
 
 
-def banner(options: DevOptions, port: int, moto_url: str, demo: DemoAccounts) -> str:
-    ws_url = f"ws://{HOST}:{port}/{options.stage}"
+def banner(stage: str, options: DevOptions, port: int, moto_url: str, demo: DemoAccounts) -> str:
+    ws_url = f"ws://{HOST}:{port}/{stage}"
     http_url = f"http://{HOST}:{port}"
     connect = f"{ws_url}?agent_id={demo.agent_id}&session_id=demo&token={demo.token}"
     lines = [
         "agent-channel local stack",
         f"  websocket     {ws_url}",
-        f"  @connections  {http_url}/{options.stage}/@connections/{{connection_id}}",
+        f"  @connections  {http_url}/{stage}/@connections/{{connection_id}}",
         f"  backend       {http_url}/_backend",
         f"  moto          {moto_url}",
         f"  constants     heartbeat {options.heartbeat_seconds}s, "
@@ -224,16 +225,16 @@ async def _serve_with_moto(
     moto_url = moto.url
     port = int(sock.getsockname()[1])
     path = options.template_path
+    project = options.template is None
     declared = load_template_text(path.read_text(encoding="utf-8")).get("Parameters") or {}
     app = sam_app.load(
         path,
         stack_name=options.stack_name,
         parameters=options.template_parameters(declared),
-        stage=options.stage,
+        stage=options.stage or (DEFAULT_STAGE if project else None),
     )
     _point_at_moto(moto_url)
     await asyncio.to_thread(create_resources, app)
-    project = options.template is None
     stack = LocalStack.build(
         app,
         moto_url=moto_url,
@@ -251,7 +252,7 @@ async def _serve_with_moto(
     await stack.start(sock)
     try:
         if demo is not None:
-            print(banner(options, port, moto_url, demo), file=out)
+            print(banner(app.api.stage, options, port, moto_url, demo), file=out)
         else:
             print(app_banner(app, port, moto_url), file=out)
         print(ready_line(app.api.stage, port, moto_url, demo), file=out, flush=True)
