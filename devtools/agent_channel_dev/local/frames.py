@@ -16,8 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-FRAME_LIMIT = 32 * 1024
-MESSAGE_LIMIT = 128 * 1024
+from agent_channel.config import API_GATEWAY_FRAME_LIMIT, API_GATEWAY_MESSAGE_LIMIT
+
+FRAME_LIMIT = API_GATEWAY_FRAME_LIMIT
+MESSAGE_LIMIT = API_GATEWAY_MESSAGE_LIMIT
 
 OP_CONTINUATION = 0x0
 OP_TEXT = 0x1
