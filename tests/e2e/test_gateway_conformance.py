@@ -21,17 +21,11 @@ import aiohttp
 import boto3
 import pytest
 import websockets
-from aws_lambda_powertools.utilities.parser.models import (
-    APIGatewayWebSocketConnectEventModel,
-    APIGatewayWebSocketConnectEventRequestContext,
-    APIGatewayWebSocketDisconnectEventModel,
-    APIGatewayWebSocketMessageEventModel,
-)
 from botocore.exceptions import ClientError
-from pydantic import BaseModel, Field
 from websockets.frames import Opcode
 
 from tests.e2e.stack import AppServer, start_app_server, wait_until
+from tests.support.event_models import conforms, kind
 from tests.support.raw_websocket import RawSocket
 
 pytestmark = pytest.mark.e2e
@@ -42,28 +36,6 @@ MAX_CONNECTION_SECONDS = 6.0
 FRAME = 32 * 1024
 MESSAGE = 128 * 1024
 REQUEST_ID = re.compile(r"^[A-Za-z0-9_\-]{14,15}=$")
-
-
-class WebSocketAuthorizerEvent(BaseModel):
-    """Powertools has no model of the WebSocket REQUEST authorizer's event; this one
-    is its documented shape, with Powertools' own $connect request context."""
-
-    type: str = Field(pattern="^REQUEST$")
-    method_arn: str = Field(alias="methodArn", pattern=r"^arn:aws:execute-api:.+/\$connect$")
-    headers: dict[str, str]
-    multi_value_headers: dict[str, list[str]] = Field(alias="multiValueHeaders")
-    query: dict[str, str] = Field(alias="queryStringParameters")
-    multi_value_query: dict[str, list[str]] = Field(alias="multiValueQueryStringParameters")
-    stage_variables: dict[str, str] = Field(alias="stageVariables")
-    request_context: APIGatewayWebSocketConnectEventRequestContext = Field(alias="requestContext")
-
-
-MODELS: dict[str, type[BaseModel]] = {
-    "AUTHORIZER": WebSocketAuthorizerEvent,
-    "CONNECT": APIGatewayWebSocketConnectEventModel,
-    "MESSAGE": APIGatewayWebSocketMessageEventModel,
-    "DISCONNECT": APIGatewayWebSocketDisconnectEventModel,
-}
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +53,7 @@ def probe() -> Iterator[AppServer]:
         assert server.stop() == 0, server.output.lines[-30:]
 
 
-def url(server: AppServer, token: str = "allow-ada", *query: tuple[str, str]) -> str:
+def url(server: AppServer, token: str = "allow-ada", *query: tuple[str, str]) -> str:  # noqa: S107
     return f"{server.ws_url}?{urlencode([('token', token), *query])}"
 
 
@@ -103,16 +75,6 @@ def recorded(server: AppServer, connection_id: str) -> list[dict[str, Any]]:
         KeyConditionExpression=boto3.dynamodb.conditions.Key("connectionId").eq(connection_id)
     )["Items"]
     return [json.loads(item["event"]) if "event" in item else item for item in items]
-
-
-def kind(event: dict[str, Any]) -> str:
-    if event.get("type") == "REQUEST":
-        return "AUTHORIZER"
-    return str(event["requestContext"]["eventType"])
-
-
-def conforms(event: dict[str, Any]) -> None:
-    MODELS[kind(event)].model_validate(event)
 
 
 def disconnect_of(server: AppServer, connection_id: str) -> dict[str, Any]:
@@ -224,7 +186,13 @@ def test_rows_3_4_11_12_every_event_conforms_and_reads_as_api_gateway_writes_it(
     connection_id = first["requestContext"]["connectionId"]
     disconnect_of(probe, connection_id)
     events = recorded(probe, connection_id)
-    assert [kind(e) for e in events] == ["AUTHORIZER", "CONNECT", "MESSAGE", "MESSAGE", "DISCONNECT"]
+    assert [kind(e) for e in events] == [
+        "AUTHORIZER",
+        "CONNECT",
+        "MESSAGE",
+        "MESSAGE",
+        "DISCONNECT",
+    ]
     for event in events:
         conforms(event)  # row 4 included: $disconnect has headers and multiValueHeaders
     authorizer, connect, _, _, disconnect = events

@@ -120,8 +120,8 @@ def add_connection_routes(
             )
         except sigv4.Refused as refused:
             return _error(403, "ForbiddenException", str(refused))
-        response = await handler(request)
-        return response
+        signed: web.StreamResponse = await handler(request)
+        return signed
 
     app.middlewares.append(check_signature)
 

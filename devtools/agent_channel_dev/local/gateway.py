@@ -265,16 +265,14 @@ class Gateway:
 
     @staticmethod
     def _has_identity(upgrade: Upgrade, sources: tuple[str, ...]) -> bool:
-        headers = {name.lower() for name, _ in upgrade.headers}
-        query = {name for name, _ in upgrade.query}
-        for source in sources:
-            if source.startswith("route.request.header."):
-                if source.removeprefix("route.request.header.").lower() not in headers:
-                    return False
-            elif source.startswith("route.request.querystring."):
-                if source.removeprefix("route.request.querystring.") not in query:
-                    return False
-        return True
+        present = {f"route.request.header.{name.lower()}" for name, _ in upgrade.headers}
+        present |= {f"route.request.querystring.{name}" for name, _ in upgrade.query}
+        # Header names are case-insensitive, query parameter names are not.
+        return all(
+            (s.lower() if s.startswith("route.request.header.") else s) in present
+            for s in sources
+            if s.startswith(("route.request.header.", "route.request.querystring."))
+        )
 
     # -- the connection -------------------------------------------------------
 

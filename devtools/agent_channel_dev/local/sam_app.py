@@ -133,9 +133,11 @@ def load(
         # so every ${StageName} (a callback URL, an IAM resource) agrees with it.
         for resource in (document.get("Resources") or {}).values():
             name = ((resource or {}).get("Properties") or {}).get("StageName")
-            if (resource or {}).get("Type") == STAGE_TYPE and isinstance(name, dict):
-                if "Ref" in name and name["Ref"] in (document.get("Parameters") or {}):
-                    chosen.setdefault(name["Ref"], stage)
+            parameter = name.get("Ref") if isinstance(name, dict) else None
+            if (resource or {}).get("Type") == STAGE_TYPE and parameter in (
+                document.get("Parameters") or {}
+            ):
+                chosen.setdefault(str(parameter), stage)
     resolver = Resolver(document, stack_name, chosen)
     root = path.resolve().parent
     functions = {

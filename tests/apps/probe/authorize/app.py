@@ -24,7 +24,11 @@ def handler(event, context):
             "policyDocument": {
                 "Version": "2012-10-17",
                 "Statement": [
-                    {"Action": "execute-api:Invoke", "Effect": effect, "Resource": event["methodArn"]}
+                    {
+                        "Action": "execute-api:Invoke",
+                        "Effect": effect,
+                        "Resource": event["methodArn"],
+                    }
                 ],
             },
             "context": {"who": token.removeprefix("allow-")},

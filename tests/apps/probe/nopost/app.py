@@ -1,7 +1,6 @@
 """A function whose policy lacks execute-api:ManageConnections: it records the
 error code its post gets."""
 
-import json
 import os
 import time
 
@@ -21,7 +20,5 @@ def handler(event, context):
     except ClientError as error:
         outcome = error.response["Error"]["Code"]
     at = f"{time.time():.6f}"
-    events.put_item(
-        Item={"connectionId": context_["connectionId"], "at": at, "outcome": outcome}
-    )
+    events.put_item(Item={"connectionId": context_["connectionId"], "at": at, "outcome": outcome})
     return {"statusCode": 200}
