@@ -100,7 +100,6 @@ class FunctionPool:
     context: ForkServerContext
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     _idle: list[_Worker] = field(default_factory=list)
-    _running: int = 0
     _slots: asyncio.Semaphore | None = None
 
     def _semaphore(self) -> asyncio.Semaphore:
@@ -139,38 +138,46 @@ class FunctionPool:
         with contextlib.suppress(Exception):
             worker.conn.close()
 
-    def _call(self, worker: _Worker | None, event: Any) -> tuple[_Worker, Any]:
+    def _call(self, worker: _Worker | None, event: Any) -> tuple[_Worker | None, str, str]:
+        """Run one invocation on ``worker`` (a new one if None), blocking. The worker
+        comes back unless it had to be killed (a timeout, a crash)."""
         worker = worker or self._start()
         request_id = str(uuid.uuid4())
         timeout = self.spec.timeout_seconds
         worker.conn.send((request_id, json.dumps(event), time.time() + timeout))
         if not worker.conn.poll(timeout):
             self._kill(worker)
-            raise FunctionTimedOut(
-                {
-                    "errorType": "Sandbox.Timedout",
-                    "errorMessage": f"{request_id} Task timed out after {timeout:.2f} seconds",
-                }
+            message = f"{request_id} Task timed out after {timeout:.2f} seconds"
+            return (
+                None,
+                "timeout",
+                json.dumps({"errorType": "Sandbox.Timedout", "errorMessage": message}),
             )
         try:
             kind, payload = worker.conn.recv()
         except EOFError:
             self._kill(worker)
-            raise FunctionError(
-                {"errorType": "Runtime.ExitError", "errorMessage": "the runtime exited"}
-            ) from None
-        if kind != "ok":
-            # An unhandled error leaves the environment warm, as in Lambda.
-            self._idle.append(worker)
-            raise FunctionError(json.loads(payload))
-        return worker, json.loads(payload)
+            return (
+                None,
+                "error",
+                json.dumps(
+                    {"errorType": "Runtime.ExitError", "errorMessage": "the runtime exited"}
+                ),
+            )
+        return worker, kind, payload
 
     async def invoke(self, event: Any) -> Any:
         async with self._semaphore():
             worker = self._idle.pop() if self._idle else None
-            done, result = await asyncio.to_thread(self._call, worker, event)
-            self._idle.append(done)
-            return result
+            kept, kind, payload = await asyncio.to_thread(self._call, worker, event)
+            if kept is not None:
+                # Warm for the next invocation, after an unhandled error too (as Lambda).
+                self._idle.append(kept)
+            if kind == "timeout":
+                raise FunctionTimedOut(json.loads(payload))
+            if kind != "ok":
+                raise FunctionError(json.loads(payload))
+            return json.loads(payload)
 
     async def warm(self) -> None:
         """Start one worker now: a function that cannot even import fails the start."""
