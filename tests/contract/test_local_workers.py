@@ -12,8 +12,8 @@ import pytest
 from agent_channel_dev.local import sam_app
 from agent_channel_dev.local.workers import (
     FunctionError,
-    FunctionTimedOut,
     Functions,
+    FunctionTimedOut,
     lambda_environment,
 )
 
