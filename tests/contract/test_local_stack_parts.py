@@ -177,3 +177,13 @@ def test_iam_evaluation_allows_by_pattern_and_an_explicit_deny_wins() -> None:
     assert not sigv4.allows((allow,), action, resource.replace("POST", "DELETE"))
     assert not sigv4.allows((allow, deny), action, resource)
     assert not sigv4.allows((), action, resource)
+
+
+@pytest.mark.parametrize("app_name", ["chat", "probe"])
+def test_the_test_apps_are_valid_sam_templates(app_name: str) -> None:
+    # The apps the local stack is proven on must be deployable as they are.
+    from cfnlint.api import ManualArgs, lint
+
+    template = ROOT / "tests" / "apps" / app_name / "template.yaml"
+    matches = lint(template.read_text(encoding="utf-8"), config=ManualArgs(regions=["us-east-1"]))
+    assert [str(match) for match in matches] == []

@@ -29,7 +29,7 @@ from agent_channel.config import API_GATEWAY_MESSAGE_LIMIT
 from agent_channel_dev.local import sigv4
 
 MESSAGE_LIMIT = API_GATEWAY_MESSAGE_LIMIT
-"""API Gateway refuses a WebSocket frame over 128 KB (413 PayloadTooLargeException)."""
+"""API Gateway refuses to post a message over 128 KB (413 PayloadTooLargeException)."""
 
 
 class ConnectionSink(Protocol):
