@@ -45,7 +45,7 @@ DEFAULT_PORT = 8765
 DEFAULT_STAGE = "local"
 DEFAULT_STACK_NAME = "agent-channel"
 WORKER_THREADS = 64
-"""Handlers block on HTTP calls (some to this very server): plenty of threads."""
+"""Threads that wait on worker processes' answers (one per running invocation)."""
 STOP_TIMEOUT_SECONDS = 10.0
 READY_PREFIX = "READY"
 
@@ -205,7 +205,7 @@ async def _serve(options: DevOptions, sock: socket.socket, out: TextIO) -> int:
     from agent_channel_dev.local.moto_server import MotoServer
 
     loop = asyncio.get_running_loop()
-    loop.set_default_executor(ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="lambda"))
+    loop.set_default_executor(ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="invoke"))
     _quiet_libraries()
     moto = MotoServer(HOST)
     moto.start()
