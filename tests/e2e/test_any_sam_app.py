@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,13 @@ import boto3
 import pytest
 import websockets
 
-from tests.e2e.stack import AppServer, start_app_server, wait_until
+from tests.e2e.stack import (
+    AppServer,
+    clean_environment,
+    command_line,
+    start_app_server,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -75,3 +83,39 @@ def test_sendmessage_reaches_every_connection_and_disconnect_forgets_one(chat: A
     assert answer["message"] == "Forbidden"
     assert set(answer) == {"message", "connectionId", "requestId"}
     wait_until(lambda: connections(chat) == set(), 10, "every connection forgotten")
+
+
+def test_a_template_that_cannot_be_served_is_refused_with_its_reason(tmp_path: Path) -> None:
+    template = tmp_path / "template.yaml"
+    template.write_text(CHAT.read_text(encoding="utf-8").replace("python3.12", "nodejs20.x"))
+    done = subprocess.run(
+        command_line("dev", "--port", "0", "--template", str(template)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_environment(),
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "only Python runtimes are served, not nodejs20.x" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_function_that_cannot_start_fails_the_launch_and_is_named(tmp_path: Path) -> None:
+    app = tmp_path / "chat"
+    shutil.copytree(CHAT.parent, app)
+    (app / "sendmessage" / "app.py").write_text("import not_a_module\n")
+    done = subprocess.run(
+        command_line("dev", "--port", "0", "--template", str(app / "template.yaml")),
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=clean_environment(),
+        check=False,
+    )
+    assert done.returncode == 1
+    failure = done.stderr.splitlines()[-1]
+    assert failure.startswith("a function failed to start: ")
+    report = json.loads(failure.removeprefix("a function failed to start: "))
+    assert report["function"] == "SendMessageFunction"
+    assert report["errorType"] == "Runtime.ImportModuleError"

@@ -192,16 +192,40 @@ def _point_at_moto(moto_url: str, extra: dict[str, str] | None = None) -> None:
     )
 
 
+def load_app(options: DevOptions) -> SamApp:
+    """The app to serve, read from its template; TemplateError or OSError if it
+    cannot be served (the reason is in the message)."""
+    from agent_channel_dev.local import sam_app
+    from agent_channel_dev.local.stack_template import load_template_text
+
+    path = options.template_path
+    project = options.template is None
+    declared = load_template_text(path.read_text(encoding="utf-8")).get("Parameters") or {}
+    return sam_app.load(
+        path,
+        stack_name=options.stack_name,
+        parameters=options.template_parameters(declared),
+        stage=options.stage or (DEFAULT_STAGE if project else None),
+    )
+
+
 def run(options: DevOptions, out: TextIO = sys.stdout) -> int:
+    from agent_channel_dev.local.stack_template import TemplateError
+
+    try:
+        app = load_app(options)
+    except (TemplateError, OSError, ValueError) as error:
+        print(f"cannot serve {options.template_path}: {error}", file=sys.stderr)
+        return 2
     try:
         sock = bind(options.port)
     except OSError as error:
         print(f"cannot listen on {HOST}:{options.port}: {error.strerror}", file=sys.stderr)
         return 2
-    return asyncio.run(_serve(options, sock, out))
+    return asyncio.run(_serve(options, app, sock, out))
 
 
-async def _serve(options: DevOptions, sock: socket.socket, out: TextIO) -> int:
+async def _serve(options: DevOptions, app: SamApp, sock: socket.socket, out: TextIO) -> int:
     from agent_channel_dev.local.moto_server import MotoServer
 
     loop = asyncio.get_running_loop()
@@ -210,29 +234,20 @@ async def _serve(options: DevOptions, sock: socket.socket, out: TextIO) -> int:
     moto = MotoServer(HOST)
     moto.start()
     try:
-        return await _serve_with_moto(options, sock, out, moto)
+        return await _serve_with_moto(options, app, sock, out, moto)
     finally:
         moto.stop()
 
 
 async def _serve_with_moto(
-    options: DevOptions, sock: socket.socket, out: TextIO, moto: MotoServer
+    options: DevOptions, app: SamApp, sock: socket.socket, out: TextIO, moto: MotoServer
 ) -> int:
-    from agent_channel_dev.local import sam_app
     from agent_channel_dev.local.stack import LocalStack, create_resources
-    from agent_channel_dev.local.stack_template import load_template_text
+    from agent_channel_dev.local.workers import FunctionError
 
     moto_url = moto.url
     port = int(sock.getsockname()[1])
-    path = options.template_path
     project = options.template is None
-    declared = load_template_text(path.read_text(encoding="utf-8")).get("Parameters") or {}
-    app = sam_app.load(
-        path,
-        stack_name=options.stack_name,
-        parameters=options.template_parameters(declared),
-        stage=options.stage or (DEFAULT_STAGE if project else None),
-    )
     _point_at_moto(moto_url)
     await asyncio.to_thread(create_resources, app)
     stack = LocalStack.build(
@@ -249,7 +264,13 @@ async def _serve_with_moto(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    await stack.start(sock)
+    try:
+        await stack.start(sock)
+    except FunctionError as error:
+        # A function that cannot even start fails the launch, with Lambda's report.
+        stack.functions.close()
+        print(f"a function failed to start: {json.dumps(error.payload)}", file=sys.stderr)
+        return 1
     try:
         if demo is not None:
             print(banner(app.api.stage, options, port, moto_url, demo), file=out)

@@ -182,7 +182,11 @@ class FunctionPool:
     async def warm(self) -> None:
         """Start one worker now: a function that cannot even import fails the start."""
         async with self._semaphore():
-            self._idle.append(await asyncio.to_thread(self._start))
+            try:
+                self._idle.append(await asyncio.to_thread(self._start))
+            except FunctionError as failed:
+                failed.payload["function"] = self.spec.logical_id
+                raise
 
     def close(self) -> None:
         while self._idle:
