@@ -259,11 +259,11 @@ def test_a_dropped_tcp_connection_reports_1006(probe: AppServer) -> None:
 
 def test_row_6_an_idle_socket_is_closed_with_1001(probe: AppServer) -> None:
     raw = RawSocket.connect(url(probe))
+    started = time.monotonic()  # the last client message is sent after this
     connection_id = connection_id_of(raw)
-    started = time.monotonic()
     raw.wait(IDLE_SECONDS + 5)
     assert raw.close_code == 1001
-    assert IDLE_SECONDS - 0.5 <= time.monotonic() - started <= IDLE_SECONDS + 3
+    assert IDLE_SECONDS - 0.2 <= time.monotonic() - started <= IDLE_SECONDS + 5
     assert disconnect_of(probe, connection_id)["requestContext"]["disconnectStatusCode"] == 1001
 
 
@@ -283,7 +283,7 @@ def test_row_6_an_active_socket_is_closed_at_the_connection_limit(probe: AppServ
 def test_row_7_frames_of_one_socket_are_not_serialized(probe: AppServer) -> None:
     async def session() -> list[str]:
         async with websockets.connect(url(probe)) as ws:
-            await ws.send(probe_message("sleep", seconds=2, tag="slow"))
+            await ws.send(probe_message("sleep", seconds=4, tag="slow"))
             await ws.send(probe_message("echo", tag="quick"))
             replies = [json.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in range(2)]
         return [reply["tag"] for reply in replies]
@@ -409,7 +409,7 @@ def test_a_failing_or_timed_out_function_sends_api_gateways_error_message(
             await ws.send(probe_message("boom"))
             boom = json.loads(await asyncio.wait_for(ws.recv(), 10))
             started = time.monotonic()
-            await ws.send(probe_message("slow", seconds=3))
+            await ws.send(probe_message("slow", seconds=5))
             slow = json.loads(await asyncio.wait_for(ws.recv(), 10))
             slow["elapsed"] = time.monotonic() - started
             after = await echo(ws, "after")
@@ -420,7 +420,7 @@ def test_a_failing_or_timed_out_function_sends_api_gateways_error_message(
         assert answer["message"] == "Internal server error"
         assert REQUEST_ID.match(answer["requestId"])
         assert answer["connectionId"] == after["event"]["requestContext"]["connectionId"]
-    assert slow["elapsed"] < 2.5  # stopped at its Timeout (1 s), not after its 3 s sleep
+    assert slow["elapsed"] < 3.5  # stopped at its Timeout (1 s), not after its 5 s sleep
     assert after["tag"] == "after"
 
 
@@ -441,7 +441,7 @@ def test_each_function_sees_exactly_its_template_environment(probe: AppServer) -
 def test_functions_run_in_parallel_worker_processes(probe: AppServer) -> None:
     async def sleeper(tag: str) -> float:
         async with websockets.connect(url(probe)) as ws:
-            await ws.send(probe_message("sleep", seconds=2, tag=tag))
+            await ws.send(probe_message("sleep", seconds=3, tag=tag))
             await asyncio.wait_for(ws.recv(), 15)
         return time.monotonic()
 
@@ -450,5 +450,5 @@ def test_functions_run_in_parallel_worker_processes(probe: AppServer) -> None:
         ended = await asyncio.gather(*(sleeper(str(i)) for i in range(3)))
         return max(ended) - started
 
-    # One after another this would take 6 s; three workers take about 2.
-    assert asyncio.run(three()) < 5.0
+    # One after another this would take 9 s; three workers take about 3.
+    assert asyncio.run(three()) < 7.5
