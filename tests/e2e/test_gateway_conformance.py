@@ -31,8 +31,10 @@ from tests.support.raw_websocket import RawSocket
 pytestmark = pytest.mark.e2e
 
 PROBE = Path(__file__).resolve().parents[1] / "apps" / "probe" / "template.yaml"
-IDLE_SECONDS = 3.0
-MAX_CONNECTION_SECONDS = 6.0
+IDLE_SECONDS = 5.0
+"""Longer than any sleep a test asks of the probe: a socket that only waits for a
+slow function sends nothing, and is idle (only client messages count)."""
+MAX_CONNECTION_SECONDS = 9.0
 FRAME = 32 * 1024
 MESSAGE = 128 * 1024
 REQUEST_ID = re.compile(r"^[A-Za-z0-9_\-]{14,15}=$")
