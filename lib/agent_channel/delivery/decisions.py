@@ -31,7 +31,7 @@ from agent_channel.identity.caller import Caller, Target
 from agent_channel.observability import logger
 
 if TYPE_CHECKING:
-    from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
+    from agent_channel.delivery.fanout import ConnectionPoster
 
 __all__ = [
     "AlreadyDecided",
@@ -123,7 +123,7 @@ def decide(
     request_id: str,
     behavior: str,
     decided_by: int,
-    client: ApiGatewayManagementApiClient,
+    client: ConnectionPoster,
     on_gone: GoneHandler | None,
 ) -> Decided:
     """Record the decision (first wins), then push it to every session of the agent.
@@ -196,7 +196,7 @@ def replay(
     caller: Caller | None,
     request_ids: Sequence[str],
     *,
-    client: ApiGatewayManagementApiClient,
+    client: ConnectionPoster,
     on_gone: GoneHandler | None,
 ) -> Replayed:
     """Re-broadcast the recorded decisions among ``request_ids`` to the agent's stream.

@@ -28,7 +28,7 @@ from agent_channel.tasks.model import Task, TransitionRefused
 from agent_channel.tasks.store import TaskStore
 
 if TYPE_CHECKING:
-    from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
+    from agent_channel.delivery.fanout import ConnectionPoster
 
 
 class DispatchError(Refusal):
@@ -121,7 +121,7 @@ def dispatch(
     tasks: TaskStore,
     task_id: int,
     *,
-    client: ApiGatewayManagementApiClient,
+    client: ConnectionPoster,
     on_gone: GoneHandler | None,
     comment_fields: Mapping[str, Any] | None = None,
     pending_tool_call: str | None = None,

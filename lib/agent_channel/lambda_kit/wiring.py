@@ -7,6 +7,7 @@ function pays at cold start only for the clients and modules its own route uses.
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from typing import TYPE_CHECKING
 
@@ -16,11 +17,11 @@ from botocore.config import Config
 from agent_channel.config import settings
 
 if TYPE_CHECKING:
-    from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
     from mypy_boto3_events import EventBridgeClient
 
     from agent_channel.delivery.dynamodb import DynamoDecisionStore
     from agent_channel.delivery.fanout import GoneHandler
+    from agent_channel.delivery.poster import ConnectionsPoster
     from agent_channel.grace.dynamodb import DynamoTaskBook
     from agent_channel.grace.eventbridge import EventBridgeGraceScheduler
     from agent_channel.presence.dynamodb import DynamoPresenceStore
@@ -75,21 +76,18 @@ def gone_handler() -> GoneHandler:
 
 
 @cache
-def management_api(endpoint_url: str | None = None) -> ApiGatewayManagementApiClient:
-    """The @connections client. A large pool, because fan-out posts concurrently."""
+def management_api(endpoint_url: str | None = None) -> ConnectionsPoster:
+    """The @connections client: the lean poster (delivery.poster), because fan-out
+    is bound by client CPU. Its HTTP pool holds as many idle connections as
+    fan-out has workers. Built without a single request: nothing is sent at init."""
+    from agent_channel.delivery.poster import ConnectionsPoster, botocore_credentials
+
     url = endpoint_url or settings().callback_url
-    return boto3.client(
-        "apigatewaymanagementapi",
-        endpoint_url=url,
-        config=Config(
-            max_pool_connections=max(10, settings().fanout_workers),
-            # One attempt: fan-out retries throttling itself (with jitter, counted
-            # as ThrottleRetries); botocore's max_attempts would add a hidden retry.
-            retries={"mode": "standard", "total_max_attempts": 1},
-            # The requests are built here, from typed values: validating each of
-            # a thousand posts costs client CPU that fan-out is bound by.
-            parameter_validation=False,
-        ),
+    return ConnectionsPoster(
+        url,
+        region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        credentials=botocore_credentials(),
+        max_idle=max(10, settings().fanout_workers),
     )
 
 
