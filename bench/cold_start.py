@@ -98,7 +98,7 @@ class Layers:
 def build_layer(artifacts: Path) -> None:
     """Run the layer Makefile's target, as ``sam build`` does, with this interpreter
     (bytecode is per interpreter version) and its own architecture's wheels."""
-    version = "%d.%d" % sys.version_info[:2]
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
     subprocess.run(
         [
             "make",

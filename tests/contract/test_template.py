@@ -424,7 +424,8 @@ def test_every_function_folder_is_deployed_with_the_shared_settings() -> None:
 def test_the_layer_is_built_from_lib_with_its_requirements() -> None:
     source = stack_template.resources()["SharedLayer"]
     assert source["Properties"]["ContentUri"] == "lib/"
-    assert source["Metadata"]["BuildMethod"] == "python3.12"
+    assert source["Metadata"]["BuildMethod"] == "makefile"
+    assert (LIB / "Makefile").is_file()
     assert source["Metadata"]["BuildArchitecture"] == "arm64"
     assert (LIB / "agent_channel" / "__init__.py").is_file()
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
