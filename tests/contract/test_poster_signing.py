@@ -14,6 +14,7 @@ import datetime
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -29,6 +30,7 @@ from agent_channel.delivery.poster import (
     Credentials,
     SigV4Signer,
     connection_path,
+    default_credentials,
 )
 
 REGION = "eu-west-1"
@@ -218,3 +220,27 @@ def test_the_region_is_read_from_an_execute_api_host() -> None:
     assert poster._signer.region == "ap-south-2"
     with pytest.raises(ValueError, match="not an http"):
         ConnectionsPoster("wss://x/prod", region="us-east-1", credentials=lambda: WITH_TOKEN)
+
+
+def test_credentials_come_from_the_environment_first_then_the_chain(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKENV")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-env")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "token-env")
+    provide = default_credentials()
+    assert provide() == Credentials("AKENV", "secret-env", "token-env")
+    # Rotated in the environment: the next post signs with the new set.
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "token-2")
+    assert provide().token == "token-2"
+
+    # No environment credentials: botocore's chain (here a shared credentials file).
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name)
+    shared = tmp_path / "credentials"
+    shared.write_text(
+        "[default]\naws_access_key_id = AKFILE\naws_secret_access_key = secret-file\n"
+    )
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(shared))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    assert default_credentials()() == Credentials("AKFILE", "secret-file", None)

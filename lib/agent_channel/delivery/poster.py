@@ -33,6 +33,7 @@ import hashlib
 import hmac
 import http.client
 import json
+import os
 import ssl
 import time
 from collections.abc import Callable
@@ -69,18 +70,30 @@ class Credentials(NamedTuple):
 CredentialsProvider = Callable[[], Credentials]
 
 
-def botocore_credentials() -> CredentialsProvider:
-    """The default credential chain (on Lambda: the function role's session
-    credentials from the environment), read afresh on every call so that a
-    refreshed set is used."""
-    import botocore.session
+def default_credentials() -> CredentialsProvider:
+    """botocore's default credential chain, read afresh on every call.
 
-    found = botocore.session.get_session().get_credentials()
-    if found is None:
-        raise RuntimeError("no AWS credentials found for the @connections client")
+    The chain's first provider is the environment, and on Lambda the function
+    role's session credentials are always there: they are read directly, which
+    costs nothing at init. Only without them (a developer's profile, say) is the
+    rest of the chain resolved, once, on the first post, and its refreshable
+    credentials are asked for their current set on every post.
+    """
+    chain: list[Any] = []
 
     def provide() -> Credentials:
-        frozen = found.get_frozen_credentials()
+        access_key = os.environ.get("AWS_ACCESS_KEY_ID")
+        secret_key = os.environ.get("AWS_SECRET_ACCESS_KEY")
+        if access_key and secret_key:
+            return Credentials(access_key, secret_key, os.environ.get("AWS_SESSION_TOKEN") or None)
+        if not chain:
+            import botocore.session
+
+            found = botocore.session.get_session().get_credentials()
+            if found is None:
+                raise RuntimeError("no AWS credentials found for the @connections client")
+            chain.append(found)
+        frozen = chain[0].get_frozen_credentials()
         return Credentials(frozen.access_key or "", frozen.secret_key or "", frozen.token)
 
     return provide

@@ -80,13 +80,13 @@ def management_api(endpoint_url: str | None = None) -> ConnectionsPoster:
     """The @connections client: the lean poster (delivery.poster), because fan-out
     is bound by client CPU. Its HTTP pool holds as many idle connections as
     fan-out has workers. Built without a single request: nothing is sent at init."""
-    from agent_channel.delivery.poster import ConnectionsPoster, botocore_credentials
+    from agent_channel.delivery.poster import ConnectionsPoster, default_credentials
 
     url = endpoint_url or settings().callback_url
     return ConnectionsPoster(
         url,
         region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-        credentials=botocore_credentials(),
+        credentials=default_credentials(),
         max_idle=max(10, settings().fanout_workers),
     )
 
