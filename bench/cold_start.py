@@ -52,9 +52,15 @@ FUNCTIONS = (
 AIM = 1.15
 
 _MODULE = """
+import sys
 import time
 started = time.process_time()
 import app
+# PynamoDB builds its DynamoDB client on a function's first request: built here,
+# so that the function pays what the floor (which builds it at once) pays.
+if "pynamodb.models" in sys.modules:
+    from agent_channel.storage.records import Record
+    Record._get_connection().connection.client
 print(time.process_time() - started)
 """
 
@@ -67,11 +73,17 @@ def recording(self, service_name, *args, **kwargs):
     built.append(service_name)
     return create(self, service_name, *args, **kwargs)
 botocore.session.Session.create_client = recording
+import sys
 import app
+# PynamoDB builds its DynamoDB client on a function's first request: built here,
+# so that the function pays what the floor (which builds it at once) pays.
+if "pynamodb.models" in sys.modules:
+    from agent_channel.storage.records import Record
+    Record._get_connection().connection.client
 print(json.dumps(built))
 """
-"""Which boto3 clients a function's app.py builds at import (PynamoDB builds its
-own DynamoDB client lazily, on the first request, in every function alike)."""
+"""Which clients a function builds before its first request is sent: at import,
+and PynamoDB's DynamoDB client (built on the first request)."""
 
 _FLOOR = """
 import time

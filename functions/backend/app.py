@@ -15,6 +15,7 @@ from agent_channel.lambda_kit import wiring
 from agent_channel.observability import logger, metrics
 
 management = wiring.management_api()
+wiring.dynamodb()
 context_for_commands = CommandContext(
     management_factory=lambda: management,
     gone_handler_factory=wiring.gone_handler,
