@@ -37,7 +37,7 @@ def handler(event: SocketEvent) -> dict[str, Any]:
     try:
         subscription = caller.subscription(event.connection_id)
         if subscription is not None:
-            rules.subscribe(store, scheduler, subscription)
+            rules.subscribe(store, scheduler, subscription, grace_scheduled=caller.grace_scheduled)
         else:
             attachment = Attachment(
                 event.connection_id, caller.user_id, caller.stream, caller.agent_id, caller.topic_id
