@@ -161,7 +161,7 @@ def measure() -> list[Row]:
                 # The lean poster speaks HTTP itself; here posts go through boto3's
                 # client, which moto answers and the botocore hook counts (the
                 # same request: tests/contract/test_poster_signing.py).
-                module.management = boto3.client(
+                module.management = boto3.client(  # type: ignore[attr-defined]
                     "apigatewaymanagementapi", endpoint_url=settings().callback_url
                 )
             gateway_functions[name] = module
