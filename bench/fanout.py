@@ -135,8 +135,10 @@ def boto3_client(endpoint: str, workers: int) -> Any:
 
 
 def run_size(connections: int, latency: float, workers: int, repeat: int) -> SizeResult:
+    from agent_channel.config import settings
     from agent_channel.delivery import fanout
     from agent_channel.delivery.poster import ConnectionsPoster, default_credentials
+    from agent_channel.delivery.rate import RateBudget
 
     ids = [f"conn-{i:05d}=" for i in range(connections)]
     data = fanout.encode({"type": "bench", "n": 1})
@@ -150,7 +152,12 @@ def run_size(connections: int, latency: float, workers: int, repeat: int) -> Siz
         clients = {
             "boto3": boto3_client(endpoint, workers),
             "poster": ConnectionsPoster(
-                endpoint, region="us-east-1", credentials=default_credentials(), max_idle=workers
+                endpoint,
+                region="us-east-1",
+                credentials=default_credentials(),
+                max_idle=workers,
+                # As deployed: the process's post rate budget (POSTS_PER_SECOND).
+                budget=RateBudget(settings().posts_per_second, burst=workers),
             ),
         }
         timings = {label: Timing(label) for label in clients}

@@ -32,6 +32,7 @@ from agent_channel.delivery.poster import (
     connection_path,
     default_credentials,
 )
+from agent_channel.delivery.rate import RateBudget
 
 REGION = "eu-west-1"
 HOST = "abc123defg.execute-api.eu-west-1.amazonaws.com"
@@ -244,3 +245,20 @@ def test_credentials_come_from_the_environment_first_then_the_chain(
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(shared))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     assert default_credentials()() == Credentials("AKFILE", "secret-file", None)
+
+
+def test_every_post_draws_on_the_process_budget(server: str) -> None:
+    drawn: list[int] = []
+
+    class Counting(RateBudget):
+        def acquire(self) -> float:
+            drawn.append(1)
+            return 0.0
+
+    poster = ConnectionsPoster(
+        server, region=REGION, credentials=lambda: WITH_TOKEN, budget=Counting(1000)
+    )
+    for connection_id in CONNECTION_IDS:
+        poster.post_to_connection(ConnectionId=connection_id, Data=b"{}")
+    poster.close()
+    assert len(drawn) == len(CONNECTION_IDS) == len(Recorder.seen)

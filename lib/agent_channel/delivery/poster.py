@@ -46,6 +46,8 @@ from urllib.parse import quote, urlsplit
 
 from botocore.exceptions import ClientError
 
+from agent_channel.delivery.rate import RateBudget
+
 SERVICE = "execute-api"
 OPERATION = "PostToConnection"
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -204,6 +206,7 @@ class ConnectionsPoster:
         region: str,
         credentials: CredentialsProvider,
         max_idle: int = 64,
+        budget: RateBudget | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         url = urlsplit(endpoint_url)
@@ -216,6 +219,7 @@ class ConnectionsPoster:
         self._signer = SigV4Signer(host, region_of(url.hostname, region))
         self._credentials = credentials
         self._max_idle = max_idle
+        self._budget = budget
         self._clock = clock
         self._idle: list[_Connection] = []
         self._tls: ssl.SSLContext | None = None
@@ -229,6 +233,9 @@ class ConnectionsPoster:
         # Request line, headers and body in one send: one system call, and no
         # small second segment for Nagle's algorithm to hold back.
         request = f"POST {path} HTTP/1.1\r\n{head}content-length: {len(Data)}\r\n\r\n"
+        if self._budget is not None:
+            # Every thread of the process draws on the one budget (retries included).
+            self._budget.acquire()
         status, reason, error_type, body = self._exchange(request.encode() + Data)
         if 200 <= status < 300:
             return {"ResponseMetadata": {"HTTPStatusCode": status}}

@@ -116,6 +116,7 @@ def management_api(endpoint_url: str | None = None) -> ConnectionsPoster:
     is bound by client CPU. Its HTTP pool holds as many idle connections as
     fan-out has workers. Built without a single request: nothing is sent at init."""
     from agent_channel.delivery.poster import ConnectionsPoster, default_credentials
+    from agent_channel.delivery.rate import RateBudget
 
     url = endpoint_url or settings().callback_url
     return ConnectionsPoster(
@@ -123,6 +124,8 @@ def management_api(endpoint_url: str | None = None) -> ConnectionsPoster:
         region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
         credentials=default_credentials(),
         max_idle=max(10, settings().fanout_workers),
+        # A burst of one worker round, then the steady rate.
+        budget=RateBudget(settings().posts_per_second, burst=settings().fanout_workers),
     )
 
 
