@@ -140,6 +140,7 @@ def run_size(connections: int, latency: float, workers: int, repeat: int) -> Siz
     from agent_channel.delivery.poster import ConnectionsPoster, default_credentials
     from agent_channel.delivery.rate import RateBudget
 
+    _fake_aws_environment()
     ids = [f"conn-{i:05d}=" for i in range(connections)]
     data = fanout.encode({"type": "bench", "n": 1})
     context = multiprocessing.get_context("spawn")
