@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     wanted = set(args.only or ["cold_start", "requests", "fanout", "presence"])
     benchmarks: list[tuple[str, str, Callable[[], str]]] = [
-        ("cold_start", "Cold start", lambda: cold_start_section(3 if args.quick else 9)),
+        ("cold_start", "Cold start", lambda: cold_start_section(3 if args.quick else 5)),
         ("fanout", "Fan-out", lambda: fanout_section(1 if args.quick else 3)),
         ("requests", "Requests per operation", requests_section),
         (
