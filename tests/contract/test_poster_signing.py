@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -262,3 +263,71 @@ def test_every_post_draws_on_the_process_budget(server: str) -> None:
         poster.post_to_connection(ConnectionId=connection_id, Data=b"{}")
     poster.close()
     assert len(drawn) == len(CONNECTION_IDS) == len(Recorder.seen)
+
+
+class KeepAlive(Recorder):
+    """HTTP/1.1 with keep-alive; after each request it may drop the connection
+    silently, as a server does with an idle kept-alive socket."""
+
+    protocol_version = "HTTP/1.1"
+    drop_after_answer = False
+    connections: list[int] = []
+
+    def setup(self) -> None:
+        # One handler per accepted connection.
+        KeepAlive.connections.append(1)
+        super().setup()
+
+    def do_POST(self) -> None:
+        super().do_POST()
+        if KeepAlive.drop_after_answer:
+            self.close_connection = True
+
+
+@pytest.fixture
+def keep_alive_server() -> Iterator[str]:
+    Recorder.seen.clear()
+    KeepAlive.connections.clear()
+    KeepAlive.drop_after_answer = False
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), KeepAlive)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/prod"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_posts_reuse_a_kept_alive_connection(keep_alive_server: str) -> None:
+    poster = ConnectionsPoster(keep_alive_server, region=REGION, credentials=lambda: WITH_TOKEN)
+    for n in range(5):
+        poster.post_to_connection(ConnectionId=f"c{n}=", Data=b"{}")
+    poster.close()
+    assert len(Recorder.seen) == 5
+    assert len(KeepAlive.connections) == 1
+
+
+def test_a_kept_alive_connection_the_server_dropped_is_replaced_once(
+    keep_alive_server: str,
+) -> None:
+    KeepAlive.drop_after_answer = True
+    poster = ConnectionsPoster(keep_alive_server, region=REGION, credentials=lambda: WITH_TOKEN)
+    opened: list[int] = []
+    fresh = poster._fresh
+
+    def counted() -> Any:
+        opened.append(1)
+        return fresh()
+
+    poster._fresh = counted  # type: ignore[method-assign]
+    for n in range(3):
+        time.sleep(0.05)  # the server has closed its side by the next post
+        poster.post_to_connection(ConnectionId=f"c{n}=", Data=b"{}")
+    poster.close()
+    # Each post arrived exactly once, each on a fresh connection.
+    assert [path.rsplit("/", 1)[1] for path, _, _ in Recorder.seen] == ["c0%3D", "c1%3D", "c2%3D"]
+    # The first post opened one; each later one found its kept-alive socket dropped,
+    # and opened one more after the failed attempt.
+    assert len(opened) == 3
+    assert len(KeepAlive.connections) == 3
