@@ -40,13 +40,13 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
 from botocore.exceptions import ClientError
 
-from agent_channel.delivery.rate import RateBudget
+if TYPE_CHECKING:
+    from agent_channel.delivery.rate import RateBudget
 
 SERVICE = "execute-api"
 OPERATION = "PostToConnection"
@@ -102,12 +102,6 @@ def default_credentials() -> CredentialsProvider:
         return Credentials(frozen.access_key or "", frozen.secret_key or "", frozen.token)
 
     return provide
-
-
-@dataclass(frozen=True)
-class SignedRequest:
-    path: str
-    headers: dict[str, str]
 
 
 class SigV4Signer:
