@@ -257,8 +257,17 @@ def test_a_token_is_never_logged(
 
 
 def test_revoking_a_token_closes_every_socket_opened_with_it(
-    world: World, management: ManagementApi
+    world: World, management: ManagementApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import boto3
+
+    from agent_channel.backend import admin_ops
+
+    closer = boto3.client(
+        "apigatewaymanagementapi",
+        endpoint_url=management.server.endpoint_url(management_server.STAGE),
+    )
+    monkeypatch.setattr(admin_ops, "connection_closer", lambda: closer)
     gateway, sink = Gateway(), management.sink
     agent_socket = connect_agent(gateway, sink, world, "rev-agent=", session_id="s1")
     topic_socket = connect_topic(gateway, sink, world, "rev-topic=")

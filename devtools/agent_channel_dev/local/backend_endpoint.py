@@ -14,14 +14,15 @@ present the per-run secret. Anything else is refused before the body is read.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
 from agent_channel import client_json
 from agent_channel.observability import logger
 from agent_channel_dev.local.backend_secret import HEADER, presented_matches
-from agent_channel_dev.local.functions import FunctionMissing, FunctionRunner
 
 BACKEND_FOLDER = "backend"
 PATH = "/_backend"
@@ -62,8 +63,10 @@ def _refused(status: int, message: str) -> web.Response:
     return web.json_response({"errorMessage": message}, status=status)
 
 
-def mount_backend(app: web.Application, runner: FunctionRunner, guard: BackendGuard) -> None:
-    async def invoke(request: web.Request) -> web.Response:
+def mount_backend(
+    app: web.Application, invoke: Callable[[Any], Awaitable[Any]], guard: BackendGuard
+) -> None:
+    async def handle(request: web.Request) -> web.Response:
         refused = guard.refusal(request)
         if refused is not None:
             logger.warning("backend request refused", extra={"status": refused.status})
@@ -75,15 +78,14 @@ def mount_backend(app: web.Application, runner: FunctionRunner, guard: BackendGu
         except ValueError:
             return _refused(400, "the body must be JSON")
         try:
-            result = await runner.invoke(BACKEND_FOLDER, command)
-        except FunctionMissing:
-            return _refused(501, "functions/backend is missing")
+            result = await invoke(command)
         except Exception as error:
-            logger.exception("backend command failed")
-            return web.json_response(
-                {"errorMessage": str(error), "errorType": type(error).__name__},
-                headers={FUNCTION_ERROR_HEADER: "Unhandled"},
-            )
+            logger.warning("backend command failed", extra={"error": str(error)})
+            payload = getattr(error, "payload", None) or {
+                "errorMessage": str(error),
+                "errorType": type(error).__name__,
+            }
+            return web.json_response(payload, headers={FUNCTION_ERROR_HEADER: "Unhandled"})
         return web.json_response(result)
 
-    app.router.add_post(PATH, invoke)
+    app.router.add_post(PATH, handle)

@@ -8,13 +8,16 @@ A token is returned only by ``issue_token``, the one moment it exists in clear.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent_channel import clock
 from agent_channel.backend.router import Args, CommandContext, CommandError, op
 from agent_channel.config import CHANNEL_AGENT_MODEL, settings
 from agent_channel.identity import accounts
 from agent_channel.tasks.model import Status, Task
+
+if TYPE_CHECKING:
+    from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
 
 MAX_NAME = 200
 MAX_CONTENT = 64 * 1024
@@ -54,6 +57,13 @@ def _issue_token(args: Args, context: CommandContext) -> dict[str, Any]:
     return {"user_id": user_id, "token": token}
 
 
+def connection_closer() -> ApiGatewayManagementApiClient:
+    """``@connections`` DELETE: boto3's client (the fan-out poster only posts)."""
+    from agent_channel.lambda_kit import wiring
+
+    return wiring.aws().client("apigatewaymanagementapi", endpoint_url=settings().callback_url)
+
+
 @op("revoke_token", "forget a bearer token and close every socket opened with it")
 def _revoke_token(args: Args, context: CommandContext) -> dict[str, Any]:
     from agent_channel.delivery.closing import close_connections
@@ -65,7 +75,7 @@ def _revoke_token(args: Args, context: CommandContext) -> dict[str, Any]:
     # An open socket keeps no access of its own: it is closed here, and its
     # $disconnect releases whatever it held.
     closed, failed = close_connections(
-        accounts.sockets_opened_with(token), client=context.management()
+        accounts.sockets_opened_with(token), client=connection_closer()
     )
     return {"revoked": revoked, "closed": len(closed), "not_closed": len(failed)}
 

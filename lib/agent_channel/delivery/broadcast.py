@@ -6,7 +6,6 @@ partition (``delivery.members``); the posts go out through ``delivery.fanout``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from agent_channel.config import settings
@@ -23,14 +22,16 @@ from agent_channel.delivery.streams import agent_stream, topic_stream
 from agent_channel.observability import logger
 
 if TYPE_CHECKING:
-    from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
+    from collections.abc import Sequence
+
+    from agent_channel.delivery.fanout import ConnectionPoster
 
 
 def broadcast_to_stream(
     stream: str,
     payload: Any,
     *,
-    client: ApiGatewayManagementApiClient,
+    client: ConnectionPoster,
     on_gone: GoneHandler | None,
     workers: int | None = None,
     retry: RetryPolicy = DEFAULT_RETRY,
@@ -69,7 +70,7 @@ def broadcast_to_agent(
     agent_id: int,
     payload: Any,
     *,
-    client: ApiGatewayManagementApiClient,
+    client: ConnectionPoster,
     on_gone: GoneHandler | None,
     workers: int | None = None,
     retry: RetryPolicy = DEFAULT_RETRY,
@@ -89,7 +90,7 @@ def broadcast_to_topic(
     topic_id: int,
     payload: Any,
     *,
-    client: ApiGatewayManagementApiClient,
+    client: ConnectionPoster,
     on_gone: GoneHandler | None,
     workers: int | None = None,
     retry: RetryPolicy = DEFAULT_RETRY,

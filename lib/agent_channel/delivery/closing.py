@@ -7,7 +7,6 @@ the last session, schedules the grace), exactly as if the client had left.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
@@ -16,6 +15,8 @@ from agent_channel.delivery.fanout import GONE_CODE
 from agent_channel.observability import count, logger
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
 
 

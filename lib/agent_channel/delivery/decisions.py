@@ -9,7 +9,6 @@ is still there for the next replay, however long the outage.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +29,9 @@ from agent_channel.identity.caller import Caller, Target
 from agent_channel.observability import logger
 
 if TYPE_CHECKING:
-    from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
+    from collections.abc import Sequence
+
+    from agent_channel.delivery.fanout import ConnectionPoster
 
 __all__ = [
     "AlreadyDecided",
@@ -122,7 +123,7 @@ def decide(
     request_id: str,
     behavior: str,
     decided_by: int,
-    client: ApiGatewayManagementApiClient,
+    client: ConnectionPoster,
     on_gone: GoneHandler | None,
 ) -> Decided:
     """Record the decision (first wins), then push it to every session of the agent.
@@ -195,7 +196,7 @@ def replay(
     caller: Caller | None,
     request_ids: Sequence[str],
     *,
-    client: ApiGatewayManagementApiClient,
+    client: ConnectionPoster,
     on_gone: GoneHandler | None,
 ) -> Replayed:
     """Re-broadcast the recorded decisions among ``request_ids`` to the agent's stream.

@@ -13,7 +13,6 @@ claim after a grace cancellation won, is refused.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -25,10 +24,12 @@ from agent_channel.delivery.streams import agent_stream, topic_stream
 from agent_channel.errors import Refusal
 from agent_channel.observability import count, logger
 from agent_channel.tasks.model import DispatchContext, Task, TransitionRefused
-from agent_channel.tasks.store import TaskStore
 
 if TYPE_CHECKING:
-    from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
+    from collections.abc import Mapping
+
+    from agent_channel.delivery.fanout import ConnectionPoster
+    from agent_channel.tasks.store import TaskStore
 
 
 class DispatchError(Refusal):
@@ -144,7 +145,7 @@ def dispatch(
     tasks: TaskStore,
     task_id: int,
     *,
-    client: ApiGatewayManagementApiClient,
+    client: ConnectionPoster,
     on_gone: GoneHandler | None,
     comment_fields: Mapping[str, Any] | None = None,
     pending_tool_call: str | None = None,

@@ -8,9 +8,7 @@ while the agent had no socket is still there for the next replay.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-
-from pynamodb.transactions import TransactWrite
+from typing import TYPE_CHECKING
 
 from agent_channel.delivery.decision_store import (
     AlreadyDecided,
@@ -21,6 +19,11 @@ from agent_channel.delivery.decision_store import (
 from agent_channel.storage import schema
 from agent_channel.storage.records import ConnectionRecord, DecisionRecord, Record, UserRecord
 from agent_channel.storage.transactions import Refused, commit
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from pynamodb.transactions import TransactWrite
 
 BATCH_GET_LIMIT = 100
 """BatchGetItem reads at most 100 keys per request."""

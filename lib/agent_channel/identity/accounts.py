@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pynamodb.exceptions import DeleteError
 
@@ -19,6 +19,9 @@ from agent_channel.storage.records import (
     TopicRecord,
     UserRecord,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,9 @@ class Caller:
     token_digest: str = ""
     """The digest of the token the socket was opened with: a restore rechecks that
     the token still exists, and a revocation finds the socket by it."""
+    grace_scheduled: bool = False
+    """The agent's last departure scheduled an agent-wide grace that no subscribe
+    has withdrawn yet, as the authorizer read it (only $connect acts on it)."""
 
     def __post_init__(self) -> None:
         # A target given as its string value (an authorizer context, a test) is
@@ -71,6 +74,7 @@ class Caller:
             "topic_id": "" if self.topic_id is None else str(self.topic_id),
             "session_id": self.session_id,
             "token_digest": self.token_digest,
+            "grace_scheduled": "true" if self.grace_scheduled else "",
         }
 
     @classmethod
@@ -89,6 +93,7 @@ class Caller:
                 topic_id=int(topic_raw) if topic_raw else None,
                 session_id=str(context.get("session_id") or ""),
                 token_digest=str(context.get("token_digest") or ""),
+                grace_scheduled=str(context.get("grace_scheduled") or "") == "true",
             )
         except (KeyError, TypeError, ValueError):
             return None

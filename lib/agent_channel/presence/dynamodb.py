@@ -6,14 +6,11 @@ Each condition names the race it guards against.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from typing import TYPE_CHECKING
 
 from pynamodb.exceptions import DeleteError, UpdateError
-from pynamodb.expressions.condition import Condition
-from pynamodb.expressions.update import Action
-from pynamodb.transactions import TransactWrite
 
 from agent_channel.config import CHANNEL_AGENT_MODEL
 from agent_channel.delivery.streams import agent_stream
@@ -32,6 +29,13 @@ from agent_channel.storage.records import (
     UserRecord,
 )
 from agent_channel.storage.transactions import Refused, commit, condition_failed, retrying
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from pynamodb.expressions.condition import Condition
+    from pynamodb.expressions.update import Action
+    from pynamodb.transactions import TransactWrite
 
 GARBAGE_AFTER = timedelta(days=1)
 
@@ -140,6 +144,9 @@ class DynamoPresenceStore:
                 # is moot (cancel_offline would find routing on and do nothing).
                 UserRecord.grace_owed_token.remove(),
                 UserRecord.grace_owed_due.remove(),
+                # Whoever subscribes now withdraws a pending agent-wide grace (the
+                # authorizer read this flag): later connects need not.
+                UserRecord.grace_scheduled.remove(),
             ],
             # The agent may have been deleted or handed to another owner since the
             # authorizer read it.
@@ -296,6 +303,8 @@ class DynamoPresenceStore:
             actions: list[Action] = [
                 UserRecord.routing_expression.set(""),
                 UserRecord.routing_subscription_token.remove(),
+                # The agent-wide grace is scheduled right after this clear.
+                UserRecord.grace_scheduled.set(True),
             ]
             # A subscribe or restore since the read bumped the version: it wins.
             condition = schema.presence_version_is(seen.version)

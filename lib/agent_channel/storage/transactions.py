@@ -19,9 +19,8 @@ from __future__ import annotations
 import enum
 import random
 import time
-from collections.abc import Callable
 from functools import cache
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from pynamodb.connection import Connection
 from pynamodb.exceptions import (
@@ -34,6 +33,9 @@ from pynamodb.exceptions import (
 from pynamodb.transactions import TransactWrite
 
 from agent_channel.observability import count
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 CONDITION_FAILED = "ConditionalCheckFailed"
 TRANSACTION_CONFLICT = "TransactionConflict"

@@ -6,12 +6,8 @@ it starts from, the slot taken or freed beside it, and any guard on another item
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-
-from pynamodb.expressions.condition import Condition
-from pynamodb.expressions.update import Action
-from pynamodb.transactions import TransactWrite
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from agent_channel import clock
 from agent_channel.storage import schema
@@ -32,6 +28,13 @@ MAX_LEASE_GUARDS = 96
 """Lease or connection guards one transition may carry (100 items: the task, a slot,
 the agent and these). A session holds one or two leases and an agent a few
 sockets; beyond this many, the rest are left unguarded."""
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from pynamodb.expressions.condition import Condition
+    from pynamodb.expressions.update import Action
+    from pynamodb.transactions import TransactWrite
 
 
 @dataclass(frozen=True)
@@ -163,18 +166,20 @@ class DynamoTaskStore:
                     ConnectionRecord.pk.exists(),
                 )
             )
-        return self._transition(
+        delegated = self._transition(
             task, {Status.RUNNING}, Status.DELEGATED, extra_actions=extra, guards=guards
         )
+        return replace(delegated, pending_tool_call=pending_tool_call) if extra else delegated
 
     def claim_reply(self, task: Task) -> Task:
-        return self._transition(
+        done = self._transition(
             task,
             {Status.DELEGATED},
             Status.DONE,
             extra_actions=[TaskRecord.pending_tool_call.remove()],
             free_slot=True,
         )
+        return replace(done, pending_tool_call=None)
 
     def cancel_delegated(
         self,
@@ -205,7 +210,7 @@ class DynamoTaskStore:
                     LeaseRecord.pk.does_not_exist() | (LeaseRecord.last_seen_at <= stale_before),
                 )
             )
-        return self._transition(
+        cancelled = self._transition(
             task,
             {Status.DELEGATED},
             Status.CANCELLED,
@@ -213,6 +218,7 @@ class DynamoTaskStore:
             free_slot=True,
             guards=guards,
         )
+        return replace(cancelled, pending_tool_call=None)
 
     def _transition(
         self,
@@ -226,11 +232,14 @@ class DynamoTaskStore:
         guards: Sequence[_Guard] = (),
     ) -> Task:
         """Move a task between statuses with the slot change in the same transaction, so
-        a crash can neither free a slot of a task still running nor leak one."""
+        a crash can neither free a slot of a task still running nor leak one.
+        The task returned shows the status and time written; a caller whose
+        ``extra_actions`` write other fields shows those itself."""
+        now = clock.now()
         condition = TaskRecord.status.is_in(*(status.value for status in allowed_from))
         actions = [
             TaskRecord.status.set(to.value),
-            TaskRecord.updated_at.set(clock.now()),
+            TaskRecord.updated_at.set(now),
             TaskRecord.gsi1pk.set(schema.task_status_index(task.agent_id, to.value)),
             *extra_actions,
         ]
@@ -250,7 +259,7 @@ class DynamoTaskStore:
                         slot_sk,
                         agent_id=task.agent_id,
                         task_id=task.task_id,
-                        acquired_at=clock.now(),
+                        acquired_at=now,
                     )
                 )
             if free_slot:
@@ -267,9 +276,10 @@ class DynamoTaskStore:
                 # If the task's own status condition held, what failed was a guard.
                 guard_failed=schema.task_key(task.task_id) not in refused.keys,
             ) from refused
-        refreshed = self.get(task.task_id)
-        assert refreshed is not None
-        return refreshed
+        # A transaction returns no item, and a read after it would cost one more
+        # request: the new task is the old one with what this transaction wrote
+        # (every other field of a task is fixed when it is created).
+        return replace(task, status=to, updated_at=now)
 
     def release_slot(self, agent_id: int, task_id: int) -> None:
         SlotRecord(*schema.slot_key(agent_id, task_id)).delete()
