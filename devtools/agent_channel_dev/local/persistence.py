@@ -21,10 +21,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent_channel_dev.local.data_dir import write_private
-from agent_channel_dev.local.demo import DemoAccounts
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    # Only for types: importing the demo module imports the table's records, which
+    # read the table name once, at import, before the stack has set it.
+    from agent_channel_dev.local.demo import DemoAccounts
 
 REQUESTS_FILE = "moto-requests.jsonl"
 DEMO_FILE = "demo.json"
@@ -66,6 +72,8 @@ class LocalState:
         write_private(self.demo_file, json.dumps(asdict(demo)))
 
     def load_demo(self) -> DemoAccounts:
+        from agent_channel_dev.local.demo import DemoAccounts
+
         data = json.loads(self.demo_file.read_text(encoding="utf-8"))
         return DemoAccounts(
             owner_id=int(data["owner_id"]),
