@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import boto3
 import pytest
 
 from agent_channel.config import settings
@@ -52,12 +53,10 @@ def status(task_id: int) -> str:
 def dispatch_actor(task_id: int) -> Callable[[], Any]:
     def act() -> Any:
         try:
-            delivery.dispatch(
-                tasks,
-                task_id,
-                client=wiring.management_api(),
-                on_gone=wiring.gone_handler(),
-            )
+            # boto3's @connections client, not the lean poster: its posts go through
+            # botocore, where the harness makes them interleaving points.
+            client = boto3.client("apigatewaymanagementapi", endpoint_url=settings().callback_url)
+            delivery.dispatch(tasks, task_id, client=client, on_gone=wiring.gone_handler())
         except Refusal as refusal:
             return refusal.code
         return "delegated"
