@@ -4,7 +4,7 @@ interleaving of their DynamoDB, Scheduler and @connections requests."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import boto3
@@ -26,6 +26,19 @@ from tests.support.presence_world import PresenceWorld, fresh_world
 
 tasks = DynamoTaskStore()
 TABLE_AND_SOCKETS = frozenset({"dynamodb", "apigatewaymanagementapi"})
+
+
+@pytest.fixture(autouse=True)
+def posts_on_the_callers_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    # Fan-out posts on worker threads when a stream has several sockets, and the
+    # harness pauses only the actors' own threads: one worker keeps every post on
+    # the actor's thread, an interleaving point.
+    from agent_channel import config
+
+    monkeypatch.setenv("FANOUT_WORKERS", "1")
+    config.settings.cache_clear()
+    yield
+    config.settings.cache_clear()
 
 
 @pytest.fixture(autouse=True)
