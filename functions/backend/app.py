@@ -9,7 +9,7 @@ from typing import Any
 
 from agent_channel.backend.commands import CommandContext, execute
 from agent_channel.lambda_kit import wiring
-from agent_channel.observability import logger, metrics
+from agent_channel.lambda_kit.invocation import lambda_handler
 
 management = wiring.management_api()
 context_for_commands = CommandContext(
@@ -21,7 +21,6 @@ context_for_commands = CommandContext(
 )
 
 
-@logger.inject_lambda_context(clear_state=True)
-@metrics.log_metrics
+@lambda_handler
 def handler(event: Any, context: Any) -> dict[str, Any]:
     return execute(event, context_for_commands)

@@ -15,7 +15,8 @@ from agent_channel.config import settings
 from agent_channel.grace import cancellation
 from agent_channel.grace.scheduler import GraceCancellation
 from agent_channel.lambda_kit import wiring
-from agent_channel.observability import bind_ids, logger, metrics
+from agent_channel.lambda_kit.invocation import lambda_handler
+from agent_channel.observability import bind_ids, logger
 
 MAX_TOKEN_LENGTH = 64
 MAX_SESSION_ID_LENGTH = 256
@@ -50,8 +51,7 @@ def parse(event: Any) -> GraceCancellation:
     return GraceCancellation(agent_id, token, session_id or None)
 
 
-@logger.inject_lambda_context(clear_state=True)
-@metrics.log_metrics
+@lambda_handler
 def handler(event: Any, context: Any) -> dict[str, Any]:
     try:
         request = parse(event)

@@ -7,15 +7,15 @@ from typing import Any
 
 from agent_channel.config import settings
 from agent_channel.lambda_kit import wiring
-from agent_channel.observability import count, logger, metrics
+from agent_channel.lambda_kit.invocation import lambda_handler
+from agent_channel.observability import count, logger
 from agent_channel.presence import rules
 
 store = wiring.presence_store()
 scheduler = wiring.grace_scheduler()
 
 
-@logger.inject_lambda_context(clear_state=True)
-@metrics.log_metrics
+@lambda_handler
 def handler(event: Any, context: Any) -> dict[str, Any]:
     outcomes = rules.sweep(store, scheduler, settings())
     count("SweptAgents", sum(outcomes.values()))
