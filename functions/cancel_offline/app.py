@@ -22,7 +22,6 @@ MAX_TOKEN_LENGTH = 64
 MAX_SESSION_ID_LENGTH = 256
 
 store = wiring.presence_store()
-events = wiring.task_events()
 book = wiring.task_book()
 
 
@@ -62,7 +61,7 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     bind_ids(agent_id=request.agent_id, request_id=getattr(context, "aws_request_id", None))
     scope = "session" if request.session_id else "agent"
     try:
-        result = cancellation.cancel_offline(store, book, events, settings(), request)
+        result = cancellation.cancel_offline(store, book, settings(), request)
     except Exception:
         logger.exception("grace cancellation failed; Lambda will retry", extra={"scope": scope})
         raise

@@ -100,7 +100,6 @@ CALLS: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:Query", "table"),
         ("dynamodb:Query", "index:gsi1"),
         ("dynamodb:UpdateItem", "table"),
-        ("events:PutEvents", "bus"),
         # Lambda itself sends a run that failed every retry to the dead-letter
         # queue (EventInvokeConfig's on-failure destination), not the code.
         ("sqs:SendMessage", "dead-letter-queue"),
@@ -112,7 +111,6 @@ CALLS: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:PutItem", "table"),
         ("dynamodb:Query", "index:gsi1"),
         ("execute-api:ManageConnections", "connections"),
-        ("events:PutEvents", "bus"),
     },
 }
 

@@ -1,6 +1,6 @@
 """The running pieces of the local stack, wired together: resources in moto, the
-functions, the gateway with its @connections API and backend endpoint, and the
-scheduler loop. The environment must already point at the local stack."""
+functions, the gateway with its @connections API and backend endpoint, the
+scheduler loop and the task-event pipe. The environment must already point at the local stack."""
 
 from __future__ import annotations
 
@@ -20,9 +20,12 @@ from agent_channel_dev.local.demo import DemoAccounts
 from agent_channel_dev.local.environment import CANCEL_OFFLINE_FUNCTION
 from agent_channel_dev.local.functions import FunctionRunner
 from agent_channel_dev.local.gateway import Gateway
+from agent_channel_dev.local.pipe import LocalPipe, PipeDefinition
 from agent_channel_dev.local.scheduler_loop import SWEEPER_FOLDER, SchedulerLoop, sweep_interval
 
 CLEANUP_SECONDS = 5.0
+PIPE_POLL_SECONDS = 0.25
+"""How often the local task-event pipe reads the stream (a pipe polls about 4 times a second)."""
 
 
 @dataclass
@@ -31,9 +34,11 @@ class LocalStack:
     gateway: Gateway
     scheduler: SchedulerLoop
     app: web.Application
+    pipe: LocalPipe
     _runner: web.AppRunner | None = None
     _stop_scheduler: asyncio.Event = field(default_factory=asyncio.Event)
     _scheduler_task: asyncio.Task[None] | None = None
+    _pipe_task: asyncio.Task[None] | None = None
 
     @classmethod
     def build(
@@ -74,7 +79,8 @@ class LocalStack:
         gateway.mount(app)
         add_connection_routes(app, gateway, stage=stage)
         mount_backend(app, runner)
-        return cls(seeded, gateway, scheduler, app)
+        pipe = LocalPipe(PipeDefinition.from_template(), table_name, event_bus)
+        return cls(seeded, gateway, scheduler, app, pipe)
 
     async def start(self, sock: socket.socket) -> None:
         self._runner = web.AppRunner(
@@ -83,12 +89,25 @@ class LocalStack:
         await self._runner.setup()
         await web.SockSite(self._runner, sock, shutdown_timeout=CLEANUP_SECONDS).start()
         self._scheduler_task = asyncio.create_task(self.scheduler.run(self._stop_scheduler))
+        self._pipe_task = asyncio.create_task(self._run_pipe(self._stop_scheduler))
+
+    async def _run_pipe(self, stop: asyncio.Event) -> None:
+        """The task-event pipe: table stream -> bus, as TaskEventPipe does on AWS."""
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self.pipe.pump)
+            except Exception:
+                # As a pipe does: the records stay on the stream for the next poll.
+                logger.warning("task-event pipe poll failed", exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), PIPE_POLL_SECONDS)
 
     async def stop(self) -> None:
         self._stop_scheduler.set()
-        if self._scheduler_task is not None:
-            with contextlib.suppress(Exception):
-                await self._scheduler_task
+        for task in (self._scheduler_task, self._pipe_task):
+            if task is not None:
+                with contextlib.suppress(Exception):
+                    await task
         if self._runner is not None:
             # Closes every socket; each one's $disconnect runs before this returns.
             await self._runner.cleanup()

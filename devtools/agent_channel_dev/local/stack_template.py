@@ -25,6 +25,7 @@ INTEGRATION_TYPE = "AWS::ApiGatewayV2::Integration"
 AUTHORIZER_TYPE = "AWS::ApiGatewayV2::Authorizer"
 TABLE_TYPE = "AWS::DynamoDB::Table"
 SCHEDULE_GROUP_TYPE = "AWS::Scheduler::ScheduleGroup"
+PIPE_TYPE = "AWS::Pipes::Pipe"
 
 _SUB_REFERENCE = re.compile(r"\$\{([A-Za-z0-9]+)(?:\.[A-Za-z0-9.]+)?\}")
 
@@ -199,6 +200,12 @@ def table_create_kwargs(table_name: str, path: Path | None = None) -> dict[str, 
         kwargs["GlobalSecondaryIndexes"] = indexes
     if billing_mode == "PROVISIONED" and "ProvisionedThroughput" in table:
         kwargs["ProvisionedThroughput"] = dict(table["ProvisionedThroughput"])
+    stream = table.get("StreamSpecification")
+    if stream:
+        kwargs["StreamSpecification"] = {
+            "StreamEnabled": True,
+            "StreamViewType": stream["StreamViewType"],
+        }
     return kwargs
 
 
@@ -221,3 +228,8 @@ def schedule_group_name(default: str, path: Path | None = None) -> str:
         raise TemplateError(f"expected one schedule group, found {len(groups)}")
     name = _properties(groups[0][1]).get("Name")
     return name if isinstance(name, str) and name else default
+
+
+def pipes(path: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Pipe logical id -> its Properties, as written in the template."""
+    return {logical_id: _properties(resource) for logical_id, resource in _of_type(PIPE_TYPE, path)}

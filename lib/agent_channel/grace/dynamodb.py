@@ -28,10 +28,10 @@ class DynamoTaskBook:
             if isinstance(record, TopicRecord)
         ]
 
-    def cancel(self, task: DelegatedTask, seen: Presence) -> CancelVerdict:
+    def cancel(self, task: DelegatedTask, seen: Presence, reason: str) -> CancelVerdict:
         target = Task(task.task_id, task.topic_id, task.agent_id, Status.DELEGATED)
         try:
-            self._tasks.cancel_delegated(target, presence_version=seen.version)
+            self._tasks.cancel_delegated(target, presence_version=seen.version, reason=reason)
         except TransitionRefused:
             # Refused: either the task left delegated (a reply claimed it first, or an
             # earlier run cancelled it), or the guard failed (the agent came back), or

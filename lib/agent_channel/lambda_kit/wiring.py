@@ -17,7 +17,6 @@ from agent_channel.config import settings
 
 if TYPE_CHECKING:
     from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
-    from mypy_boto3_events import EventBridgeClient
 
     from agent_channel.delivery.dynamodb import DynamoDecisionStore
     from agent_channel.delivery.fanout import GoneHandler
@@ -25,7 +24,6 @@ if TYPE_CHECKING:
     from agent_channel.grace.eventbridge import EventBridgeGraceScheduler
     from agent_channel.presence.dynamodb import DynamoPresenceStore
     from agent_channel.tasks.dynamodb import DynamoTaskStore
-    from agent_channel.tasks.events import EventBridgeTaskEvents
 
 # Standard retry mode retries throttling with exponential backoff and jitter.
 RETRYING = Config(retries={"mode": "standard", "max_attempts": 5})
@@ -91,16 +89,3 @@ def management_api(endpoint_url: str | None = None) -> ApiGatewayManagementApiCl
             parameter_validation=False,
         ),
     )
-
-
-@cache
-def events_client() -> EventBridgeClient:
-    return boto3.client("events", config=RETRYING)
-
-
-@cache
-def task_events() -> EventBridgeTaskEvents:
-    """The publisher of task events to the backend's bus (EVENT_BUS_NAME)."""
-    from agent_channel.tasks.events import EventBridgeTaskEvents
-
-    return EventBridgeTaskEvents(events_client(), settings().event_bus_name)

@@ -135,6 +135,8 @@ class TaskRecord(Record, discriminator="task"):
     pending_tool_call = UnicodeAttribute(null=True)
     created_at = NumberAttribute()
     updated_at = NumberAttribute()
+    cancel_reason = UnicodeAttribute(null=True)
+    """Why it was cancelled; the task-event pipe carries it into task.cancelled."""
 
 
 class DecisionRecord(Record, discriminator="decision"):

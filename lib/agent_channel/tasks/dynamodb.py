@@ -128,7 +128,9 @@ class DynamoTaskStore:
             free_slot=True,
         )
 
-    def cancel_delegated(self, task: Task, *, presence_version: int | None = None) -> Task:
+    def cancel_delegated(
+        self, task: Task, *, presence_version: int | None = None, reason: str | None = None
+    ) -> Task:
         guards = []
         if presence_version is not None:
             # A grace cancellation decided on this presence: an agent (or session)
@@ -144,7 +146,12 @@ class DynamoTaskStore:
             task,
             {Status.DELEGATED},
             Status.CANCELLED,
-            extra_actions=[TaskRecord.pending_tool_call.remove()],
+            extra_actions=[
+                TaskRecord.pending_tool_call.remove(),
+                # In the same write as the status: the stream record that becomes
+                # the task.cancelled event carries it (the transactional outbox).
+                *([TaskRecord.cancel_reason.set(reason)] if reason else []),
+            ],
             free_slot=True,
             guards=guards,
         )

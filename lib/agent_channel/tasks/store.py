@@ -40,10 +40,13 @@ class TaskStore(Protocol):
     def claim_reply(self, task: Task) -> Task:
         """delegated -> done, at most once; clears the pending tool call, frees the slot."""
 
-    def cancel_delegated(self, task: Task, *, presence_version: int | None = None) -> Task:
+    def cancel_delegated(
+        self, task: Task, *, presence_version: int | None = None, reason: str | None = None
+    ) -> Task:
         """delegated -> cancelled, at most once; clears the pending tool call, frees
         the slot. With ``presence_version``, only while the agent's presence version
-        is still that one (no subscribe or restore since it was read)."""
+        is still that one (no subscribe or restore since it was read). ``reason`` is
+        recorded on the task, in the same write, for the task.cancelled event."""
 
     def release_slot(self, agent_id: int, task_id: int) -> None:
         """Free a slot; idempotent."""
