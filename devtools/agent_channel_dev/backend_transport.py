@@ -1,6 +1,8 @@
-"""How the command line reaches the backend command router: the local stack's
-``POST /_backend``, or the deployed BackendFunction through ``lambda.invoke``.
-Both carry the same JSON command and bring back the same JSON answer."""
+"""How the command line reaches the backend's commands: the local stack's
+``POST /_backend`` and ``POST /_admin``, or the deployed BackendFunction and
+AdminFunction through ``lambda.invoke``. Both carry the same JSON command and
+bring back the same JSON answer. Which function serves an op is the runtime
+package's registries' say (``function_for``)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,27 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-BACKEND_OUTPUT = "BackendFunctionArn"
-BACKEND_LOGICAL_ID = "BackendFunction"
 TIMEOUT_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class BackendFunction:
+    """One of the two backend functions, as each place names it."""
+
+    output: str
+    logical_id: str
+    local_path: str
+
+
+DELIVERY = BackendFunction("BackendFunctionArn", "BackendFunction", "/_backend")
+ADMIN = BackendFunction("AdminFunctionArn", "AdminFunction", "/_admin")
+
+
+def function_for(op: object) -> BackendFunction:
+    """The function that serves an op: the admin one for accounts and tokens."""
+    from agent_channel.backend.admin_commands import REGISTRY
+
+    return ADMIN if isinstance(op, str) and op in REGISTRY.ops else DELIVERY
 
 
 class TransportError(Exception):
@@ -41,12 +61,13 @@ class LocalTransport:
     """The dev server's backend endpoint (``agent-channel dev``)."""
 
     base_url: str
+    function: BackendFunction = DELIVERY
 
     def describe(self) -> str:
         return self.base_url
 
     def call(self, command: dict[str, Any]) -> dict[str, Any]:
-        url = self.base_url.rstrip("/") + "/_backend"
+        url = self.base_url.rstrip("/") + self.function.local_path
         if not url.startswith(("http://", "https://")):
             raise TransportError(f"--local must be an http(s) URL, got {self.base_url!r}")
         request = urllib.request.Request(  # noqa: S310  (scheme checked above)
@@ -69,10 +90,11 @@ class LocalTransport:
 
 @dataclass(frozen=True)
 class LambdaTransport:
-    """The deployed stack's BackendFunction, found through CloudFormation."""
+    """The deployed stack's BackendFunction or AdminFunction, found through CloudFormation."""
 
     stack_name: str
     region: str | None = None
+    function: BackendFunction = DELIVERY
 
     def describe(self) -> str:
         return f"stack {self.stack_name}"
@@ -83,10 +105,10 @@ class LambdaTransport:
         cloudformation = boto3.client("cloudformation", region_name=self.region)
         stacks = cloudformation.describe_stacks(StackName=self.stack_name)["Stacks"]
         for output in stacks[0].get("Outputs", []) if stacks else []:
-            if output.get("OutputKey") == BACKEND_OUTPUT:
+            if output.get("OutputKey") == self.function.output:
                 return str(output["OutputValue"])
         resource = cloudformation.describe_stack_resource(
-            StackName=self.stack_name, LogicalResourceId=BACKEND_LOGICAL_ID
+            StackName=self.stack_name, LogicalResourceId=self.function.logical_id
         )
         return str(resource["StackResourceDetail"]["PhysicalResourceId"])
 

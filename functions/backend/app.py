@@ -1,13 +1,15 @@
-"""The backend's entry point, for backends that are not Python: invoke this
-function with a JSON command ({"op": "dispatch" | "decide_permission" |
-"claim_reply" | "broadcast", ...}) and get {"ok": true, ...} or
-{"ok": false, "error": code, "message": ...}. It never raises to the caller."""
+"""The backend's delivery entry point, for backends that are not Python: invoke
+this function with a JSON command ({"op": "dispatch" | "decide_permission" |
+"claim_reply" | "broadcast" | "create_task" | "list_tasks" | "presence", ...}) and
+get {"ok": true, ...} or {"ok": false, "error": code, "message": ...}. It never
+raises to the caller. Accounts and tokens are the admin function's
+(functions/admin), under another invoke permission."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from agent_channel.backend.commands import CommandContext, execute
+from agent_channel.backend.delivery_commands import CommandContext, execute
 from agent_channel.lambda_kit import wiring
 from agent_channel.lambda_kit.invocation import lambda_handler
 

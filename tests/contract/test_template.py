@@ -44,6 +44,7 @@ FUNCTION_IDS = {
     "sweeper": "SweeperFunction",
     "cancel_offline": "CancelOfflineFunction",
     "backend": "BackendFunction",
+    "admin": "AdminFunction",
 }
 """Folder -> logical id, as docs/ARCHITECTURE.md lists them."""
 
@@ -111,6 +112,12 @@ CALLS: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:PutItem", "table"),
         ("dynamodb:Query", "index:gsi1"),
         ("execute-api:ManageConnections", "connections"),
+    },
+    "admin": {
+        ("dynamodb:DeleteItem", "table"),
+        ("dynamodb:GetItem", "table"),
+        ("dynamodb:PutItem", "table"),
+        ("dynamodb:UpdateItem", "table"),
     },
 }
 

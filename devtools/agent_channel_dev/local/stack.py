@@ -14,7 +14,7 @@ from aiohttp import web
 
 from agent_channel.observability import logger
 from agent_channel_dev.local import demo, resources
-from agent_channel_dev.local.backend_endpoint import BACKEND_FOLDER, mount_backend
+from agent_channel_dev.local.backend_endpoint import ADMIN_FOLDER, BACKEND_FOLDER, mount_backend
 from agent_channel_dev.local.connections_api import add_connection_routes
 from agent_channel_dev.local.demo import DemoAccounts
 from agent_channel_dev.local.environment import CANCEL_OFFLINE_FUNCTION
@@ -61,7 +61,7 @@ class LocalStack:
         runner = FunctionRunner()
         # Import every function now: a broken one fails the start, not a request.
         wanted = {*layout.routes.values(), layout.authorizer, SWEEPER_FOLDER}
-        wanted |= {CANCEL_OFFLINE_FUNCTION, BACKEND_FOLDER}
+        wanted |= {CANCEL_OFFLINE_FUNCTION, BACKEND_FOLDER, ADMIN_FOLDER}
         for folder in sorted(wanted):
             if runner.exists(folder):
                 runner.module(folder)

@@ -10,8 +10,10 @@ unexpected failure all come back as ``{"ok": false, ...}``.
 
 Adding an op: write a function ``(args: Args, context: CommandContext) -> dict``
 that reads its fields through ``args`` (which validates them) and decorate it
-with ``@op("name", "what it does")``. Raise ``CommandError`` (or any exception
-listed in ``EXPECTED_ERRORS``) to refuse; its ``code`` reaches the caller.
+with ``@ops.op("name", "what it does")`` of its module's ``OpSet``; the function's
+registry module (``delivery_commands`` or ``admin_commands``) serves that set.
+Raise ``CommandError`` (or any exception listed in ``EXPECTED_ERRORS``) to
+refuse; its ``code`` reaches the caller.
 """
 
 from __future__ import annotations
@@ -181,51 +183,69 @@ class Op:
     handler: Handler
 
 
-OPS: dict[str, Op] = {}
+class OpSet:
+    """The ops one module defines; a Registry serves one or more of them."""
+
+    def __init__(self) -> None:
+        self.ops: dict[str, Op] = {}
+
+    def op(self, name: str, summary: str) -> Callable[[Handler], Handler]:
+        """Register a handler as ``{"op": name}``."""
+
+        def register(handler: Handler) -> Handler:
+            if name in self.ops:
+                raise ValueError(f"op {name!r} is already registered")
+            self.ops[name] = Op(name, summary, handler)
+            return handler
+
+        return register
 
 
-def op(name: str, summary: str) -> Callable[[Handler], Handler]:
-    """Register a handler as ``{"op": name}``."""
+class Registry:
+    """The commands one Lambda function serves (its ops, and nothing else: a
+    function that may dispatch cannot mint tokens, because it has no such op and
+    no permission for it)."""
 
-    def register(handler: Handler) -> Handler:
-        if name in OPS:
-            raise ValueError(f"op {name!r} is already registered")
-        OPS[name] = Op(name, summary, handler)
-        return handler
+    def __init__(self, name: str, *sets: OpSet) -> None:
+        self.name = name
+        self.ops: dict[str, Op] = {}
+        for found in sets:
+            for op_name, entry in found.ops.items():
+                if op_name in self.ops:
+                    raise ValueError(f"op {op_name!r} is already registered in {name}")
+                self.ops[op_name] = entry
 
-    return register
+    def parse_command(self, command: Any) -> tuple[Op, Args]:
+        """The op and its fields; raises CommandError for anything else."""
+        if isinstance(command, str | bytes):
+            # A caller that sent a JSON document as a string (some SDKs do).
+            try:
+                command = json.loads(command)
+            except ValueError:
+                raise CommandError("invalid_command", "the command is not JSON") from None
+        if not isinstance(command, dict):
+            raise CommandError("invalid_command", "the command must be a JSON object")
+        name = command.get("op")
+        if not isinstance(name, str) or not name:
+            raise CommandError("invalid_command", "'op' is required")
+        found = self.ops.get(name)
+        if found is None:
+            raise CommandError(
+                "unknown_op", f"unknown op {name!r}; known: {', '.join(sorted(self.ops))}"
+            )
+        return found, Args(command)
 
-
-def parse_command(command: Any) -> tuple[Op, Args]:
-    """The op and its fields; raises CommandError for anything else."""
-    if isinstance(command, str | bytes):
-        # A caller that sent a JSON document as a string (some SDKs do).
+    def execute(self, command: Any, context: CommandContext | None = None) -> dict[str, Any]:
+        """Run one command. Never raises."""
+        name = command.get("op") if isinstance(command, dict) else None
         try:
-            command = json.loads(command)
-        except ValueError:
-            raise CommandError("invalid_command", "the command is not JSON") from None
-    if not isinstance(command, dict):
-        raise CommandError("invalid_command", "the command must be a JSON object")
-    name = command.get("op")
-    if not isinstance(name, str) or not name:
-        raise CommandError("invalid_command", "'op' is required")
-    found = OPS.get(name)
-    if found is None:
-        raise CommandError("unknown_op", f"unknown op {name!r}; known: {', '.join(sorted(OPS))}")
-    return found, Args(command)
-
-
-def execute(command: Any, context: CommandContext | None = None) -> dict[str, Any]:
-    """Run one command. Never raises."""
-    name = command.get("op") if isinstance(command, dict) else None
-    try:
-        found, args = parse_command(command)
-        result = found.handler(args, context or CommandContext())
-    except EXPECTED_ERRORS as error:
-        code = str(getattr(error, "code", "refused"))
-        logger.info("command refused", extra={"op": name, "code": code})
-        return {"ok": False, "error": code, "message": str(error)}
-    except Exception:
-        logger.exception("command failed", extra={"op": name})
-        return {"ok": False, "error": "internal_error", "message": "internal error"}
-    return {"ok": True, "op": found.name, **result}
+            found, args = self.parse_command(command)
+            result = found.handler(args, context or CommandContext())
+        except EXPECTED_ERRORS as error:
+            code = str(getattr(error, "code", "refused"))
+            logger.info("command refused", extra={"op": name, "code": code})
+            return {"ok": False, "error": code, "message": str(error)}
+        except Exception:
+            logger.exception("command failed", extra={"op": name})
+            return {"ok": False, "error": "internal_error", "message": "internal error"}
+        return {"ok": True, "op": found.name, **result}
