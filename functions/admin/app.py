@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from agent_channel.backend import idempotency
 from agent_channel.backend.admin_commands import CommandContext, execute
 from agent_channel.lambda_kit.invocation import lambda_handler
 
@@ -20,4 +21,5 @@ context_for_commands = CommandContext()
 
 @lambda_handler
 def handler(event: Any, context: Any) -> dict[str, Any]:
+    idempotency.register_lambda_context(context)
     return execute(event, context_for_commands)

@@ -60,6 +60,7 @@ ROUTES = {
 #   table        the single table            index:gsi1     its index
 #   group        schedules of the grace group scheduler-role  the role Scheduler assumes
 #   connections  POST @connections of this API's stage      bus  the task-event bus
+#   idempotency-table  the idempotency utility's table
 # TransactWriteItems is authorized per item (PutItem, UpdateItem, DeleteItem,
 # ConditionCheckItem); a 410 Gone during fan-out runs the $disconnect path, so
 # every function that broadcasts also carries that path's permissions.
@@ -72,6 +73,16 @@ DISCONNECT_PATH = {
     ("iam:PassRole", "scheduler-role"),
 }
 GONE_PATH = DISCONNECT_PATH | {("dynamodb:GetItem", "table")}
+IDEMPOTENT = {
+    (action, "idempotency-table")
+    for action in (
+        "dynamodb:DeleteItem",
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+    )
+}
+"""Powertools' DynamoDB persistence layer: get, put (conditional), update, delete."""
 CALLS: dict[str, set[tuple[str, str]]] = {
     "authorize": {("dynamodb:BatchGetItem", "table")},
     "connect": {
@@ -112,13 +123,15 @@ CALLS: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:PutItem", "table"),
         ("dynamodb:Query", "index:gsi1"),
         ("execute-api:ManageConnections", "connections"),
-    },
+    }
+    | IDEMPOTENT,
     "admin": {
         ("dynamodb:DeleteItem", "table"),
         ("dynamodb:GetItem", "table"),
         ("dynamodb:PutItem", "table"),
         ("dynamodb:UpdateItem", "table"),
-    },
+    }
+    | IDEMPOTENT,
 }
 
 # How each action shows in the source (a regex over the modules a function imports).
@@ -138,6 +151,7 @@ CALL_MARKERS = {
     "execute-api:ManageConnections": r"\.post_to_connection\(",
 }
 INDEX_QUERY_MARKER = r"\.gsi1\.query\("
+IDEMPOTENCY_MARKER = r"\bDynamoDBPersistenceLayer\("
 
 # Environment. Each variable the code reads has a rule for where it must be set.
 ALWAYS_SET = {
@@ -157,6 +171,7 @@ NEEDED_FOR = {
     "execute-api:ManageConnections": {"CALLBACK_URL"},
     "events:PutEvents": {"EVENT_BUS_NAME"},
 }
+NEEDED_FOR_RESOURCE = {"idempotency-table": {"IDEMPOTENCY_TABLE_NAME"}}
 OPTIONAL = {"MAX_REPLAY_IDS", "FANOUT_WORKERS"}
 """Their code defaults are right on AWS too; set where they matter, never required."""
 ENV_VALUES: dict[str, Any] = {
@@ -170,6 +185,7 @@ ENV_VALUES: dict[str, Any] = {
     "CANCEL_OFFLINE_FUNCTION_ARN": {"Fn::GetAtt": ["CancelOfflineFunction", "Arn"]},
     "GRACE_DLQ_ARN": {"Fn::GetAtt": ["GraceDeadLetterQueue", "Arn"]},
     "EVENT_BUS_NAME": {"Ref": "TaskEventBus"},
+    "IDEMPOTENCY_TABLE_NAME": {"Ref": "IdempotencyTable"},
     "CALLBACK_URL": {
         "Fn::Sub": "https://${WebSocketApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/${StageName}"
     },
@@ -264,6 +280,7 @@ SYMBOLIC_RESOURCES = {
     ): "connections",
     json.dumps({"Fn::GetAtt": ["TaskEventBus", "Arn"]}): "bus",
     json.dumps({"Fn::GetAtt": ["GraceDeadLetterQueue", "Arn"]}): "dead-letter-queue",
+    json.dumps({"Fn::GetAtt": ["IdempotencyTable", "Arn"]}): "idempotency-table",
 }
 
 
@@ -516,7 +533,7 @@ def test_every_variable_the_code_reads_has_a_rule() -> None:
     names = code_environment_names()
     # The scan works: config.py's variables are found.
     assert {"TABLE_NAME", "STALE_AFTER", "CALLBACK_URL"} <= names
-    ruled = ALWAYS_SET | OPTIONAL | set().union(*NEEDED_FOR.values())
+    ruled = ALWAYS_SET | OPTIONAL | set().union(*NEEDED_FOR.values(), *NEEDED_FOR_RESOURCE.values())
     assert names - ruled == set(), "a new environment variable needs a rule in this test"
 
 
@@ -525,6 +542,9 @@ def test_each_function_gets_the_environment_its_code_needs(folder: str) -> None:
     env = function_environment(folder)
     actions = {action for action, _ in granted(folder)}
     needed = set(ALWAYS_SET)
+    for resource, variables in NEEDED_FOR_RESOURCE.items():
+        if any(granted_resource == resource for _, granted_resource in granted(folder)):
+            needed |= variables
     for action, variables in NEEDED_FOR.items():
         if action in actions:
             needed |= variables
@@ -620,6 +640,8 @@ def test_each_declared_call_is_made_by_code_the_function_reaches(folder: str) ->
         if (folder, action, resource) in PLATFORM_CALLS:
             continue
         marker = INDEX_QUERY_MARKER if resource.startswith("index:") else CALL_MARKERS[action]
+        if resource == "idempotency-table":
+            marker = IDEMPOTENCY_MARKER
         assert re.search(marker, source), f"{folder}: no code makes {action} on {resource}"
 
 

@@ -30,6 +30,7 @@ HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 DEFAULT_STAGE = "local"
 DEFAULT_TABLE = "agent-channel"
+DEFAULT_IDEMPOTENCY_TABLE = "agent-channel-idempotency"
 DEFAULT_SCHEDULE_GROUP = "agent-channel"
 DEFAULT_EVENT_BUS = "agent-channel"
 WORKER_THREADS = 64
@@ -165,6 +166,7 @@ async def _serve_with_moto(
             LocalEndpoints(moto_url, f"http://{HOST}:{port}/{options.stage}"),
             options.constants,
             table_name=DEFAULT_TABLE,
+            idempotency_table=DEFAULT_IDEMPOTENCY_TABLE,
             schedule_group=schedule_group,
             event_bus=DEFAULT_EVENT_BUS,
             log_level=options.log_level,
@@ -176,6 +178,7 @@ async def _serve_with_moto(
         LocalStack.build,
         stage=options.stage,
         table_name=DEFAULT_TABLE,
+        idempotency_table=DEFAULT_IDEMPOTENCY_TABLE,
         schedule_group=schedule_group,
         event_bus=DEFAULT_EVENT_BUS,
         ping_seconds=ping_seconds(options.stale_after_seconds),

@@ -35,6 +35,7 @@ def local_environment(
     constants: Constants,
     *,
     table_name: str,
+    idempotency_table: str,
     schedule_group: str,
     event_bus: str,
     log_level: str,
@@ -48,6 +49,7 @@ def local_environment(
         "AWS_REGION": REGION,
         "AWS_DEFAULT_REGION": REGION,
         "TABLE_NAME": table_name,
+        "IDEMPOTENCY_TABLE_NAME": idempotency_table,
         "SCHEDULE_GROUP_NAME": schedule_group,
         "SCHEDULER_ROLE_ARN": f"arn:aws:iam::{ACCOUNT}:role/agent-channel-scheduler",
         # The scheduler loop maps this ARN's function name back to its folder.

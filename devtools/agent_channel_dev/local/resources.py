@@ -31,9 +31,10 @@ def schedule_group_name(default: str) -> str:
     return str(stack_template.schedule_group_name(default))
 
 
-def create_table(client: DynamoDBClient, table_name: str) -> None:
-    client.create_table(**stack_template.table_create_kwargs(table_name))
-    ttl = stack_template.table_ttl_attribute()
+def create_table(client: DynamoDBClient, table_name: str, logical_id: str | None = None) -> None:
+    """The single table (or the template's table ``logical_id``) as the template declares it."""
+    client.create_table(**stack_template.table_create_kwargs(table_name, logical_id=logical_id))
+    ttl = stack_template.table_ttl_attribute(logical_id=logical_id)
     if ttl:
         client.update_time_to_live(
             TableName=table_name, TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl}

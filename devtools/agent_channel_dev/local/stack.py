@@ -13,7 +13,7 @@ import boto3
 from aiohttp import web
 
 from agent_channel.observability import logger
-from agent_channel_dev.local import demo, resources
+from agent_channel_dev.local import demo, resources, stack_template
 from agent_channel_dev.local.backend_endpoint import ADMIN_FOLDER, BACKEND_FOLDER, mount_backend
 from agent_channel_dev.local.connections_api import add_connection_routes
 from agent_channel_dev.local.demo import DemoAccounts
@@ -46,6 +46,7 @@ class LocalStack:
         *,
         stage: str,
         table_name: str,
+        idempotency_table: str,
         schedule_group: str,
         event_bus: str,
         ping_seconds: float,
@@ -54,6 +55,9 @@ class LocalStack:
         """Create the table, schedule group and bus in moto, seed the demo accounts
         and import every function (blocking: call it in a worker thread)."""
         resources.create_table(boto3.client("dynamodb"), table_name)
+        resources.create_table(
+            boto3.client("dynamodb"), idempotency_table, stack_template.IDEMPOTENCY_TABLE
+        )
         resources.create_schedule_group(boto3.client("scheduler"), schedule_group)
         if event_bus != "default":
             boto3.client("events").create_event_bus(Name=event_bus)

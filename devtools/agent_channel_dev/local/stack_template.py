@@ -169,16 +169,27 @@ def authorizer_function(path: Path | None = None) -> str:
     return _function_folder(_properties(resource).get("AuthorizerUri"), path)
 
 
-def _table(path: Path | None) -> dict[str, Any]:
-    tables = list(_of_type(TABLE_TYPE, path))
+IDEMPOTENCY_TABLE = "IdempotencyTable"
+"""The idempotency utility's own table; "the table" is the one other than it."""
+
+
+def _table(path: Path | None, logical_id: str | None = None) -> dict[str, Any]:
+    tables = [
+        (name, resource)
+        for name, resource in _of_type(TABLE_TYPE, path)
+        if ((name == logical_id) if logical_id else (name != IDEMPOTENCY_TABLE))
+    ]
     if len(tables) != 1:
         raise TemplateError(f"expected one DynamoDB table, found {len(tables)}")
     return _properties(tables[0][1])
 
 
-def table_create_kwargs(table_name: str, path: Path | None = None) -> dict[str, Any]:
-    """The table as boto3's ``create_table`` takes it (keys, attributes, indexes, billing)."""
-    table = _table(path)
+def table_create_kwargs(
+    table_name: str, path: Path | None = None, logical_id: str | None = None
+) -> dict[str, Any]:
+    """The table as boto3's ``create_table`` takes it (keys, attributes, indexes,
+    billing, stream): the single table, or the one named ``logical_id``."""
+    table = _table(path, logical_id)
     billing_mode = table.get("BillingMode", "PROVISIONED")
     kwargs: dict[str, Any] = {
         "TableName": table_name,
@@ -209,9 +220,9 @@ def table_create_kwargs(table_name: str, path: Path | None = None) -> dict[str, 
     return kwargs
 
 
-def table_ttl_attribute(path: Path | None = None) -> str:
+def table_ttl_attribute(path: Path | None = None, logical_id: str | None = None) -> str:
     """The TTL attribute of the table ("" when TTL is not enabled)."""
-    ttl = _table(path).get("TimeToLiveSpecification") or {}
+    ttl = _table(path, logical_id).get("TimeToLiveSpecification") or {}
     if not ttl.get("Enabled"):
         return ""
     return str(ttl.get("AttributeName", ""))

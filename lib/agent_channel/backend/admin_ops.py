@@ -28,7 +28,7 @@ def _create_user(args: Args, context: CommandContext) -> dict[str, Any]:
     return {"user_id": user.user_id, "name": user.name}
 
 
-@ops.op("issue_token", "mint a bearer token for a user (shown once)")
+@ops.op("issue_token", "mint a bearer token for a user (shown once)", idempotency="never")
 def _issue_token(args: Args, context: CommandContext) -> dict[str, Any]:
     user_id = args.integer("user_id")
     try:

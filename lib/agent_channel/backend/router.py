@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from agent_channel.backend import idempotency
 from agent_channel.errors import Refusal
 from agent_channel.observability import logger
 
@@ -67,6 +68,10 @@ class Args:
 
     def _name(self, name: str) -> str:
         return f"{self._prefix}{name}"
+
+    def fields(self) -> dict[str, Any]:
+        """The command as given (read-only use: it is the caller's)."""
+        return dict(self._raw)
 
     def has(self, name: str) -> bool:
         return self._raw.get(name) is not None
@@ -181,6 +186,11 @@ class Op:
     name: str
     summary: str
     handler: Handler
+    idempotency: str = "key"
+    """"key": a mutating op; with an idempotency key it runs at most once.
+    "read": changes nothing, so a key changes nothing either (it is ignored).
+    "never": mutating, but its answer is a secret that is never stored anywhere,
+    so it cannot be replayed (issue_token); a key is refused."""
 
 
 class OpSet:
@@ -189,13 +199,15 @@ class OpSet:
     def __init__(self) -> None:
         self.ops: dict[str, Op] = {}
 
-    def op(self, name: str, summary: str) -> Callable[[Handler], Handler]:
+    def op(
+        self, name: str, summary: str, *, idempotency: str = "key"
+    ) -> Callable[[Handler], Handler]:
         """Register a handler as ``{"op": name}``."""
 
         def register(handler: Handler) -> Handler:
             if name in self.ops:
                 raise ValueError(f"op {name!r} is already registered")
-            self.ops[name] = Op(name, summary, handler)
+            self.ops[name] = Op(name, summary, handler, idempotency)
             return handler
 
         return register
@@ -236,16 +248,40 @@ class Registry:
         return found, Args(command)
 
     def execute(self, command: Any, context: CommandContext | None = None) -> dict[str, Any]:
-        """Run one command. Never raises."""
+        """Run one command (at most once per idempotency key). Never raises."""
         name = command.get("op") if isinstance(command, dict) else None
         try:
             found, args = self.parse_command(command)
-            result = found.handler(args, context or CommandContext())
+            key = args.optional_string(idempotency.KEY_FIELD, max_length=idempotency.MAX_KEY_LENGTH)
+            if key is None or found.idempotency == "read":
+                return self._answer(found, args, context)
+            if found.idempotency == "never":
+                raise CommandError(
+                    "idempotency_not_supported",
+                    f"{found.name} takes no idempotency key: its answer is shown once and "
+                    "never stored",
+                )
+            fields = {k: v for k, v in args.fields().items() if k != idempotency.KEY_FIELD}
+            return idempotency.run_once(
+                self.name, key, fields, lambda: self._answer(found, args, context)
+            )
         except EXPECTED_ERRORS as error:
-            code = str(getattr(error, "code", "refused"))
-            logger.info("command refused", extra={"op": name, "code": code})
-            return {"ok": False, "error": code, "message": str(error)}
+            return _refused(name, error)
         except Exception:
             logger.exception("command failed", extra={"op": name})
             return {"ok": False, "error": "internal_error", "message": "internal error"}
+
+    @staticmethod
+    def _answer(found: Op, args: Args, context: CommandContext | None) -> dict[str, Any]:
+        """The op's answer; a refusal is an answer. Raises only on unexpected failure."""
+        try:
+            result = found.handler(args, context or CommandContext())
+        except EXPECTED_ERRORS as error:
+            return _refused(found.name, error)
         return {"ok": True, "op": found.name, **result}
+
+
+def _refused(name: object, error: Exception) -> dict[str, Any]:
+    code = str(getattr(error, "code", "refused"))
+    logger.info("command refused", extra={"op": name, "code": code})
+    return {"ok": False, "error": code, "message": str(error)}

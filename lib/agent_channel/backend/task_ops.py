@@ -54,7 +54,7 @@ def _create_task(args: Args, context: CommandContext) -> dict[str, Any]:
     return _task(task)
 
 
-@ops.op("presence", "an agent's routing and leases, read consistently")
+@ops.op("presence", "an agent's routing and leases, read consistently", idempotency="read")
 def _presence(args: Args, context: CommandContext) -> dict[str, Any]:
     agent_id = args.integer("agent_id")
     presence = context.presence().read(agent_id)
@@ -78,7 +78,11 @@ def _presence(args: Args, context: CommandContext) -> dict[str, Any]:
     }
 
 
-@ops.op("list_tasks", "an agent's tasks, by status (all statuses unless one is given)")
+@ops.op(
+    "list_tasks",
+    "an agent's tasks, by status (all statuses unless one is given)",
+    idempotency="read",
+)
 def _list_tasks(args: Args, context: CommandContext) -> dict[str, Any]:
     agent_id = args.integer("agent_id")
     wanted = args.optional_string("status", choices=tuple(status.value for status in Status))
