@@ -657,12 +657,24 @@ def test_no_policy_has_a_wildcard_resource_or_action() -> None:
                 assert "*" not in as_list(statement["Resource"]), (logical_id, statement)
 
 
-def test_functions_carry_only_the_basic_execution_managed_policy() -> None:
+def test_functions_carry_only_the_basic_execution_and_xray_write_managed_policies() -> None:
+    # X-Ray's write actions take no resource-level permissions; SAM's Tracing: Active
+    # grants exactly AWS's write-only X-Ray policy, nothing that reads traces.
     for folder in FUNCTION_IDS:
         arns = function_role(folder).get("ManagedPolicyArns", [])
-        names = [json.dumps(arn) for arn in arns]
-        assert len(names) == 1, (folder, arns)
-        assert "AWSLambdaBasicExecutionRole" in names[0], (folder, arns)
+        names = sorted(json.dumps(arn) for arn in arns)
+        assert len(names) == 2, (folder, arns)
+        assert any("AWSLambdaBasicExecutionRole" in name for name in names), (folder, arns)
+        assert any(name.endswith('policy/AWSXrayWriteOnlyAccess"') for name in names), arns
+
+
+def test_every_function_traces_actively_with_the_powertools_tracer() -> None:
+    for folder, logical_id in FUNCTION_IDS.items():
+        assert properties(logical_id)["TracingConfig"] == {"Mode": "Active"}, folder
+        # Every handler is wrapped by lambda_handler (Tracer, Logger context,
+        # Metrics) directly or through socket_route.
+        source = (ROOT / "functions" / folder / "app.py").read_text(encoding="utf-8")
+        assert "@lambda_handler" in source or "@socket_route" in source, folder
 
 
 def test_the_scheduler_role_can_invoke_only_cancel_offline() -> None:
