@@ -9,6 +9,7 @@ import pytest
 
 from agent_channel.backend import admin_commands, delivery_commands, router
 from agent_channel.tasks.dynamodb import DynamoTaskStore
+from agent_channel_dev import backend_transport
 from agent_channel_dev.instruments.lambda_context import LocalContext
 from tests.support import management_server
 from tests.support.fixtures import World
@@ -217,6 +218,8 @@ def test_each_function_serves_its_own_ops_only(world: World, management: Managem
         "presence",
     }
     assert admin == {"create_user", "create_agent", "create_topic", "issue_token", "revoke_token"}
+    # The command line routes by the same names.
+    assert admin == backend_transport.ADMIN_OPS
     # A delivery backend cannot mint a token: the op is unknown there.
     refused = invoke({"op": "issue_token", "user_id": world.owner_id})
     assert refused["ok"] is False

@@ -725,3 +725,58 @@ def test_samconfig_has_sane_defaults() -> None:
     assert samconfig["default"]["global"]["parameters"]["stack_name"]
     overrides = dict(re.findall(r'(\w+)="([^"]*)"', deploy["parameter_overrides"]))
     assert set(overrides) <= set(translated()["Parameters"])
+
+
+# ---------------------------------------------------------------- task events (outbox)
+
+
+def test_the_table_streams_each_change_to_the_task_event_pipe() -> None:
+    assert properties("Table")["StreamSpecification"] == {"StreamViewType": "NEW_AND_OLD_IMAGES"}
+    pipe = properties("TaskEventPipe")
+    assert pipe["Source"] == {"Fn::GetAtt": ["Table", "StreamArn"]}
+    assert pipe["Target"] == {"Fn::GetAtt": ["TaskEventBus", "Arn"]}
+    stream = pipe["SourceParameters"]["DynamoDBStreamParameters"]
+    assert stream["DeadLetterConfig"] == {
+        "Arn": {"Fn::GetAtt": ["TaskEventDeadLetterQueue", "Arn"]}
+    }
+    assert stream["MaximumRetryAttempts"] == -1
+    # Parked before the stream (24 hours) drops the record.
+    assert stream["MaximumRecordAgeInSeconds"] < 24 * 3600
+    [pattern] = pipe["SourceParameters"]["FilterCriteria"]["Filters"]
+    assert json.loads(pattern["Pattern"])["dynamodb"]["NewImage"]["status"] == {"S": ["cancelled"]}
+
+
+def test_the_pipe_role_reads_the_stream_and_puts_on_the_bus_only() -> None:
+    role = properties("TaskEventPipeRole")
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "pipes.amazonaws.com"}
+    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+    pairs = {
+        (action, json.dumps(resource))
+        for statement in policy_statements(role)
+        for action in as_list(statement["Action"])
+        for resource in as_list(statement["Resource"])
+    }
+    stream = json.dumps({"Fn::GetAtt": ["Table", "StreamArn"]})
+    assert pairs == {
+        ("dynamodb:DescribeStream", stream),
+        ("dynamodb:GetRecords", stream),
+        ("dynamodb:GetShardIterator", stream),
+        ("dynamodb:ListStreams", stream),
+        ("events:PutEvents", json.dumps({"Fn::GetAtt": ["TaskEventBus", "Arn"]})),
+        ("sqs:SendMessage", json.dumps({"Fn::GetAtt": ["TaskEventDeadLetterQueue", "Arn"]})),
+    }
+
+
+def test_no_function_publishes_task_events_itself() -> None:
+    for folder in FUNCTION_IDS:
+        assert not any(action == "events:PutEvents" for action, _ in granted(folder)), folder
+
+
+def test_the_idempotency_table_expires_its_records() -> None:
+    table = properties("IdempotencyTable")
+    assert table["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expiration", "Enabled": True}
+    outputs = translated()["Outputs"]
+    assert outputs["AdminFunctionArn"]["Value"] == {"Fn::GetAtt": ["AdminFunction", "Arn"]}
+    assert outputs["BackendFunctionArn"]["Value"] == {"Fn::GetAtt": ["BackendFunction", "Arn"]}

@@ -81,6 +81,7 @@ def banner(options: DevOptions, port: int, moto_url: str, demo: DemoAccounts) ->
         f"  websocket     {ws_url}",
         f"  @connections  {http_url}/{options.stage}/@connections/{{connection_id}}",
         f"  backend       {http_url}/_backend",
+        f"  admin         {http_url}/_admin",
         f"  moto          {moto_url}",
         f"  constants     heartbeat {options.heartbeat_seconds}s, "
         f"stale after {options.stale_after_seconds}s, grace {options.grace_seconds}s",

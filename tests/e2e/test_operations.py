@@ -1,0 +1,97 @@
+"""The local stack end to end for operations: the task-event pipe carries a grace
+cancellation to the bus (read back from the stack's moto server as a backend
+would, with a rule and a queue), and the admin endpoint is apart from the
+delivery one."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import boto3
+import pytest
+
+from agent_channel.tasks.events import SOURCE, TASK_CANCELLED
+from tests.e2e.stack import GRACE_SECONDS, AgentProcess, DevServer, wait_until
+
+pytestmark = pytest.mark.e2e
+
+AgentFactory = Callable[..., AgentProcess]
+MOTO_LINE = re.compile(r"^\s+moto\s+(http://\S+)$")
+LOCAL_BUS = "agent-channel"
+"""The local stack's task-event bus (its default)."""
+
+
+def moto_client(dev: DevServer, service: str) -> Any:
+    url = next(m.group(1) for line in dev.output.lines if (m := MOTO_LINE.match(line)))
+    return boto3.client(
+        service,
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+    )
+
+
+def backend_tap(dev: DevServer) -> Callable[[], list[dict[str, Any]]]:
+    """A rule on the stack's bus for task.cancelled, with an SQS queue as target."""
+    events, sqs = moto_client(dev, "events"), moto_client(dev, "sqs")
+    name = f"tap-{uuid.uuid4().hex[:8]}"
+    queue_url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    pattern = {"source": [SOURCE], "detail-type": [TASK_CANCELLED]}
+    events.put_rule(Name=name, EventBusName=LOCAL_BUS, EventPattern=json.dumps(pattern))
+    events.put_targets(Rule=name, EventBusName=LOCAL_BUS, Targets=[{"Id": "q", "Arn": arn}])
+
+    def received() -> list[dict[str, Any]]:
+        messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)
+        return [json.loads(m["Body"]) for m in messages.get("Messages", [])]
+
+    return received
+
+
+def test_a_grace_cancellation_reaches_the_bus_through_the_pipe(
+    dev: DevServer, agents: AgentFactory
+) -> None:
+    received = backend_tap(dev)
+    agent_id, topic_id = dev.new_agent("piped")
+    session = agents(agent_id, "only")
+    task_id = dev.dispatch(agent_id, topic_id, "cancel me")
+    session.wait_for("dispatch", task_id=task_id)
+
+    session.kill()
+
+    seen: list[dict[str, Any]] = []
+
+    def delivered() -> bool:
+        seen.extend(received())
+        return any(event["detail"]["task_id"] == str(task_id) for event in seen)
+
+    wait_until(delivered, GRACE_SECONDS + 20, "task.cancelled on the bus")
+    [event] = [e for e in seen if e["detail"]["task_id"] == str(task_id)]
+    assert event["detail"]["agent_id"] == str(agent_id)
+    assert event["detail"]["reason"] == "agent_offline"
+    assert event["detail"]["event_id"]
+    assert dev.task_status(agent_id, task_id) == "cancelled"
+
+
+def test_accounts_go_to_the_admin_endpoint_only(dev: DevServer) -> None:
+    made = dev.cli("create-user", "ops")
+    assert made["ok"] is True
+    # The delivery endpoint does not know the op, as BackendFunction would not.
+    import urllib.request
+
+    request = urllib.request.Request(  # noqa: S310 - loopback URL of the test's own server
+        dev.backend + "/_backend",
+        data=json.dumps({"op": "create_user", "name": "eve"}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+        answer = json.loads(response.read())
+    assert answer["ok"] is False and answer["error"] == "unknown_op"
