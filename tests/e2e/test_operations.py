@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.request
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -80,18 +81,37 @@ def test_a_grace_cancellation_reaches_the_bus_through_the_pipe(
     assert dev.task_status(agent_id, task_id) == "cancelled"
 
 
-def test_accounts_go_to_the_admin_endpoint_only(dev: DevServer) -> None:
-    made = dev.cli("create-user", "ops")
-    assert made["ok"] is True
-    # The delivery endpoint does not know the op, as BackendFunction would not.
-    import urllib.request
-
+def post(dev: DevServer, path: str, command: dict[str, Any]) -> dict[str, Any]:
     request = urllib.request.Request(  # noqa: S310 - loopback URL of the test's own server
-        dev.backend + "/_backend",
-        data=json.dumps({"op": "create_user", "name": "eve"}).encode(),
+        dev.backend + path,
+        data=json.dumps(command).encode(),
         headers={"Content-Type": "application/json"},
         method="POST",
     )
     with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-        answer = json.loads(response.read())
+        answer: dict[str, Any] = json.loads(response.read())
+    return answer
+
+
+def test_accounts_go_to_the_admin_endpoint_only(dev: DevServer) -> None:
+    made = dev.cli("create-user", "ops")
+    assert made["ok"] is True
+    # The delivery endpoint does not know the op, as BackendFunction would not.
+    answer = post(dev, "/_backend", {"op": "create_user", "name": "eve"})
     assert answer["ok"] is False and answer["error"] == "unknown_op"
+    assert post(dev, "/_admin", {"op": "dispatch", "task_id": 1})["error"] == "unknown_op"
+
+
+def test_a_keyed_command_sent_twice_creates_one_task(dev: DevServer) -> None:
+    command = {
+        "op": "create_task",
+        "agent_id": dev.agent_id,
+        "topic_id": dev.topic_id,
+        "content": "once",
+        "idempotency_key": uuid.uuid4().hex,
+    }
+    first, again = post(dev, "/_backend", command), post(dev, "/_backend", command)
+    assert first["ok"] is True, first
+    assert again == first
+    listed = dev.cli("tasks", "--agent", str(dev.agent_id))["tasks"]
+    assert [t["task_id"] for t in listed if t["content"] == "once"] == [first["task_id"]]
