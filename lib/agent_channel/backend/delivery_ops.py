@@ -3,17 +3,19 @@ broadcasts. Served by the delivery function (``delivery_commands``)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent_channel.backend.router import Args, CommandContext, CommandError, OpSet
 from agent_channel.delivery import decisions, dispatch
 from agent_channel.delivery.broadcast import broadcast_to_stream
-from agent_channel.delivery.fanout import BroadcastResult
 from agent_channel.delivery.streams import agent_stream, topic_stream
 from agent_channel.identity import acting
 from agent_channel.observability import bind_ids
 
 ops = OpSet()
+
+if TYPE_CHECKING:
+    from agent_channel.delivery.fanout import BroadcastResult
 
 
 def _delivery(result: BroadcastResult) -> dict[str, Any]:

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from functools import cache
 from typing import TYPE_CHECKING, Any, cast
 
 from agent_channel.errors import Refusal
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from aws_lambda_powertools.utilities.idempotency import (
         DynamoDBPersistenceLayer,
         IdempotencyConfig,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from agent_channel.backend import idempotency
@@ -29,6 +28,8 @@ from agent_channel.errors import Refusal
 from agent_channel.observability import logger
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
 
     from agent_channel.delivery.decision_store import DecisionStore
