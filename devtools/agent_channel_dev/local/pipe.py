@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from mypy_boto3_events import EventBridgeClient
 
 TASK_EVENT_PIPE = "TaskEventPipe"
+READ_LIMIT = 1000
+"""Records read per GetRecords (its maximum); delivered in batches of BatchSize."""
 _PLACEHOLDER = re.compile(r'("?)<\$\.([A-Za-z0-9_.]+)>("?)')
 
 
@@ -136,13 +138,17 @@ class LocalPipe:
     """Shard id -> sequence number of the last record handled (delivered or filtered out)."""
     delivered: int = 0
     failed_batches: int = 0
+    stream_arn: str = ""
 
     def _stream_arn(self) -> str:
-        table = self.dynamodb.describe_table(TableName=self.table_name)["Table"]
-        arn = table.get("LatestStreamArn")
-        if not arn:
-            raise PipeDefinitionError(f"table {self.table_name} has no stream")
-        return arn
+        # A pipe is bound to one stream: its ARN is looked up once.
+        if not self.stream_arn:
+            table = self.dynamodb.describe_table(TableName=self.table_name)["Table"]
+            arn = table.get("LatestStreamArn")
+            if not arn:
+                raise PipeDefinitionError(f"table {self.table_name} has no stream")
+            self.stream_arn = arn
+        return self.stream_arn
 
     def pump(self) -> int:
         """Move every record the stream has now; how many events went on the bus.
@@ -155,10 +161,12 @@ class LocalPipe:
                 records = self._read(arn, shard_id)
                 if not records:
                     break
-                sent, complete = self._deliver(shard_id, records)
-                moved += sent
-                if not complete:
-                    return moved
+                size = self.definition.batch_size
+                for start in range(0, len(records), size):
+                    sent, complete = self._deliver(shard_id, records[start : start + size])
+                    moved += sent
+                    if not complete:
+                        return moved
         return moved
 
     def _read(self, arn: str, shard_id: str) -> list[dict[str, Any]]:
@@ -180,7 +188,7 @@ class LocalPipe:
                 SequenceNumber=after,
             )
         response = self.streams.get_records(
-            ShardIterator=iterator["ShardIterator"], Limit=self.definition.batch_size
+            ShardIterator=iterator["ShardIterator"], Limit=READ_LIMIT
         )
         return [dict(record) for record in response.get("Records", [])]
 
