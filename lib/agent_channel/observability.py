@@ -12,16 +12,22 @@ never stamp another's lines (docs/OPERATIONS.md, "One log schema").
 
 from __future__ import annotations
 
+import contextvars
 import os
 import warnings
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from aws_lambda_powertools import Tracer
+
+Arg = TypeVar("Arg")
+Out = TypeVar("Out")
 
 # Powertools would read these variables itself, but an explicit argument wins
 # over them; so read them here and keep the project's names as the defaults.
@@ -108,6 +114,43 @@ def clear_ids() -> None:
     kept = {k: v for k, v in current.items() if k in INVOCATION_KEYS}
     logger.thread_safe_clear_keys()
     logger.thread_safe_append_keys(**kept)
+
+
+def on_worker_threads(work: Callable[[Arg], Out]) -> Callable[[Arg], Out]:
+    """``work``, to be run on pool threads, inside this invocation's log keys and
+    X-Ray segment. Both are per thread (a context variable, the SDK's thread-local
+    entity), and a pool thread starts with neither: without this its lines would
+    lack the function name, request id and ids, and its AWS calls the trace."""
+    keys = contextvars.copy_context()
+    entity = _trace_entity()
+
+    def run(arg: Arg) -> Out:
+        # A copy per call: one context cannot be entered by two threads at once.
+        return keys.copy().run(_traced, work, arg, entity)
+
+    return run
+
+
+def _recorder() -> Any:
+    """The X-Ray SDK's recorder behind the Tracer (None while tracing is off)."""
+    traced = tracer()
+    return None if traced.disabled else traced.provider
+
+
+def _trace_entity() -> Any:
+    recorder = _recorder()
+    return None if recorder is None else recorder.get_trace_entity()
+
+
+def _traced(work: Callable[[Arg], Out], arg: Arg, entity: Any) -> Out:
+    recorder = _recorder()
+    if entity is None or recorder is None:
+        return work(arg)
+    recorder.set_trace_entity(entity)
+    try:
+        return work(arg)
+    finally:
+        recorder.clear_trace_entities()
 
 
 def count(name: str, value: float = 1) -> None:
