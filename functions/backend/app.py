@@ -7,6 +7,9 @@ raises to the caller. Accounts and tokens are the admin function's
 
 from __future__ import annotations
 
+# Before any other import: the garbage collector stays out of init.
+from agent_channel.lambda_kit import cold_start  # isort: split
+
 from typing import Any
 
 from agent_channel.backend import idempotency
@@ -15,6 +18,7 @@ from agent_channel.lambda_kit import wiring
 from agent_channel.lambda_kit.invocation import lambda_handler
 
 management = wiring.management_api()
+wiring.dynamodb()
 context_for_commands = CommandContext(
     management_factory=lambda: management,
     gone_handler_factory=wiring.gone_handler,
@@ -28,3 +32,6 @@ context_for_commands = CommandContext(
 def handler(event: Any, context: Any) -> dict[str, Any]:
     idempotency.register_lambda_context(context)
     return execute(event, context_for_commands)
+
+
+cold_start.ready()

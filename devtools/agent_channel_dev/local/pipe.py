@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -248,3 +250,24 @@ def _plain(record: dict[str, Any]) -> dict[str, Any]:
     """A stream record as a pipe's filter and template see it (JSON, no datetimes)."""
     plain: dict[str, Any] = json.loads(json.dumps(record, default=str))
     return plain
+
+
+POLL_SECONDS = 0.25
+"""How often the local pipe reads the stream (a pipe polls about 4 times a second)."""
+
+
+def run_in_background(pipe: LocalPipe) -> threading.Thread:
+    """Poll ``pipe`` for the life of the process (the local stack's), on a daemon
+    thread; a failed poll leaves the records on the stream for the next one."""
+
+    def loop() -> None:
+        while True:
+            try:
+                pipe.pump()
+            except Exception:
+                logger.debug("task-event pipe poll failed", exc_info=True)
+            time.sleep(POLL_SECONDS)
+
+    thread = threading.Thread(target=loop, name="task-event-pipe", daemon=True)
+    thread.start()
+    return thread

@@ -189,7 +189,11 @@ def table_create_kwargs(
 ) -> dict[str, Any]:
     """The table as boto3's ``create_table`` takes it (keys, attributes, indexes,
     billing, stream): the single table, or the one named ``logical_id``."""
-    table = _table(path, logical_id)
+    return create_table_kwargs(table_name, _table(path, logical_id))
+
+
+def create_table_kwargs(table_name: str, table: dict[str, Any]) -> dict[str, Any]:
+    """``create_table`` arguments for the properties of an ``AWS::DynamoDB::Table``."""
     billing_mode = table.get("BillingMode", "PROVISIONED")
     kwargs: dict[str, Any] = {
         "TableName": table_name,
