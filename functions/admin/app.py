@@ -10,16 +10,24 @@ its own invoke permission and its own IAM policy.
 
 from __future__ import annotations
 
+# Before any other import: the garbage collector stays out of init.
+from agent_channel.lambda_kit import cold_start  # isort: split
+
 from typing import Any
 
 from agent_channel.backend import idempotency
 from agent_channel.backend.admin_commands import CommandContext, execute
+from agent_channel.lambda_kit import wiring
 from agent_channel.lambda_kit.invocation import lambda_handler
 
 context_for_commands = CommandContext()
+wiring.dynamodb()
 
 
 @lambda_handler
 def handler(event: Any, context: Any) -> dict[str, Any]:
     idempotency.register_lambda_context(context)
     return execute(event, context_for_commands)
+
+
+cold_start.ready()
