@@ -312,6 +312,7 @@ def test_row_8_any_2xx_from_connect_accepts(probe: AppServer) -> None:
     assert upgrade_status(url(probe, "allow-ada", ("status", "299"))) == 101
     assert upgrade_status(url(probe, "allow-ada", ("status", "302"))) == 302
     assert upgrade_status(url(probe, "allow-ada", ("status", "409"))) == 409
+    assert upgrade_status(url(probe, "allow-ada", ("status", "700"))) == 500  # malformed
 
 
 def test_the_authorizer_answers_401_403_and_500_and_identity_sources_are_required(
