@@ -84,7 +84,7 @@ def disconnect_of(server: AppServer, connection_id: str) -> dict[str, Any]:
         events = [e for e in recorded(server, connection_id) if "requestContext" in e]
         return next((e for e in events if kind(e) == "DISCONNECT"), None)
 
-    return wait_until(found, 10, "the $disconnect event")
+    return wait_until(found, 20, "the $disconnect event")
 
 
 def probe_message(route: str, **fields: Any) -> str:
@@ -99,7 +99,8 @@ async def echo(ws: Any, tag: str = "") -> dict[str, Any]:
 
 def connection_id_of(raw: RawSocket) -> str:
     raw.send_text(probe_message("echo"))
-    raw.wait(10, count=1)
+    raw.wait(20, count=1)
+    assert raw.data_frames(), f"no echo (upgrade {raw.status}, close {raw.close_code})"
     reply = json.loads(b"".join(f.data for f in raw.data_frames()))
     raw.frames.clear()
     return str(reply["event"]["requestContext"]["connectionId"])
