@@ -37,6 +37,8 @@ class RawSocket:
         raw._flush()
         deadline = time.monotonic() + timeout
         while protocol.state is State.CONNECTING and not raw.status:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no answer to the upgrade of {url} in {timeout}s")
             raw._pump(deadline)
         return raw
 
