@@ -22,8 +22,6 @@ pytestmark = pytest.mark.e2e
 
 AgentFactory = Callable[..., AgentProcess]
 MOTO_LINE = re.compile(r"^\s+moto\s+(http://\S+)$")
-LOCAL_BUS = "agent-channel"
-"""The local stack's task-event bus (its default)."""
 
 
 def moto_client(dev: DevServer, service: str) -> Any:
@@ -40,14 +38,16 @@ def moto_client(dev: DevServer, service: str) -> Any:
 def backend_tap(dev: DevServer) -> Callable[[], list[dict[str, Any]]]:
     """A rule on the stack's bus for task.cancelled, with an SQS queue as target."""
     events, sqs = moto_client(dev, "events"), moto_client(dev, "sqs")
+    # The stack's one bus besides the default: the template's task-event bus.
+    [bus] = [b["Name"] for b in events.list_event_buses()["EventBuses"] if b["Name"] != "default"]
     name = f"tap-{uuid.uuid4().hex[:8]}"
     queue_url = sqs.create_queue(QueueName=name)["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
         "QueueArn"
     ]
     pattern = {"source": [SOURCE], "detail-type": [TASK_CANCELLED]}
-    events.put_rule(Name=name, EventBusName=LOCAL_BUS, EventPattern=json.dumps(pattern))
-    events.put_targets(Rule=name, EventBusName=LOCAL_BUS, Targets=[{"Id": "q", "Arn": arn}])
+    events.put_rule(Name=name, EventBusName=bus, EventPattern=json.dumps(pattern))
+    events.put_targets(Rule=name, EventBusName=bus, Targets=[{"Id": "q", "Arn": arn}])
 
     def received() -> list[dict[str, Any]]:
         messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)
