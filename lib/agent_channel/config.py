@@ -12,6 +12,9 @@ CHANNEL_AGENT_MODEL = "claude-code"
 API_GATEWAY_MESSAGE_LIMIT = 128 * 1024
 """API Gateway refuses a WebSocket frame over 128 KB."""
 
+API_GATEWAY_INTEGRATION_TIMEOUT = 29
+"""API Gateway gives up on an integration (so on ``$connect``) after 29 s."""
+
 
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
@@ -36,6 +39,8 @@ class Settings:
     callback_url: str
     max_replay_ids: int
     fanout_workers: int
+    connect_window_seconds: int
+    history_retention_seconds: int
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -51,6 +56,14 @@ class Settings:
             callback_url=os.environ.get("CALLBACK_URL", ""),
             max_replay_ids=_int("MAX_REPLAY_IDS", 500),
             fanout_workers=_int("FANOUT_WORKERS", 64),
+            # A 410 within this long of $connect proves nothing (the handshake may
+            # still be in progress); longer than API Gateway's integration timeout.
+            connect_window_seconds=_int(
+                "CONNECT_WINDOW_SECONDS", API_GATEWAY_INTEGRATION_TIMEOUT + 1
+            ),
+            # An agent stream's history: stale-after + grace + a sweep is about
+            # 2 minutes; an hour covers that many times over.
+            history_retention_seconds=_int("HISTORY_RETENTION_SECONDS", 3600),
         )
 
 
