@@ -100,5 +100,5 @@ def test_the_harness_catches_a_410_that_tears_down_a_new_session(
 ) -> None:
     # The rule removed: every 410 is taken as proof the socket is dead.
     monkeypatch.setattr(gone, "may_be_in_handshake", lambda record, settings: False)
-    with pytest.raises(InterleavingError, match="routing lost|was removed"):
+    with pytest.raises(InterleavingError, match=r"routing lost|was removed"):
         explore(lambda choose: run_scenario(scenario, fake_clock, choose))
