@@ -41,6 +41,8 @@ class Settings:
     fanout_workers: int
     connect_window_seconds: int
     history_retention_seconds: int
+    redelivery_seconds: int
+    max_delivery_attempts: int
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -64,6 +66,10 @@ class Settings:
             # An agent stream's history: stale-after + grace + a sweep is about
             # 2 minutes; an hour covers that many times over.
             history_retention_seconds=_int("HISTORY_RETENTION_SECONDS", 3600),
+            # An unacknowledged dispatch is sent again after this, doubling each
+            # time, and given up after this many deliveries in all.
+            redelivery_seconds=_int("REDELIVERY_SECONDS", 30),
+            max_delivery_attempts=_int("MAX_DELIVERY_ATTEMPTS", 8),
         )
 
 

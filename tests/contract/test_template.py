@@ -44,6 +44,7 @@ FUNCTION_IDS = {
     "sweeper": "SweeperFunction",
     "cancel_offline": "CancelOfflineFunction",
     "backend": "BackendFunction",
+    "stream": "StreamFunction",
 }
 """Folder -> logical id, as docs/ARCHITECTURE.md lists them."""
 
@@ -53,6 +54,9 @@ ROUTES = {
     "heartbeat": "heartbeat",
     "replay_permissions": "replay",
     "$default": "default",
+    "resume": "stream",
+    "resync": "stream",
+    "ack": "stream",
 }
 
 # What each function calls, as (IAM action, resource) with symbolic resources:
@@ -92,7 +96,20 @@ CALLS: dict[str, set[tuple[str, str]]] = {
         ("execute-api:ManageConnections", "connections"),
     },
     "default": {("execute-api:ManageConnections", "connections")},
-    "sweeper": DISCONNECT_PATH | {("dynamodb:Query", "index:gsi1")},
+    "sweeper": GONE_PATH
+    | {
+        ("dynamodb:Query", "index:gsi1"),
+        # Redelivery of unacknowledged dispatches, and the give-up event.
+        ("execute-api:ManageConnections", "connections"),
+        ("events:PutEvents", "bus"),
+    },
+    "stream": {
+        ("dynamodb:GetItem", "table"),
+        ("dynamodb:Query", "table"),
+        ("dynamodb:Query", "index:gsi1"),
+        ("dynamodb:UpdateItem", "table"),
+        ("execute-api:ManageConnections", "connections"),
+    },
     "cancel_offline": {
         ("dynamodb:ConditionCheckItem", "table"),
         ("dynamodb:DeleteItem", "table"),
@@ -152,7 +169,14 @@ NEEDED_FOR = {
     "execute-api:ManageConnections": {"CALLBACK_URL"},
     "events:PutEvents": {"EVENT_BUS_NAME"},
 }
-OPTIONAL = {"MAX_REPLAY_IDS", "FANOUT_WORKERS"}
+OPTIONAL = {
+    "MAX_REPLAY_IDS",
+    "FANOUT_WORKERS",
+    "CONNECT_WINDOW_SECONDS",
+    "HISTORY_RETENTION_SECONDS",
+    "REDELIVERY_SECONDS",
+    "MAX_DELIVERY_ATTEMPTS",
+}
 """Their code defaults are right on AWS too; set where they matter, never required."""
 ENV_VALUES: dict[str, Any] = {
     "TABLE_NAME": {"Ref": "Table"},
@@ -165,6 +189,7 @@ ENV_VALUES: dict[str, Any] = {
     "CANCEL_OFFLINE_FUNCTION_ARN": {"Fn::GetAtt": ["CancelOfflineFunction", "Arn"]},
     "GRACE_DLQ_ARN": {"Fn::GetAtt": ["GraceDeadLetterQueue", "Arn"]},
     "EVENT_BUS_NAME": {"Ref": "TaskEventBus"},
+    "HISTORY_RETENTION_SECONDS": {"Ref": "HistoryRetentionSeconds"},
     "CALLBACK_URL": {
         "Fn::Sub": "https://${WebSocketApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/${StageName}"
     },
@@ -474,10 +499,12 @@ def test_websocket_api_stage_and_integrations() -> None:
         integration = properties(integration_id)
         assert integration["IntegrationType"] == "AWS_PROXY"
         folder = ROUTES[props["RouteKey"]]
+        # One permission per route (a function serving several routes has one each).
         invoked = [
             p["Properties"]
             for p in permissions.values()
             if p["Properties"]["FunctionName"] == {"Ref": FUNCTION_IDS[folder]}
+            and p["Properties"]["SourceArn"]["Fn::Sub"].endswith(f"/*/{props['RouteKey']}")
         ]
         assert len(invoked) == 1, f"{folder}: one Lambda permission for API Gateway"
         assert invoked[0]["Principal"] == "apigateway.amazonaws.com"

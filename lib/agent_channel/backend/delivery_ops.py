@@ -28,6 +28,7 @@ def _dispatch(args: Args, context: CommandContext) -> dict[str, Any]:
         on_gone=context.on_gone(),
         comment_fields=comment,
         pending_tool_call=pending_tool_call,
+        history=context.history(),
     )
     return {
         "task_id": task_id,
@@ -62,6 +63,7 @@ def _decide(args: Args, context: CommandContext) -> dict[str, Any]:
         decided_by=args.integer("decided_by"),
         client=context.management(),
         on_gone=context.on_gone(),
+        history=context.history(),
     )
     record = decided.record
     return {
@@ -77,9 +79,12 @@ def _decide(args: Args, context: CommandContext) -> dict[str, Any]:
 @op("claim_reply", "complete a delegated task with its agent's reply (at most once)")
 def _claim_reply(args: Args, context: CommandContext) -> dict[str, Any]:
     task = dispatch.claim_reply(
-        context.tasks(), args.integer("task_id"), agent_id=args.optional_integer("agent_id")
+        context.tasks(),
+        args.integer("task_id"),
+        agent_id=args.optional_integer("agent_id"),
+        generation=args.optional_integer("generation"),
     )
-    return {"task_id": task.task_id, "status": task.status.value}
+    return {"task_id": task.task_id, "status": task.status.value, "generation": task.generation}
 
 
 @op("broadcast", "send a JSON object to an agent's or a topic's stream")

@@ -19,8 +19,10 @@ if TYPE_CHECKING:
     from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
     from mypy_boto3_events import EventBridgeClient
 
+    from agent_channel.delivery.delivery_store import DynamoDeliveryBook
     from agent_channel.delivery.dynamodb import DynamoDecisionStore
     from agent_channel.delivery.fanout import GoneHandler
+    from agent_channel.delivery.history_store import DynamoHistory
     from agent_channel.grace.dynamodb import DynamoTaskBook
     from agent_channel.grace.eventbridge import EventBridgeGraceScheduler
     from agent_channel.presence.dynamodb import DynamoPresenceStore
@@ -64,6 +66,22 @@ def decision_store() -> DynamoDecisionStore:
     from agent_channel.delivery.dynamodb import DynamoDecisionStore
 
     return DynamoDecisionStore()
+
+
+@cache
+def history() -> DynamoHistory:
+    """Every agent stream's numbered, durable history."""
+    from agent_channel.delivery.history_store import DynamoHistory
+
+    return DynamoHistory()
+
+
+@cache
+def delivery_book() -> DynamoDeliveryBook:
+    """Acknowledgements and redeliveries of dispatches."""
+    from agent_channel.delivery.delivery_store import DynamoDeliveryBook
+
+    return DynamoDeliveryBook()
 
 
 @cache

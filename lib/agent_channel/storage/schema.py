@@ -14,6 +14,7 @@ The layout puts what one decision needs into one partition:
 | permission decision   | ``DECISION#<agent_id>``    | ``REQ#<request_id>``|
 | held slot             | ``SLOTS#<agent_id>``       | ``TASK#<task_id>``  |
 | id counter            | ``COUNTER#<name>``         | ``COUNTER``         |
+| agent stream history  | ``HISTORY#<agent_id>``     | ``SEQ#<seq 20 digits>``|
 
 An agent's user item and its leases share ``USER#<agent_id>``, so one consistent
 Query reads routing, the presence version and every lease. One sparse GSI
@@ -97,6 +98,23 @@ def slot_key(agent_id: int, task_id: int) -> Key:
 
 def counter_key(name: str) -> Key:
     return f"COUNTER#{name}", "COUNTER"
+
+
+HISTORY_PREFIX = "SEQ#"
+"""Sort-key prefix of an agent stream's history; zero-padded, so sorted by sequence."""
+
+
+def history_partition(agent_id: int) -> str:
+    """An agent stream's history: one item per message, by sequence number."""
+    return f"HISTORY#{agent_id}"
+
+
+def history_sort(seq: int) -> str:
+    return f"{HISTORY_PREFIX}{seq:020d}"
+
+
+def history_key(agent_id: int, seq: int) -> Key:
+    return history_partition(agent_id), history_sort(seq)
 
 
 # ---------------------------------------------------------------- gsi1
