@@ -4,6 +4,7 @@ handshakes are steps of an interleaving (see ``interleave.checkpoint``)."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -13,6 +14,7 @@ from moto import mock_aws
 
 from agent_channel.config import settings
 from agent_channel.delivery.broadcast import broadcast_to_agent
+from agent_channel.identity import accounts
 from agent_channel.lambda_kit import wiring
 from agent_channel.storage import schema
 from agent_channel.storage.records import StreamMemberRecord
@@ -21,7 +23,7 @@ from tests.support.clock import FakeClock
 from tests.support.fixtures import create_table
 from tests.support.footprint import connection_resource
 from tests.support.interleave import checkpoint
-from tests.support.management_server import MOTO_CONFIG, STAGE
+from tests.support.management_server import MOTO_CONFIG, ROUTE_MODULES, STAGE
 from tests.support.presence_world import PresenceWorld
 
 
@@ -30,6 +32,9 @@ class DeliveryWorld(PresenceWorld):
         super().__init__(clock)
         self.sink = sink
         self.client = client
+        self.topic_id = accounts.create_topic(
+            self.owner_id, "work", primary_agent_id=self.agent_id
+        ).topic_id
 
     def open(self, name: str, session_id: str | None = None) -> str:
         connection_id = super().open(name, session_id)
@@ -84,4 +89,14 @@ def fresh_delivery_world(clock: FakeClock) -> Iterator[DeliveryWorld]:
     with mock_aws(config=MOTO_CONFIG), memory_connections_api(stage=STAGE) as (sink, server):
         create_table()
         boto3.client("scheduler").create_schedule_group(Name=settings().schedule_group)
-        yield DeliveryWorld(clock, sink, wiring.management_api(server.endpoint_url(STAGE)))
+        client = wiring.management_api(server.endpoint_url(STAGE))
+        # The route functions post through this server too, for the world's run.
+        modules = [importlib.import_module(name) for name in ROUTE_MODULES]
+        saved = [module.management for module in modules]
+        for module in modules:
+            module.management = client
+        try:
+            yield DeliveryWorld(clock, sink, client)
+        finally:
+            for module, original in zip(modules, saved, strict=True):
+                module.management = original
