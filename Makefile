@@ -4,7 +4,7 @@ VENV   := .venv
 SAMENV := .venv-sam
 BIN    := $(VENV)/bin
 
-.PHONY: setup dev test lint typecheck check bench clean
+.PHONY: setup dev test lint typecheck check bench chaos clean
 
 # A project venv with the package and its dev tools; AWS SAM CLI in a venv of its
 # own, because it pins versions of boto3 and others that the project must not inherit.
@@ -38,6 +38,12 @@ test: setup lint typecheck
 
 bench: setup
 	$(BIN)/python -m bench
+
+# At-least-once delivery under chaos at full size (the suite runs 40 dispatches).
+CHAOS_DISPATCHES ?= 500
+chaos: setup
+	CHAOS_DISPATCHES=$(CHAOS_DISPATCHES) $(BIN)/pytest -q -s -p no:cacheprovider \
+		tests/e2e/test_chaos.py -o addopts="" --timeout=1800
 
 clean:
 	rm -rf $(VENV) $(SAMENV) .pytest_cache .mypy_cache .ruff_cache

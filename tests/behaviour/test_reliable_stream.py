@@ -172,9 +172,7 @@ def test_expired_history_answers_a_gap_and_resync_sends_the_delegated_tasks(
     seen = len(frames(management, socket))
 
     gateway.send(socket, {"action": "resume", "after": 1, "epoch": epoch})
-    assert fresh(management, socket, seen) == [
-        {"type": "history_gap", "after": 1, "epoch": epoch}
-    ]
+    assert fresh(management, socket, seen) == [{"type": "history_gap", "after": 1, "epoch": epoch}]
 
     seen = len(frames(management, socket))
     gateway.send(socket, {"action": "resync"})

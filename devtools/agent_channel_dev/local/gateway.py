@@ -32,6 +32,7 @@ from agent_channel_dev.local.apigw_events import (
     authorizer_event,
     route_event,
 )
+from agent_channel_dev.local.faults import Faults
 from agent_channel_dev.local.functions import FunctionMissing, FunctionRunner
 from agent_channel_dev.local.resources import StackLayout
 
@@ -93,12 +94,15 @@ class Gateway:
         *,
         stage: str,
         ping_seconds: float,
+        faults: Faults | None = None,
     ) -> None:
         self._runner = runner
         self._layout = layout
         self._stage = stage
         self._ping_seconds = ping_seconds
         self._sockets: dict[str, LiveSocket] = {}
+        self._faults = faults
+        self._chaos: asyncio.Task[None] | None = None
 
     @property
     def stage(self) -> str:
@@ -107,6 +111,8 @@ class Gateway:
     def mount(self, app: web.Application) -> None:
         app.router.add_get(f"/{self._stage}", self.handle_socket)
         app.on_shutdown.append(self._close_all)
+        if self._faults is not None and (self._faults.crash or self._faults.close):
+            app.on_startup.append(self._start_chaos)
 
     # -- ConnectionSink -------------------------------------------------------
 
@@ -114,6 +120,8 @@ class Gateway:
         live = self._sockets.get(connection_id)
         if live is None or live.ws.closed:
             return False
+        if self._faults is not None and self._faults.drop_post():
+            return True  # a half-open socket: 200, and nothing arrives
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
@@ -178,6 +186,9 @@ class Gateway:
             heartbeat=self._ping_seconds, max_msg_size=API_GATEWAY_MESSAGE_LIMIT
         )
         live = LiveSocket(connection_id, ws, context, source_ip, headers.get("User-Agent", ""))
+        if self._faults is not None and self._faults.handshake:
+            # A slow handshake: posts until now answer 410, as on AWS before the 101.
+            await asyncio.sleep(self._faults.handshake)
         # Registered before the upgrade completes, so a post in the same instant as
         # the 101 finds the socket (API Gateway accepts posts right after $connect).
         self._sockets[connection_id] = live
@@ -257,7 +268,32 @@ class Gateway:
             logger.exception("route function failed", extra={"route": route})
         return {"statusCode": 500}
 
+    async def _start_chaos(self, app: web.Application) -> None:
+        self._chaos = asyncio.create_task(self._chaos_loop())
+
+    async def _chaos_loop(self) -> None:
+        """Fault switches ``crash`` and ``close``: once a second, maybe end a socket."""
+        assert self._faults is not None
+        while True:
+            await asyncio.sleep(1.0)
+            chosen = self._faults.victim(list(self._sockets))
+            if chosen is None:
+                continue
+            live = self._sockets.get(chosen[0])
+            if live is None:
+                continue
+            with contextlib.suppress(Exception):
+                if chosen[1]:
+                    # A crash: the TCP connection is cut, no close frame is sent.
+                    transport = live.ws._req.transport if live.ws._req else None
+                    if transport is not None:
+                        transport.abort()
+                else:
+                    await live.ws.close(code=WSCloseCode.GOING_AWAY, message=b"chaos")
+
     async def _close_all(self, app: web.Application) -> None:
+        if self._chaos is not None:
+            self._chaos.cancel()
         sockets = list(self._sockets.values())
         for live in sockets:
             with contextlib.suppress(Exception):

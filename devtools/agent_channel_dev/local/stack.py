@@ -13,7 +13,7 @@ import boto3
 from aiohttp import web
 
 from agent_channel.observability import logger
-from agent_channel_dev.local import demo, resources
+from agent_channel_dev.local import demo, faults, resources
 from agent_channel_dev.local.backend_endpoint import BACKEND_FOLDER, mount_backend
 from agent_channel_dev.local.connections_api import add_connection_routes
 from agent_channel_dev.local.demo import DemoAccounts
@@ -63,7 +63,13 @@ class LocalStack:
             else:
                 logger.warning("function not built yet", extra={"function": folder})
         seeded = demo.seed()
-        gateway = Gateway(runner, layout, stage=stage, ping_seconds=ping_seconds)
+        gateway = Gateway(
+            runner,
+            layout,
+            stage=stage,
+            ping_seconds=ping_seconds,
+            faults=faults.from_environment(),
+        )
         scheduler = SchedulerLoop(
             boto3.client("scheduler"),
             runner,

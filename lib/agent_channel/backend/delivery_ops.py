@@ -84,7 +84,7 @@ def _claim_reply(args: Args, context: CommandContext) -> dict[str, Any]:
         agent_id=args.optional_integer("agent_id"),
         generation=args.optional_integer("generation"),
     )
-    return {"task_id": task.task_id, "status": task.status.value, "generation": task.generation}
+    return {"task_id": task.task_id, "status": task.status.value}
 
 
 @op("broadcast", "send a JSON object to an agent's or a topic's stream")
