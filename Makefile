@@ -43,7 +43,7 @@ bench: setup
 CHAOS_DISPATCHES ?= 500
 chaos: setup
 	CHAOS_DISPATCHES=$(CHAOS_DISPATCHES) $(BIN)/pytest -q -s -p no:cacheprovider \
-		tests/e2e/test_chaos.py -o addopts="" --timeout=1800
+		tests/e2e/test_chaos.py --timeout=1800
 
 clean:
 	rm -rf $(VENV) $(SAMENV) .pytest_cache .mypy_cache .ruff_cache
