@@ -190,6 +190,7 @@ ENV_VALUES: dict[str, Any] = {
     "GRACE_DLQ_ARN": {"Fn::GetAtt": ["GraceDeadLetterQueue", "Arn"]},
     "EVENT_BUS_NAME": {"Ref": "TaskEventBus"},
     "HISTORY_RETENTION_SECONDS": {"Ref": "HistoryRetentionSeconds"},
+    "REDELIVERY_SECONDS": {"Ref": "RedeliverySeconds"},
     "CALLBACK_URL": {
         "Fn::Sub": "https://${WebSocketApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/${StageName}"
     },

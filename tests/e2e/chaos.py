@@ -29,10 +29,9 @@ def chaos_server() -> DevServer:
     return start_dev_server(
         "--grace-seconds",
         str(GRACE_SECONDS),
-        environment={
-            "AGENT_CHANNEL_FAULTS": FAULTS,
-            "REDELIVERY_SECONDS": str(REDELIVERY_SECONDS),
-        },
+        "--parameter",
+        f"RedeliverySeconds={REDELIVERY_SECONDS}",
+        environment={"AGENT_CHANNEL_FAULTS": FAULTS},
     )
 
 

@@ -16,11 +16,12 @@ from agent_channel.delivery.delivery_store import AckOutcome
 from agent_channel.delivery.fanout import send_to_connection
 from agent_channel.delivery.history import MAX_SEQ, StreamError, channel_agent, parse_object
 from agent_channel.errors import Refusal
-from agent_channel.identity.caller import Caller
 from agent_channel.observability import count
 
 if TYPE_CHECKING:
     from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
+
+    from agent_channel.identity.caller import Caller
 
 
 class AckBook(Protocol):

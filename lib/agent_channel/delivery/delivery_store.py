@@ -5,14 +5,17 @@ dispatch it was decided on."""
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING
 
 from pynamodb.exceptions import UpdateError
-from pynamodb.expressions.condition import Condition
 
 from agent_channel.storage import schema
 from agent_channel.storage.records import TaskRecord
 from agent_channel.storage.transactions import condition_failed
 from agent_channel.tasks.model import Status, Task
+
+if TYPE_CHECKING:
+    from pynamodb.expressions.condition import Condition
 
 
 class AckOutcome(enum.StrEnum):

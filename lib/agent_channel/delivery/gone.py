@@ -14,14 +14,19 @@ comes either, its lease goes stale and the sweeper reaps it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from agent_channel import clock
-from agent_channel.config import Settings
-from agent_channel.delivery.fanout import GoneHandler
-from agent_channel.delivery.members import OpenConnection, get_connection
-from agent_channel.grace.scheduler import GraceScheduler
+from agent_channel.delivery.members import get_connection
 from agent_channel.observability import count, logger
 from agent_channel.presence.rules import Settled, disconnect
-from agent_channel.presence.store import PresenceStore
+
+if TYPE_CHECKING:
+    from agent_channel.config import Settings
+    from agent_channel.delivery.fanout import GoneHandler
+    from agent_channel.delivery.members import OpenConnection
+    from agent_channel.grace.scheduler import GraceScheduler
+    from agent_channel.presence.store import PresenceStore
 
 
 def forget_gone(

@@ -19,7 +19,6 @@ any resume; nothing depends on one process's memory.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -34,16 +33,19 @@ from agent_channel.delivery.fanout import (
     encode_checked,
     send_to_connection,
 )
-from agent_channel.delivery.history_store import Entry
 from agent_channel.delivery.streams import agent_stream
 from agent_channel.errors import Refusal
 from agent_channel.identity.caller import Caller, Target
 from agent_channel.observability import count, logger
 from agent_channel.tasks.model import Status
-from agent_channel.tasks.store import TaskStore
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
+
+    from agent_channel.delivery.history_store import Entry
+    from agent_channel.tasks.store import TaskStore
 
 MAX_RESUME_MESSAGES = 100
 """A session further behind than this resyncs instead: state is then cheaper than

@@ -19,22 +19,24 @@ generation) plus ``"redelivery": n``; it is not numbered again in the history.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from agent_channel import clock
 from agent_channel.config import settings
 from agent_channel.delivery.broadcast import broadcast_to_stream
-from agent_channel.delivery.fanout import GoneHandler
 from agent_channel.delivery.streams import agent_stream
 from agent_channel.observability import count, logger
 from agent_channel.tasks.events import DeliveryEvents, DispatchGivenUp
 from agent_channel.tasks.model import Status, Task
-from agent_channel.tasks.store import TaskStore
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
+
+    from agent_channel.delivery.fanout import GoneHandler
+    from agent_channel.tasks.store import TaskStore
 
 MAX_BACKOFF_SECONDS = 15 * 60
 
