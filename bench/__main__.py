@@ -145,8 +145,8 @@ def delivery_section() -> str:
             "it finds, plus one post per missed message and the `resumed` answer (a "
             "second Query only when it must tell an unknown sequence from a gap). An ack "
             "is one conditional UpdateItem of the task; only a refused ack reads the task "
-            "to say why. Redelivery costs the sweeper one index Query per routed agent "
-            "per sweep, and one conditional write per due dispatch before its posts. A "
+            "to say why. Redelivery costs its schedule one index Query per routed agent "
+            "per run, and one conditional write per due dispatch before its posts. A "
             "410 within the connect window is one GetItem and no write (before the rule, "
             "it ran the whole `$disconnect` path on a live connection).",
         ]

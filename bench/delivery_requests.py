@@ -175,7 +175,7 @@ def measure() -> list[Row]:
         clock.now = lambda: real_now() + settings().redelivery_seconds  # type: ignore[assignment]
         try:
             count(
-                f"sweeper redelivery, 1 agent, {len(delegated) - 1} due",
+                f"redelivery, 1 agent, {len(delegated) - 1} due",
                 "per agent 1 index Query; per task 1 conditional write + the posts",
                 lambda ops: ops.count("UpdateItem") == len(delegated) - 1,
                 lambda: redelivery.redeliver_due(

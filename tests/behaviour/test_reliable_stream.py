@@ -221,7 +221,9 @@ def test_an_ack_is_recorded_and_answered(
 
 
 def sweep() -> dict[str, Any]:
-    result: dict[str, Any] = invoke("sweeper", scheduled_event())
+    """The presence sweeper, then the redelivery schedule, as every minute."""
+    invoke("sweeper", scheduled_event())
+    result: dict[str, Any] = invoke("redeliver", scheduled_event())
     return result
 
 

@@ -80,6 +80,7 @@ EVENT_FUNCTIONS = {
     "ack.json": "stream",
     "resume.json": "stream",
     "resync.json": "stream",
+    "redeliver.json": "redeliver",
 }
 
 
@@ -705,6 +706,15 @@ def test_resync_event_sends_the_delegated_tasks_and_the_offset(sample: Sample) -
     assert [m["task_id"] for m in dispatches] == [DISPATCH_TASK_ID]
     assert answer["type"] == "resynced" and answer["seq"] == 1
     assert answer["task_ids"] == [DISPATCH_TASK_ID]
+
+
+def test_redeliver_event_sends_an_unacknowledged_dispatch_again(sample: Sample) -> None:
+    _dispatch_sample_task(sample)
+    sample.clock.advance(settings().redelivery_seconds)
+    assert sample.run("heartbeat.json")["statusCode"] == 200
+    assert sample.run("redeliver.json") == {"redelivered": 1, "given_up": 0}
+    again = sample.posted()[-1]
+    assert again["task_id"] == DISPATCH_TASK_ID and again["redelivery"] == 1
 
 
 def test_the_iam_check_refuses_what_a_policy_does_not_grant() -> None:

@@ -45,6 +45,7 @@ FUNCTION_IDS = {
     "cancel_offline": "CancelOfflineFunction",
     "backend": "BackendFunction",
     "stream": "StreamFunction",
+    "redeliver": "RedeliveryFunction",
 }
 """Folder -> logical id, as docs/ARCHITECTURE.md lists them."""
 
@@ -96,10 +97,10 @@ CALLS: dict[str, set[tuple[str, str]]] = {
         ("execute-api:ManageConnections", "connections"),
     },
     "default": {("execute-api:ManageConnections", "connections")},
-    "sweeper": GONE_PATH
+    "sweeper": DISCONNECT_PATH | {("dynamodb:Query", "index:gsi1")},
+    "redeliver": GONE_PATH
     | {
         ("dynamodb:Query", "index:gsi1"),
-        # Redelivery of unacknowledged dispatches, and the give-up event.
         ("execute-api:ManageConnections", "connections"),
         ("events:PutEvents", "bus"),
     },
@@ -697,13 +698,14 @@ def test_the_scheduler_role_can_invoke_only_cancel_offline() -> None:
 def test_the_grace_group_and_the_sweeper_schedule() -> None:
     (group,) = of_type("AWS::Scheduler::ScheduleGroup")
     assert group == "GraceScheduleGroup"
-    (schedule,) = of_type("AWS::Scheduler::Schedule").values()
-    props = schedule["Properties"]
-    assert props["ScheduleExpression"] == "rate(1 minute)"
-    assert props["Target"]["Arn"] == {"Fn::GetAtt": ["SweeperFunction", "Arn"]}
-    # The sweeper's own schedule lives outside the grace group, so the grace
-    # functions' scheduler permissions never reach it.
-    assert "GroupName" not in props
+    schedules = [s["Properties"] for s in of_type("AWS::Scheduler::Schedule").values()]
+    targets = {props["Target"]["Arn"]["Fn::GetAtt"][0] for props in schedules}
+    assert targets == {"SweeperFunction", "RedeliveryFunction"}
+    for props in schedules:
+        assert props["ScheduleExpression"] == "rate(1 minute)"
+        # The rate schedules live outside the grace group, so the grace functions'
+        # scheduler permissions never reach them.
+        assert "GroupName" not in props
 
 
 def test_samconfig_has_sane_defaults() -> None:

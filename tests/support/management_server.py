@@ -48,7 +48,7 @@ ROUTE_MODULES = (
     "functions.default.app",
     "functions.backend.app",
     "functions.stream.app",
-    "functions.sweeper.app",
+    "functions.redeliver.app",
 )
 
 

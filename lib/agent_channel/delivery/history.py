@@ -91,7 +91,7 @@ def stamp(history: History, agent_id: int, message: dict[str, Any]) -> dict[str,
     """Number and keep ``message``; the message as it must be sent.
 
     If the history cannot be written the message still goes out, unnumbered: the
-    live session gets it now, and a dispatch is redelivered by the sweeper until
+    live session gets it now, and a dispatch is redelivered until
     acknowledged (a decision by the plugin's replay). Refusing to send would lose
     more than it saves.
     """
