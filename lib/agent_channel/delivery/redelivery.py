@@ -6,9 +6,9 @@ claimed, cancelled, or given up.
 agent (an agent without a live session has the grace cancellation instead).
 The first redelivery is due ``REDELIVERY_SECONDS`` after the dispatch, then
 twice as long each time (capped at ``MAX_BACKOFF_SECONDS``); after
-``MAX_DELIVERY_ATTEMPTS`` deliveries in all it is given up: counted (``DispatchesGivenUp``) and published as a
-``dispatch.given_up`` event, and the task stays delegated for the backend to
-decide.
+``MAX_DELIVERY_ATTEMPTS`` deliveries in all it is given up: counted
+(``DispatchesGivenUp``) and published as a ``dispatch.given_up`` event, and the
+task stays delegated for the backend to decide.
 
 Each redelivery is one conditional write (``take_attempt``) before the posts, so
 concurrent sweeps, an ack, a claim or a cancellation landing in between make it
