@@ -22,6 +22,7 @@ pytestmark = pytest.mark.e2e
 
 ROUNDS = 16
 SETTLE_SECONDS = 0.4
+SETTLE_TIMEOUT = 15.0
 
 
 class Session:
@@ -69,6 +70,20 @@ async def open_session(dev: DevServer, agent_id: int, session_id: str) -> Sessio
     return Session(socket)
 
 
+async def settled_presence(dev: DevServer, agent_id: int, *, live: int, what: str) -> None:
+    """Routing on and exactly the open sessions live, once the closed socket's
+    $disconnect (asynchronous, as on AWS) has run. A new session that lost its lease
+    never gets there."""
+    deadline = asyncio.get_running_loop().time() + SETTLE_TIMEOUT
+    while True:
+        presence = await asyncio.to_thread(dev.presence, agent_id)
+        if presence["routing"] is True and presence["live_sessions"] == live:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what}: {json.dumps(presence)}")
+        await asyncio.sleep(0.2)
+
+
 def test_sessions_stay_live_and_routable_through_steady_broadcasts(dev: DevServer) -> None:
     agent_id, topic_id = dev.new_agent("steady")
     backend = LocalTransport(dev.backend)
@@ -94,9 +109,7 @@ def test_sessions_stay_live_and_routable_through_steady_broadcasts(dev: DevServe
             current = replacement
             for socket in (anchor, current):
                 assert await socket.probe() == [], f"round {round_number}"
-            presence = await asyncio.to_thread(dev.presence, agent_id)
-            assert presence["routing"] is True, (round_number, presence)
-            assert presence["live_sessions"] == 2, (round_number, json.dumps(presence))
+            await settled_presence(dev, agent_id, live=2, what=f"round {round_number}")
         # Alone under traffic: the last session of the agent must survive too.
         await anchor.close()
         for round_number in range(ROUNDS // 4):
@@ -104,8 +117,7 @@ def test_sessions_stay_live_and_routable_through_steady_broadcasts(dev: DevServe
             await current.close()
             current = replacement
             assert await current.probe() == [], f"alone, round {round_number}"
-            presence = await asyncio.to_thread(dev.presence, agent_id)
-            assert presence["routing"] is True and presence["live_sessions"] == 1, presence
+            await settled_presence(dev, agent_id, live=1, what=f"alone, round {round_number}")
         task_id = await asyncio.to_thread(dev.dispatch, agent_id, topic_id, "still routable")
         assert task_id > 0
         await current.close()
