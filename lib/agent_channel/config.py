@@ -51,6 +51,8 @@ class Settings:
     history_retention_seconds: int
     redelivery_seconds: int
     max_delivery_attempts: int
+    posts_per_second: int
+    """This process's share of the account's @connections request quota."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -78,6 +80,7 @@ class Settings:
             # time, and given up after this many deliveries in all.
             redelivery_seconds=_int("REDELIVERY_SECONDS", 30),
             max_delivery_attempts=_int("MAX_DELIVERY_ATTEMPTS", 8),
+            posts_per_second=_int("POSTS_PER_SECOND", 2500),
         )
 
 

@@ -27,10 +27,8 @@ from agent_channel.observability import logger
 if TYPE_CHECKING:
     from types import ModuleType
 
-    from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
-
     from agent_channel.delivery.decision_store import DecisionStore
-    from agent_channel.delivery.fanout import GoneHandler
+    from agent_channel.delivery.fanout import ConnectionPoster, GoneHandler
     from agent_channel.delivery.history import History
     from agent_channel.presence.store import PresenceStore
     from agent_channel.tasks.store import TaskStore
@@ -143,7 +141,7 @@ class CommandContext:
     the Gone handler. Each is built on first use, so an op that does not post never
     builds a management client, and each defaults to the process's wiring."""
 
-    management_factory: Callable[[], ApiGatewayManagementApiClient] = field(
+    management_factory: Callable[[], ConnectionPoster] = field(
         default=lambda: _wiring().management_api()
     )
     gone_handler_factory: Callable[[], GoneHandler] = field(
@@ -158,7 +156,7 @@ class CommandContext:
     )
     history_factory: Callable[[], History] = field(default=lambda: _wiring().history())
 
-    def management(self) -> ApiGatewayManagementApiClient:
+    def management(self) -> ConnectionPoster:
         return self.management_factory()
 
     def on_gone(self) -> GoneHandler:

@@ -19,8 +19,7 @@ from agent_channel.errors import Refusal
 from agent_channel.observability import count
 
 if TYPE_CHECKING:
-    from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
-
+    from agent_channel.delivery.fanout import ConnectionPoster
     from agent_channel.identity.caller import Caller
 
 
@@ -65,7 +64,7 @@ def acknowledge(
     caller: Caller | None,
     ack: Ack,
     *,
-    client: ApiGatewayManagementApiClient,
+    client: ConnectionPoster,
 ) -> AckOutcome:
     """Record the ack and answer ``acked``; raises AckRefused (code: the outcome)."""
     agent_id = channel_agent(caller)

@@ -39,8 +39,7 @@ from agent_channel.tasks.model import DeliveryPlan, Task, TransitionRefused
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
-
+    from agent_channel.delivery.fanout import ConnectionPoster
     from agent_channel.tasks.store import TaskStore
 
 
@@ -141,7 +140,7 @@ def dispatch(
     tasks: TaskStore,
     task_id: int,
     *,
-    client: ApiGatewayManagementApiClient,
+    client: ConnectionPoster,
     on_gone: GoneHandler | None,
     comment_fields: Mapping[str, Any] | None = None,
     pending_tool_call: str | None = None,

@@ -42,8 +42,7 @@ from agent_channel.tasks.model import Status
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
-
+    from agent_channel.delivery.fanout import ConnectionPoster
     from agent_channel.delivery.history_store import Entry
     from agent_channel.tasks.store import TaskStore
 
@@ -110,7 +109,7 @@ def publish(
     agent_id: int,
     message: dict[str, Any],
     *,
-    client: ApiGatewayManagementApiClient,
+    client: ConnectionPoster,
     on_gone: GoneHandler | None,
     connection_ids: Sequence[str] | None = None,
     retry: RetryPolicy = DEFAULT_RETRY,
@@ -237,7 +236,7 @@ def resume(
     caller: Caller | None,
     request: ResumeRequest,
     *,
-    client: ApiGatewayManagementApiClient,
+    client: ConnectionPoster,
 ) -> Resumed:
     """Send the resuming connection what it missed, in order, then ``resumed``; or
     ``history_gap``. Raises NotSubscribed or UnknownSequence (nothing sent)."""
@@ -288,7 +287,7 @@ def resync(
     connection_id: str,
     caller: Caller | None,
     *,
-    client: ApiGatewayManagementApiClient,
+    client: ConnectionPoster,
 ) -> Resynced:
     """Send the agent's delegated tasks as dispatches, then ``resynced`` with the
     offset to resume from next time."""

@@ -33,9 +33,7 @@ from agent_channel.tasks.model import Status, Task
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
-
-    from agent_channel.delivery.fanout import GoneHandler
+    from agent_channel.delivery.fanout import ConnectionPoster, GoneHandler
     from agent_channel.tasks.store import TaskStore
 
 MAX_BACKOFF_SECONDS = 15 * 60
@@ -69,7 +67,7 @@ def redeliver_due(
     events: DeliveryEvents,
     agent_ids: Iterable[int],
     *,
-    client: ApiGatewayManagementApiClient,
+    client: ConnectionPoster,
     on_gone: GoneHandler | None,
 ) -> Redelivered:
     done = Redelivered()
@@ -92,7 +90,7 @@ def _redeliver_agent(
     agent_id: int,
     done: Redelivered,
     *,
-    client: ApiGatewayManagementApiClient,
+    client: ConnectionPoster,
     on_gone: GoneHandler | None,
 ) -> None:
     now = clock.now()

@@ -6,7 +6,7 @@ it starts from, the slot taken or freed beside it, and any guard on another item
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from pynamodb.exceptions import TransactWriteError
@@ -156,7 +156,19 @@ class DynamoTaskStore:
                 TaskRecord.delivery_attempts.set(1),
                 TaskRecord.next_delivery_at.set(delivery.next_delivery_at),
             ]
-        return self._transition(task, {Status.RUNNING}, Status.DELEGATED, extra_actions=extra)
+        delegated = self._transition(task, {Status.RUNNING}, Status.DELEGATED, extra_actions=extra)
+        if pending_tool_call:
+            delegated = replace(delegated, pending_tool_call=pending_tool_call)
+        if delivery is not None:
+            delegated = replace(
+                delegated,
+                generation=delivery.generation,
+                dispatch_message=delivery.message,
+                acked_generation=0,
+                delivery_attempts=1,
+                next_delivery_at=delivery.next_delivery_at,
+            )
+        return delegated
 
     def claim_reply(self, task: Task, *, generation: int | None = None) -> Task:
         fence: Condition | None = None
@@ -164,7 +176,7 @@ class DynamoTaskStore:
             # Race: a re-dispatch between the read and this write makes the reply
             # late; it names an older generation and must not complete newer work.
             fence = TaskRecord.generation == generation
-        return self._transition(
+        done = self._transition(
             task,
             {Status.DELEGATED},
             Status.DONE,
@@ -172,6 +184,7 @@ class DynamoTaskStore:
             free_slot=True,
             extra_condition=fence,
         )
+        return replace(done, pending_tool_call=None, next_delivery_at=None)
 
     def cancel_delegated(self, task: Task, *, presence_version: int | None = None) -> Task:
         guards = []
@@ -185,7 +198,7 @@ class DynamoTaskStore:
                     schema.presence_version_is(presence_version),
                 )
             )
-        return self._transition(
+        cancelled = self._transition(
             task,
             {Status.DELEGATED},
             Status.CANCELLED,
@@ -193,6 +206,7 @@ class DynamoTaskStore:
             free_slot=True,
             guards=guards,
         )
+        return replace(cancelled, pending_tool_call=None, next_delivery_at=None)
 
     def _transition(
         self,
@@ -207,13 +221,16 @@ class DynamoTaskStore:
         extra_condition: Condition | None = None,
     ) -> Task:
         """Move a task between statuses with the slot change in the same transaction, so
-        a crash can neither free a slot of a task still running nor leak one."""
+        a crash can neither free a slot of a task still running nor leak one.
+        The task returned shows the status and time written; a caller whose
+        ``extra_actions`` write other fields shows those itself."""
+        now = clock.now()
         condition = TaskRecord.status.is_in(*(status.value for status in allowed_from))
         if extra_condition is not None:
             condition = condition & extra_condition
         actions = [
             TaskRecord.status.set(to.value),
-            TaskRecord.updated_at.set(clock.now()),
+            TaskRecord.updated_at.set(now),
             TaskRecord.gsi1pk.set(schema.task_status_index(task.agent_id, to.value)),
             *extra_actions,
         ]
@@ -232,7 +249,7 @@ class DynamoTaskStore:
                             slot_sk,
                             agent_id=task.agent_id,
                             task_id=task.task_id,
-                            acquired_at=clock.now(),
+                            acquired_at=now,
                         )
                     )
                 if free_slot:
@@ -242,9 +259,10 @@ class DynamoTaskStore:
                     writes.condition_check(guard.model, *guard.key, guard.condition)
         except TransactWriteError as error:
             raise TransitionRefused(f"task {task.task_id} is not {sorted(allowed_from)}") from error
-        refreshed = self.get(task.task_id)
-        assert refreshed is not None
-        return refreshed
+        # A transaction returns no item, and a read after it would cost one more
+        # request: the new task is the old one with what this transaction wrote
+        # (every other field of a task is fixed when it is created).
+        return replace(task, status=to, updated_at=now)
 
     def release_slot(self, agent_id: int, task_id: int) -> None:
         SlotRecord(*schema.slot_key(agent_id, task_id)).delete()
