@@ -4,6 +4,9 @@ their agents' sessions, with backoff, or given up (metric and event)."""
 
 from __future__ import annotations
 
+# Before any other import: the garbage collector stays out of init.
+from agent_channel.lambda_kit import cold_start  # isort: split
+
 from typing import Any
 
 from agent_channel.delivery import redelivery
@@ -28,3 +31,6 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     summary = {"redelivered": len(done.redelivered), "given_up": len(done.given_up)}
     logger.info("redelivery done", extra=summary)
     return summary
+
+
+cold_start.ready()

@@ -5,6 +5,9 @@ goes back through post_to_connection."""
 
 from __future__ import annotations
 
+# Before any other import: the garbage collector stays out of init.
+from agent_channel.lambda_kit import cold_start  # isort: split
+
 from typing import Any
 
 from agent_channel.delivery import acks, history
@@ -67,3 +70,6 @@ def handler(event: SocketEvent) -> dict[str, Any]:
         return response(200)
     logger.info(event.route_key, extra=summary)
     return response(200)
+
+
+cold_start.ready()
