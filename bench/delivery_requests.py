@@ -86,7 +86,9 @@ def measure() -> list[Row]:
             accounts.create_topic(owner.user_id, "t", primary_agent_id=agent_id).topic_id
         )
         store, tasks, keep = wiring.presence_store(), wiring.task_store(), wiring.history()
-        client, scheduler = wiring.management_api(), wiring.grace_scheduler()
+        # boto3's own @connections client (moto answers it), so botocore counts posts.
+        client = boto3.client("apigatewaymanagementapi", endpoint_url=settings().callback_url)
+        scheduler = wiring.grace_scheduler()
         subscribe(store, scheduler, Subscription("a1=", owner.user_id, agent_id, "s1"))
         context = {
             "principalId": str(owner.user_id),
