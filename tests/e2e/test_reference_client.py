@@ -5,14 +5,21 @@ connection is cut through the real @connections API, as a backend would cut it."
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
 import boto3
 import pytest
 
-from agent_channel_dev.client import AgentClient, Backoff, ClientConfig, ConnectRefused
-from tests.e2e.stack import HEARTBEAT_SECONDS, STALE_AFTER_SECONDS, DevServer
+from agent_channel_dev.client import (
+    AgentClient,
+    Backoff,
+    ClientConfig,
+    ConnectRefused,
+    replay_frames,
+)
+from tests.e2e.stack import HEARTBEAT_SECONDS, STALE_AFTER_SECONDS, DevServer, start_dev_server
 
 pytestmark = pytest.mark.e2e
 
@@ -154,3 +161,93 @@ def test_backoff_doubles_from_one_second_to_a_minute_with_jitter() -> None:
         delays = [backoff.delay(failures) for _ in range(50)]
         assert all(ceiling / 2 <= delay <= ceiling for delay in delays)
         assert len(set(delays)) > 1
+
+
+def test_a_long_replay_is_split_into_frames_the_gateway_accepts(dev: DevServer) -> None:
+    """500 pending ids of 64 characters are one 34 KB frame: API Gateway would close
+    the socket with 1009 and the client would reconnect and resend forever."""
+    agent_id, _ = dev.new_agent("many-pending")
+    held = [f"perm-{index:04d}-" + "x" * 54 for index in range(500)]
+    assert all(len(request_id) == 64 for request_id in held)
+    assert len(json.dumps({"action": "replay_permissions", "request_ids": held})) > 32 * 1024
+    frames = replay_frames(held)
+    assert len(frames) == 5  # MAX_REPLAY_IDS (100) per frame
+    assert all(len(frame.encode()) <= 32 * 1024 for frame in frames)
+    assert [i for frame in frames for i in json.loads(frame)["request_ids"]] == held
+
+    decided_last = held[-1]
+    dev.cli(
+        "decide", "--agent", str(agent_id), "--request", decided_last, "--allow",
+        "--by", str(dev.owner_id),
+    )  # fmt: skip
+    decisions: list[dict[str, Any]] = []
+    client = AgentClient(config(dev, agent_id), on_decision=decisions.append)
+    for request_id in held:
+        client.hold(request_id)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        running = asyncio.create_task(client.run(stop))
+        try:
+            await eventually(lambda: bool(decisions), "the replayed decision")
+            await asyncio.sleep(HEARTBEAT_SECONDS + 1)
+        finally:
+            stop.set()
+            await asyncio.wait_for(running, STEP_TIMEOUT)
+
+    asyncio.run(scenario())
+    assert [d["request_id"] for d in decisions] == [decided_last]
+    assert client.connections == 1  # never closed with 1009, never reconnected
+
+
+def test_replay_frames_respect_both_limits_for_long_and_non_ascii_ids() -> None:
+    longest = ["é" * 256 + str(i) for i in range(300)]
+    frames = replay_frames(longest)
+    assert all(len(frame.encode()) <= 32 * 1024 for frame in frames)
+    assert all(len(json.loads(frame)["request_ids"]) <= 100 for frame in frames)
+    assert [i for frame in frames for i in json.loads(frame)["request_ids"]] == longest
+    assert replay_frames([]) == []
+
+
+def test_the_connection_limit_forces_a_reconnect_that_resumes_the_session() -> None:
+    """API Gateway closes every socket after 2 hours (here: 4 s). The reference
+    client comes back, and routing with it; a decision made while it was away
+    arrives through the replay."""
+    dev = start_dev_server("--max-connection-seconds", "4")
+    try:
+        agent_id, _ = dev.new_agent("forced-close")
+        decisions: list[dict[str, Any]] = []
+        states: list[str] = []
+        client = AgentClient(
+            config(dev, agent_id, backoff=Backoff(first=6.0, cap=6.0)),
+            on_decision=decisions.append,
+            on_state=states.append,
+        )
+        client.hold("r-while-away")
+
+        async def scenario() -> None:
+            stop = asyncio.Event()
+            running = asyncio.create_task(client.run(stop))
+            try:
+                await asyncio.wait_for(client.connected.wait(), STEP_TIMEOUT)
+                await eventually(lambda: not client.connected.is_set(), "the forced close")
+                # Routing is off while it is away, so the decision is only recorded.
+                await eventually(lambda: not dev.presence(agent_id)["routing"], "routing to clear")
+                decided = await asyncio.to_thread(
+                    dev.cli, "decide", "--agent", str(agent_id), "--request", "r-while-away",
+                    "--allow", "--by", str(dev.owner_id),
+                )  # fmt: skip
+                assert decided["delivered"] == []
+                await eventually(lambda: client.connections == 2, "the reconnect")
+                await eventually(lambda: bool(decisions), "the replayed decision")
+                assert (await asyncio.to_thread(dev.presence, agent_id))["routing"] is True
+            finally:
+                stop.set()
+                await asyncio.wait_for(running, STEP_TIMEOUT)
+
+        asyncio.run(scenario())
+        # The server closed it (1001 Going away): a clean close, then a reconnect.
+        assert {"disconnected by the server", "connection lost (ConnectionClosedOK)"} & set(states)
+        assert [d["request_id"] for d in decisions] == ["r-while-away"]
+    finally:
+        assert dev.stop() == 0
