@@ -231,8 +231,9 @@ def fanout_section(repeat: int) -> str:
         "it). *Sequential*: posts one after another through the poster, timed on 200 "
         "connections and scaled to N. *Ideal*: N x latency / workers. *Projected on "
         "Lambda*: a function has memory/1,769 of a vCPU, so N posts take at least "
-        "max(ideal, N x CPU per post / that share); the CPU per post is this machine's, "
-        "and Lambda's arm64 cores may differ.",
+        "max(ideal, N x CPU per post / that share, N / POSTS_PER_SECOND); the CPU per "
+        "post is this machine's, and Lambda's arm64 cores may differ. The poster posts "
+        "under the rate budget as deployed (2,500 per second), boto3's client without.",
         "",
         fanout.markdown(results),
         "",
