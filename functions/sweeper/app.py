@@ -1,23 +1,62 @@
 """The sweeper, every minute: settle routed agents whose leases have all gone stale,
-because $disconnect may never come."""
+because $disconnect may never come.
+
+With SWEEP_WORKERS above one, the scheduled invocation only pays owed graces and
+fans the index shards out to that many asynchronous invocations of this same
+function (each event names its shards), so the work of one invocation is its
+share of the routed agents, however many there are (docs/SCALE.md).
+"""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from agent_channel.config import settings
 from agent_channel.lambda_kit import wiring
 from agent_channel.observability import count, logger, metrics
-from agent_channel.presence import rules
+from agent_channel.presence import rules, sweep_plan
 
 store = wiring.presence_store()
 scheduler = wiring.grace_scheduler()
 
 
+def fan_out(function_arn: str, workers: int) -> int:
+    """Invoke one worker per shard group, asynchronously; the number started."""
+    client = wiring.lambda_client()
+    started = 0
+    for shards in sweep_plan.shard_groups(workers):
+        try:
+            client.invoke(
+                FunctionName=function_arn,
+                InvocationType="Event",
+                Payload=json.dumps(sweep_plan.worker_event(shards)).encode(),
+            )
+        except Exception:
+            # The other groups still run; these shards wait for the next minute.
+            logger.exception("could not start a sweep worker", extra={"shards": shards})
+            count("SweepWorkerFailures")
+            continue
+        started += 1
+    return started
+
+
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 def handler(event: Any, context: Any) -> dict[str, Any]:
-    outcomes = rules.sweep(store, scheduler, settings())
+    try:
+        shards = sweep_plan.worker_shards(event)
+    except sweep_plan.BadShards as error:
+        logger.warning("malformed sweep worker event ignored", extra={"error": str(error)})
+        return {"outcomes": {}}
+    workers = settings().sweep_workers
+    function_arn = getattr(context, "invoked_function_arn", "")
+    if shards is None and workers > 1 and function_arn:
+        rules.pay_owed_graces(store, scheduler)
+        started = fan_out(function_arn, workers)
+        logger.info("sweep fanned out", extra={"workers": started})
+        return {"outcomes": {}, "workers": started}
+    outcomes = rules.sweep(store, scheduler, settings(), shards)
     count("SweptAgents", sum(outcomes.values()))
-    logger.info("sweep done", extra={"outcomes": outcomes})
+    logger.info("sweep done", extra={"outcomes": outcomes, "shards": shards})
     return {"outcomes": outcomes}

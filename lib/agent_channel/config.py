@@ -36,6 +36,7 @@ class Settings:
     callback_url: str
     max_replay_ids: int
     fanout_workers: int
+    sweep_workers: int
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -51,6 +52,9 @@ class Settings:
             callback_url=os.environ.get("CALLBACK_URL", ""),
             max_replay_ids=_int("MAX_REPLAY_IDS", 500),
             fanout_workers=_int("FANOUT_WORKERS", 64),
+            # 1: the sweep runs in the scheduled invocation itself (local stack,
+            # small deployments); more: it fans out to that many shard workers.
+            sweep_workers=_int("SWEEP_WORKERS", 1),
         )
 
 

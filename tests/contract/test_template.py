@@ -92,7 +92,8 @@ CALLS: dict[str, set[tuple[str, str]]] = {
         ("execute-api:ManageConnections", "connections"),
     },
     "default": {("execute-api:ManageConnections", "connections")},
-    "sweeper": DISCONNECT_PATH | {("dynamodb:Query", "index:gsi1")},
+    "sweeper": DISCONNECT_PATH
+    | {("dynamodb:Query", "index:gsi1"), ("lambda:InvokeFunction", "sweeper-itself")},
     "cancel_offline": {
         ("dynamodb:ConditionCheckItem", "table"),
         ("dynamodb:DeleteItem", "table"),
@@ -131,6 +132,7 @@ CALL_MARKERS = {
     "iam:PassRole": r"\"RoleArn\"",
     "events:PutEvents": r"\.put_events\(",
     "execute-api:ManageConnections": r"\.post_to_connection\(",
+    "lambda:InvokeFunction": r"\.invoke\(\s*FunctionName=",
 }
 INDEX_QUERY_MARKER = r"\.gsi1\.query\("
 
@@ -152,7 +154,7 @@ NEEDED_FOR = {
     "execute-api:ManageConnections": {"CALLBACK_URL"},
     "events:PutEvents": {"EVENT_BUS_NAME"},
 }
-OPTIONAL = {"MAX_REPLAY_IDS", "FANOUT_WORKERS"}
+OPTIONAL = {"MAX_REPLAY_IDS", "FANOUT_WORKERS", "SWEEP_WORKERS"}
 """Their code defaults are right on AWS too; set where they matter, never required."""
 ENV_VALUES: dict[str, Any] = {
     "TABLE_NAME": {"Ref": "Table"},
@@ -165,6 +167,7 @@ ENV_VALUES: dict[str, Any] = {
     "CANCEL_OFFLINE_FUNCTION_ARN": {"Fn::GetAtt": ["CancelOfflineFunction", "Arn"]},
     "GRACE_DLQ_ARN": {"Fn::GetAtt": ["GraceDeadLetterQueue", "Arn"]},
     "EVENT_BUS_NAME": {"Ref": "TaskEventBus"},
+    "SWEEP_WORKERS": {"Ref": "SweepWorkers"},
     "CALLBACK_URL": {
         "Fn::Sub": "https://${WebSocketApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/${StageName}"
     },
@@ -259,6 +262,12 @@ SYMBOLIC_RESOURCES = {
     ): "connections",
     json.dumps({"Fn::GetAtt": ["TaskEventBus", "Arn"]}): "bus",
     json.dumps({"Fn::GetAtt": ["GraceDeadLetterQueue", "Arn"]}): "dead-letter-queue",
+    json.dumps(
+        {
+            "Fn::Sub": "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}"
+            ":function:${AWS::StackName}-sweeper"
+        }
+    ): "sweeper-itself",
 }
 
 

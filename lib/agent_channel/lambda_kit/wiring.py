@@ -18,6 +18,7 @@ from agent_channel.config import settings
 if TYPE_CHECKING:
     from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
     from mypy_boto3_events import EventBridgeClient
+    from mypy_boto3_lambda import LambdaClient
 
     from agent_channel.delivery.dynamodb import DynamoDecisionStore
     from agent_channel.delivery.fanout import GoneHandler
@@ -91,6 +92,12 @@ def management_api(endpoint_url: str | None = None) -> ApiGatewayManagementApiCl
             parameter_validation=False,
         ),
     )
+
+
+@cache
+def lambda_client() -> LambdaClient:
+    """What a sweep fans its shard workers out with (asynchronous invokes)."""
+    return boto3.client("lambda", config=RETRYING)
 
 
 @cache
