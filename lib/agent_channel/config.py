@@ -41,7 +41,7 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         return cls(
-            heartbeat_seconds=_int("HEARTBEAT_SECONDS", 15),
+            heartbeat_seconds=_int("HEARTBEAT_SECONDS", 30),
             stale_after_seconds=_int("STALE_AFTER", 45),
             grace_seconds=_int("GRACE_SECONDS", 30),
             schedule_group=os.environ.get("SCHEDULE_GROUP_NAME", "agent-channel"),

@@ -39,8 +39,6 @@ from agent_channel.tasks.dynamodb import DynamoTaskStore
 from agent_channel.tasks.model import Status
 from agent_channel_dev.instruments.lambda_context import LocalContext
 from agent_channel_dev.local import apigw_events, stack_template
-from tests.support.clock import FakeClock
-from tests.support.fixtures import World
 from tests.contract.test_template import (
     FUNCTION_IDS,
     as_list,
@@ -49,6 +47,8 @@ from tests.contract.test_template import (
     policy_statements,
     translated,
 )
+from tests.support.clock import FakeClock
+from tests.support.fixtures import World
 
 tasks = DynamoTaskStore()
 

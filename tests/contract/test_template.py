@@ -545,7 +545,7 @@ def test_parameters_default_to_the_design_constants(monkeypatch: pytest.MonkeyPa
         monkeypatch.delenv(name, raising=False)
     defaults = config.Settings.from_env()
     parameters = translated()["Parameters"]
-    assert parameters["HeartbeatSeconds"]["Default"] == defaults.heartbeat_seconds == 15
+    assert parameters["HeartbeatSeconds"]["Default"] == defaults.heartbeat_seconds == 30
     assert parameters["StaleAfterSeconds"]["Default"] == defaults.stale_after_seconds == 45
     assert parameters["GraceSeconds"]["Default"] == defaults.grace_seconds == 30
     assert parameters["LogLevel"]["Default"] == "INFO"

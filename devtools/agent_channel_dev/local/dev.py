@@ -42,7 +42,7 @@ READY_PREFIX = "READY"
 class DevOptions:
     port: int = DEFAULT_PORT
     stage: str = DEFAULT_STAGE
-    heartbeat_seconds: int = 15
+    heartbeat_seconds: int = 30
     stale_after_seconds: int = 45
     grace_seconds: int = 30
     log_level: str = "WARNING"

@@ -114,8 +114,14 @@ def sweep(
     return outcomes
 
 
+MAX_OWED_GRACES_PER_SWEEP = 400
+"""Owed graces one sweep pays (about 10 s of CreateSchedule calls): after a storm
+that outran Scheduler's quota the debt can be large, and the invocation paying it
+must stay far from its timeout; the rest waits a minute (docs/SCALE.md)."""
+
+
 def pay_owed_graces(store: PresenceStore, scheduler: GraceScheduler) -> None:
-    for cancellation, due_at in store.owed_graces():
+    for cancellation, due_at in store.owed_graces()[:MAX_OWED_GRACES_PER_SWEEP]:
         _pay_owed_grace(store, scheduler, cancellation, due_at)
 
 
