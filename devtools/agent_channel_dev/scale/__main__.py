@@ -28,14 +28,20 @@ def main() -> None:
     parser.add_argument("--minutes", type=int, default=12)
     parser.add_argument("--heartbeat", type=int, default=30)
     parser.add_argument("--storm-at", type=int, default=6)
-    parser.add_argument("--cost", action="store_true", help="today (15 s) beside proposed")
+    parser.add_argument(
+        "--cost",
+        type=int,
+        nargs="*",
+        metavar="HEARTBEAT",
+        help="cost per session-month at these heartbeat intervals (15: before; 30: now)",
+    )
     args = parser.parse_args()
     print(f"prices: {aws.REGION}, price list of {aws.PRICE_LIST_DATE}\n")
-    if args.cost:
+    if args.cost is not None:
         base = Scenario(agents=args.agents[0], minutes=6, storm_at_minute=None)
         outcomes = {
-            "15 s heartbeat": Simulation(dataclasses.replace(base, heartbeat_seconds=15)).run(),
-            "30 s heartbeat": Simulation(dataclasses.replace(base, heartbeat_seconds=30)).run(),
+            f"{beat} s": Simulation(dataclasses.replace(base, heartbeat_seconds=beat)).run()
+            for beat in args.cost or [15, 30]
         }
         print(cost_table(outcomes))
         return
