@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--agents", type=int, nargs="*", default=[10_000])
     parser.add_argument("--minutes", type=int, default=12)
     parser.add_argument("--heartbeat", type=int, default=30)
-    parser.add_argument("--storm-at", type=int, default=6)
+    parser.add_argument("--storm-at", type=int, default=6, help="minute; -1: no storm")
     parser.add_argument(
         "--cost",
         type=int,
@@ -50,7 +50,7 @@ def main() -> None:
             agents=agents,
             minutes=args.minutes,
             heartbeat_seconds=args.heartbeat,
-            storm_at_minute=args.storm_at,
+            storm_at_minute=args.storm_at if args.storm_at >= 0 else None,
             sweep_workers=workers_for(agents),
         )
         started = time.process_time()

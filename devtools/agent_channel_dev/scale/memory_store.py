@@ -95,6 +95,12 @@ class MemoryPresenceStore:
         ]
 
     # -- writes -----------------------------------------------------------------------
+    def turn_on(self, subscription: Subscription, token: str, now: float) -> None:
+        """The state a subscribe leaves, unbilled (for setting up a fleet)."""
+        self._turn_on(
+            subscription.agent_id, self.agents[subscription.agent_id], subscription, token, now
+        )
+
     def _turn_on(
         self, agent_id: int, agent: _Agent, subscription: Subscription, token: str, now: float
     ) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from agent_channel import clock
 from agent_channel.config import Settings
+from agent_channel.identity.tokens import mint_lease_token
 from agent_channel.presence import rules, sweep_plan
 from agent_channel.presence.model import Subscription
 from agent_channel.storage import schema
@@ -159,7 +160,7 @@ class Simulation:
         # socket already some way into its two hours, heartbeats at random phases.
         duration = int(aws.QUOTAS["connection_duration_seconds"].value)
         for index in range(len(self.sessions)):
-            self._open(0, index)
+            self._open(0, index, quietly=True)
             self._at(self.random.randrange(1, duration), "cut", index)
             self._at(self.random.randrange(1, self.scenario.heartbeat_seconds + 1), "beat", index)
             self._draw_departure(0, index)
@@ -182,8 +183,10 @@ class Simulation:
         self._at(second + duration, "cut", index)
         self._draw_departure(second, index)
 
-    def _open(self, second: int, index: int) -> None:
-        """The authorizer and $connect of an admitted socket."""
+    def _open(self, second: int, index: int, *, quietly: bool = False) -> None:
+        """The authorizer and $connect of an admitted socket; ``quietly``, the state
+        a subscribe leaves, written straight into the store (the fleet's set-up,
+        which is not measured)."""
         session = self.sessions[index]
         self._connection_serial += 1
         session.connection_id = f"c{self._connection_serial}="
@@ -192,12 +195,16 @@ class Simulation:
         session.subscription = Subscription(
             session.connection_id, 0, session.agent_id, session.session_id
         )
+        self.connected += 1
+        self.live_sessions[session.agent_id] += 1
+        if quietly:
+            self.store.connections[session.connection_id] = f"agent:{session.agent_id}"
+            self.store.turn_on(session.subscription, mint_lease_token(), EPOCH + second)
+            return
         with self.meter.invocation("authorize"):
             self.meter.dynamodb("BatchGetItem", rru=2.0)  # token digest + agent, consistent
         with self.meter.invocation("connect"):
             rules.subscribe(self.store, self.scheduler, session.subscription)
-        self.connected += 1
-        self.live_sessions[session.agent_id] += 1
         self.crashed_at.pop(session.agent_id, None)
         self.storm_waiting.discard(index)
 
