@@ -4,7 +4,7 @@ VENV   := .venv
 SAMENV := .venv-sam
 BIN    := $(VENV)/bin
 
-.PHONY: setup dev test lint typecheck check bench simulate clean
+.PHONY: setup dev test lint typecheck check bench bench-local simulate clean
 
 # A project venv with the package and its dev tools; AWS SAM CLI in a venv of its
 # own, because it pins versions of boto3 and others that the project must not inherit.
@@ -38,6 +38,10 @@ test: setup lint typecheck
 
 bench: setup
 	$(BIN)/python -m bench
+
+# The local stack's own cost: launch to ready, a message's round trip (docs/LOCAL_STACK.md).
+bench-local: setup
+	$(BIN)/python -m bench.local_stack --repeat 3 --round-trips 200
 
 # The scale model at 100,000 and 1,000,000 agents, and the cost per session-month
 # (docs/SCALE.md); CI runs 10,000 in tests/behaviour/test_scale_simulation.py.

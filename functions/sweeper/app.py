@@ -21,10 +21,12 @@ store = wiring.presence_store()
 scheduler = wiring.grace_scheduler()
 
 
-def fan_out(function_arn: str, workers: int) -> int:
-    """Invoke one worker per shard group, asynchronously; the number started."""
+def fan_out(function_arn: str, workers: int) -> tuple[int, list[int]]:
+    """Invoke one worker per shard group, asynchronously: the number started, and
+    the shards of the groups whose worker could not be started."""
     client = wiring.lambda_client()
     started = 0
+    left: list[int] = []
     for shards in sweep_plan.shard_groups(workers):
         try:
             client.invoke(
@@ -33,12 +35,12 @@ def fan_out(function_arn: str, workers: int) -> int:
                 Payload=json.dumps(sweep_plan.worker_event(shards)).encode(),
             )
         except Exception:
-            # The other groups still run; these shards wait for the next minute.
             logger.exception("could not start a sweep worker", extra={"shards": shards})
             count("SweepWorkerFailures")
+            left.extend(shards)
             continue
         started += 1
-    return started
+    return started, left
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -53,9 +55,13 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     function_arn = getattr(context, "invoked_function_arn", "")
     if shards is None and workers > 1 and function_arn:
         rules.pay_owed_graces(store, scheduler)
-        started = fan_out(function_arn, workers)
-        logger.info("sweep fanned out", extra={"workers": started})
-        return {"outcomes": {}, "workers": started}
+        started, left = fan_out(function_arn, workers)
+        logger.info("sweep fanned out", extra={"workers": started, "unstarted_shards": len(left)})
+        if not left:
+            return {"outcomes": {}, "workers": started}
+        # Workers that could not be started (throttled, or no Lambda to invoke, as
+        # in the local stack): their shards are swept here, late rather than never.
+        shards = sorted(left)
     outcomes = rules.sweep(store, scheduler, settings(), shards)
     count("SweptAgents", sum(outcomes.values()))
     logger.info("sweep done", extra={"outcomes": outcomes, "shards": shards})

@@ -142,3 +142,14 @@ def test_a_malformed_worker_event_changes_nothing(
     answer = function("sweeper").handler({"sweep_shards": shards}, Context(sweeper_arn))
     assert answer == {"outcomes": {}}
     assert all(wiring.presence_store().read(a).routing_on for a in agents)
+
+
+def test_shards_whose_worker_cannot_start_are_swept_in_place(
+    world: World, fake_clock: FakeClock, sweeper_arn: str, invokes: list[dict[str, Any]]
+) -> None:
+    agents = crashed_agents(world, fake_clock)
+    missing = sweeper_arn.replace("stack-sweeper", "no-such-function")
+    answer = function("sweeper").handler(scheduled_event(), Context(missing))
+    assert len(invokes) == WORKERS, "every worker was tried"
+    assert answer == {"outcomes": {"last_out": AGENTS}}
+    assert not any(wiring.presence_store().read(a).routing_on for a in agents)

@@ -3,12 +3,16 @@ delegated tasks and a session's own topics, and the guarded delegated -> cancell
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from agent_channel.grace.task_book import CancelVerdict, DelegatedTask
-from agent_channel.presence.model import Presence
 from agent_channel.storage import schema
 from agent_channel.storage.records import Record, TopicRecord
 from agent_channel.tasks.model import Status, Task, TransitionRefused
-from agent_channel.tasks.store import TaskStore
+
+if TYPE_CHECKING:
+    from agent_channel.presence.model import Presence
+    from agent_channel.tasks.store import TaskStore
 
 
 class DynamoTaskBook:

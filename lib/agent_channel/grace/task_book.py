@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from agent_channel.presence.model import Presence
+if TYPE_CHECKING:
+    from agent_channel.presence.model import Presence
 
 
 class CancelVerdict(enum.StrEnum):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pynamodb.exceptions import DeleteError
 
@@ -13,6 +13,9 @@ from agent_channel.identity.tokens import mint_bearer_token, token_digest
 from agent_channel.storage import schema
 from agent_channel.storage.counters import next_id
 from agent_channel.storage.records import TokenRecord, TopicRecord, UserRecord
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 
 @dataclass(frozen=True)
