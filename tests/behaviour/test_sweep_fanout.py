@@ -23,6 +23,7 @@ from agent_channel.storage import schema
 from agent_channel_dev.instruments.botocore_hooks import ApiCall, service_of, wrapping_api_calls
 from agent_channel_dev.local.apigw_events import scheduled_event
 from tests.support.clock import FakeClock
+from tests.support.faults import failing_requests
 from tests.support.fixtures import World
 from tests.support.gateway import Gateway, function
 
@@ -145,11 +146,12 @@ def test_a_malformed_worker_event_changes_nothing(
 
 
 def test_shards_whose_worker_cannot_start_are_swept_in_place(
-    world: World, fake_clock: FakeClock, sweeper_arn: str, invokes: list[dict[str, Any]]
+    world: World, fake_clock: FakeClock, sweeper_arn: str
 ) -> None:
     agents = crashed_agents(world, fake_clock)
-    missing = sweeper_arn.replace("stack-sweeper", "no-such-function")
-    answer = function("sweeper").handler(scheduled_event(), Context(missing))
-    assert len(invokes) == WORKERS, "every worker was tried"
-    assert answer == {"outcomes": {"last_out": AGENTS}}
-    assert not any(wiring.presence_store().read(a).routing_on for a in agents)
+    with failing_requests("lambda", {"Invoke"}, "TooManyRequestsException", times=3) as failed:
+        answer = function("sweeper").handler(scheduled_event(), Context(sweeper_arn))
+    assert failed == ["Invoke"] * 3
+    assert answer["outcomes"] == {"last_out": sum(1 for a in agents if a % WORKERS < 3)}
+    in_place = [a for a in agents if not wiring.presence_store().read(a).routing_on]
+    assert sorted(in_place) == sorted(a for a in agents if a % WORKERS < 3)
