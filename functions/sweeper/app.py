@@ -10,6 +10,7 @@ share of the routed agents, however many there are (docs/SCALE.md).
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from agent_channel.config import settings
@@ -53,7 +54,10 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
         return {"outcomes": {}}
     workers = settings().sweep_workers
     function_arn = getattr(context, "invoked_function_arn", "")
-    if shards is None and workers > 1 and function_arn:
+    # An endpoint override means an emulator (the local stack points every client
+    # at moto), where no Lambda runs the workers it would start: sweep in place.
+    emulated = bool(os.environ.get("AWS_ENDPOINT_URL"))
+    if shards is None and workers > 1 and function_arn and not emulated:
         rules.pay_owed_graces(store, scheduler)
         started, left = fan_out(function_arn, workers)
         logger.info("sweep fanned out", extra={"workers": started, "unstarted_shards": len(left)})

@@ -154,7 +154,7 @@ NEEDED_FOR = {
     "execute-api:ManageConnections": {"CALLBACK_URL"},
     "events:PutEvents": {"EVENT_BUS_NAME"},
 }
-OPTIONAL = {"MAX_REPLAY_IDS", "FANOUT_WORKERS", "SWEEP_WORKERS"}
+OPTIONAL = {"MAX_REPLAY_IDS", "FANOUT_WORKERS", "SWEEP_WORKERS", "AWS_ENDPOINT_URL"}
 """Their code defaults are right on AWS too; set where they matter, never required."""
 ENV_VALUES: dict[str, Any] = {
     "TABLE_NAME": {"Ref": "Table"},

@@ -87,7 +87,9 @@ def summary(outcome: Outcome) -> str:
     throttled = sum(
         counts["scheduler_throttled:CreateSchedule"] for counts in outcome.meter.seconds.values()
     )
-    if outcome.storm_settle_seconds is not None:
+    if not outcome.storm_sessions:
+        settle = "none in this run"
+    elif outcome.storm_settle_seconds is not None:
         settle = f"{outcome.storm_settle_seconds:.0f} s"
     else:
         left = outcome.storm_waiting_at_end
@@ -106,7 +108,7 @@ def summary(outcome: Outcome) -> str:
         f"{max(unroute, default=0):.0f} s (goal: at most {scenario.stale_after_seconds + 120} s)",
         f"- longest sweeper invocation: {outcome.sweep_longest_ms / 1000:.1f} s of "
         f"{aws.SWEEPER_TIMEOUT_SECONDS:.0f} s",
-        f"- storm: {outcome.storm_sessions:,} sockets dropped; all back after {settle}; "
+        f"- storm: {outcome.storm_sessions:,} sockets dropped; all back: {settle}; "
         f"grace schedules refused by Scheduler's rate and owed instead: {throttled:,.0f}",
         f"- errors the rules logged (throttled grace schedules included): {len(outcome.errors):,}",
     ]
