@@ -9,6 +9,9 @@ share of the routed agents, however many there are (docs/SCALE.md).
 
 from __future__ import annotations
 
+# Before any other import: the garbage collector stays out of init.
+from agent_channel.lambda_kit import cold_start  # isort: split
+
 import json
 import os
 from typing import Any
@@ -70,3 +73,6 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     count("SweptAgents", sum(outcomes.values()))
     logger.info("sweep done", extra={"outcomes": outcomes, "shards": shards})
     return {"outcomes": outcomes}
+
+
+cold_start.ready()

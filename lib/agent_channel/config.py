@@ -45,6 +45,8 @@ class Settings:
     max_replay_ids: int
     fanout_workers: int
     sweep_workers: int
+    posts_per_second: int
+    """This process's share of the account's @connections request quota."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -63,6 +65,7 @@ class Settings:
             # 1: the sweep runs in the scheduled invocation itself (local stack,
             # small deployments); more: it fans out to that many shard workers.
             sweep_workers=_int("SWEEP_WORKERS", 1),
+            posts_per_second=_int("POSTS_PER_SECOND", 2500),
         )
 
 

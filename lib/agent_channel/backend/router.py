@@ -27,10 +27,8 @@ from agent_channel.observability import logger
 if TYPE_CHECKING:
     from types import ModuleType
 
-    from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
-
     from agent_channel.delivery.decision_store import DecisionStore
-    from agent_channel.delivery.fanout import GoneHandler
+    from agent_channel.delivery.fanout import ConnectionPoster, GoneHandler
     from agent_channel.presence.store import PresenceStore
     from agent_channel.tasks.store import TaskStore
 
@@ -142,7 +140,7 @@ class CommandContext:
     the Gone handler. Each is built on first use, so an op that does not post never
     builds a management client, and each defaults to the process's wiring."""
 
-    management_factory: Callable[[], ApiGatewayManagementApiClient] = field(
+    management_factory: Callable[[], ConnectionPoster] = field(
         default=lambda: _wiring().management_api()
     )
     gone_handler_factory: Callable[[], GoneHandler] = field(
@@ -156,7 +154,7 @@ class CommandContext:
         default=lambda: _wiring().presence_store()
     )
 
-    def management(self) -> ApiGatewayManagementApiClient:
+    def management(self) -> ConnectionPoster:
         return self.management_factory()
 
     def on_gone(self) -> GoneHandler:

@@ -134,7 +134,13 @@ def authorize(headers: dict[str, str], query: dict[str, str]) -> Authorization:
         kind = Target.CHANNEL_AGENT if agent.is_channel_agent else Target.AGENT
         return Authorization(
             AuthVerdict.ALLOW,
-            Caller(user_id, kind, agent_id=request.agent_id, session_id=request.session_id),
+            Caller(
+                user_id,
+                kind,
+                agent_id=request.agent_id,
+                session_id=request.session_id,
+                grace_scheduled=bool(isinstance(target, UserRecord) and target.grace_scheduled),
+            ),
         )
 
     if not isinstance(target, TopicRecord) or not topic_from(target).readable_by(user_id):

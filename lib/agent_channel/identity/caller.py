@@ -34,6 +34,9 @@ class Caller:
     agent_id: int | None = None
     topic_id: int | None = None
     session_id: str = ""
+    grace_scheduled: bool = False
+    """The agent's last departure scheduled an agent-wide grace that no subscribe
+    has withdrawn yet, as the authorizer read it (only $connect acts on it)."""
 
     def __post_init__(self) -> None:
         # A target given as its string value (an authorizer context, a test) is
@@ -65,6 +68,7 @@ class Caller:
             "agent_id": "" if self.agent_id is None else str(self.agent_id),
             "topic_id": "" if self.topic_id is None else str(self.topic_id),
             "session_id": self.session_id,
+            "grace_scheduled": "true" if self.grace_scheduled else "",
         }
 
     @classmethod
@@ -82,6 +86,7 @@ class Caller:
                 agent_id=int(agent_raw) if agent_raw else None,
                 topic_id=int(topic_raw) if topic_raw else None,
                 session_id=str(context.get("session_id") or ""),
+                grace_scheduled=str(context.get("grace_scheduled") or "") == "true",
             )
         except (KeyError, TypeError, ValueError):
             return None

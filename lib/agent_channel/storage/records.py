@@ -65,6 +65,10 @@ class UserRecord(Record, discriminator="user"):
     # the sweeper finds it through gsi1 ``GRACE_OWED`` and schedules it again.
     grace_owed_token = UnicodeAttribute(null=True)
     grace_owed_due = NumberAttribute(null=True)
+    # Set by the last-one-out clear (the agent-wide grace may be scheduled), removed
+    # by the subscribe that turns routing back on: $connect withdraws the grace
+    # only when the authorizer saw this set, not on every connect.
+    grace_scheduled = BooleanAttribute(null=True)
     created_at = NumberAttribute()
 
     @property
