@@ -85,9 +85,15 @@ class Backoff:
 
     first: float = 1.0
     cap: float = 60.0
+    throttled_cap: float = 300.0
+    """The ceiling after a 429 on the upgrade: the account's new-connection rate is
+    spent, as in a reconnect storm, where the whole fleet waits for admission and
+    admission paces the storm; retrying sooner only adds refused upgrades to the
+    account's request quota (docs/SCALE.md)."""
 
-    def delay(self, failures: int) -> float:
-        ceiling = min(self.cap, self.first * 2.0 ** min(failures, 16))
+    def delay(self, failures: int, *, throttled: bool = False) -> float:
+        cap = self.throttled_cap if throttled else self.cap
+        ceiling = min(cap, self.first * 2.0 ** min(failures, 16))
         # Equal jitter: never less than half the step (no hot loop), and spread
         # so many plugins cut off together do not come back in lockstep.
         return ceiling / 2 + random.uniform(0, ceiling / 2)
@@ -100,7 +106,9 @@ class ClientConfig:
     token: str
     agent_id: int
     session_id: str = ""
-    heartbeat_seconds: float = 15.0
+    heartbeat_seconds: float = 30.0
+    """As the server advertises (HEARTBEAT_SECONDS): a lease is stale 45 s after
+    the last one, so a heartbeat may come up to 15 s late (docs/SCALE.md)."""
     backoff: Backoff = field(default_factory=Backoff)
     stable_after_seconds: float = 30.0
     """A connection up this long resets the backoff to ``backoff.first``."""
@@ -182,6 +190,7 @@ class AgentClient:
         loop = asyncio.get_running_loop()
         while not stop.is_set():
             started = loop.time()
+            throttled = False
             try:
                 await self._session(stop)
                 if not stop.is_set():
@@ -191,6 +200,7 @@ class AgentClient:
                 if status in PERMANENT_REFUSALS:
                     self._on_state(f"refused {status}")
                     raise ConnectRefused(status) from error
+                throttled = status == 429
                 self._on_state(f"refused {status}; retrying")
             except (OSError, websockets.WebSocketException, TimeoutError) as error:
                 self._on_state(f"connection lost ({type(error).__name__})")
@@ -198,7 +208,7 @@ class AgentClient:
                 break
             if loop.time() - started >= self.config.stable_after_seconds:
                 failures = 0
-            delay = self.config.backoff.delay(failures)
+            delay = self.config.backoff.delay(failures, throttled=throttled)
             failures += 1
             self._on_state(f"reconnecting in {delay:.1f}s")
             with contextlib.suppress(TimeoutError):

@@ -51,13 +51,14 @@ class Settings:
     history_retention_seconds: int
     redelivery_seconds: int
     max_delivery_attempts: int
+    sweep_workers: int
     posts_per_second: int
     """This process's share of the account's @connections request quota."""
 
     @classmethod
     def from_env(cls) -> Settings:
         return cls(
-            heartbeat_seconds=_int("HEARTBEAT_SECONDS", 15),
+            heartbeat_seconds=_int("HEARTBEAT_SECONDS", 30),
             stale_after_seconds=_int("STALE_AFTER", 45),
             grace_seconds=_int("GRACE_SECONDS", 30),
             schedule_group=os.environ.get("SCHEDULE_GROUP_NAME", "agent-channel"),
@@ -80,6 +81,9 @@ class Settings:
             # time, and given up after this many deliveries in all.
             redelivery_seconds=_int("REDELIVERY_SECONDS", 30),
             max_delivery_attempts=_int("MAX_DELIVERY_ATTEMPTS", 8),
+            # 1: the sweep runs in the scheduled invocation itself (local stack,
+            # small deployments); more: it fans out to that many shard workers.
+            sweep_workers=_int("SWEEP_WORKERS", 1),
             posts_per_second=_int("POSTS_PER_SECOND", 2500),
         )
 

@@ -97,7 +97,8 @@ CALLS: dict[str, set[tuple[str, str]]] = {
         ("execute-api:ManageConnections", "connections"),
     },
     "default": {("execute-api:ManageConnections", "connections")},
-    "sweeper": DISCONNECT_PATH | {("dynamodb:Query", "index:gsi1")},
+    "sweeper": DISCONNECT_PATH
+    | {("dynamodb:Query", "index:gsi1"), ("lambda:InvokeFunction", "sweeper-itself")},
     "redeliver": GONE_PATH
     | {
         ("dynamodb:Query", "index:gsi1"),
@@ -149,6 +150,7 @@ CALL_MARKERS = {
     "iam:PassRole": r"\"RoleArn\"",
     "events:PutEvents": r"\.put_events\(",
     "execute-api:ManageConnections": r"\.post_to_connection\(",
+    "lambda:InvokeFunction": r"\.invoke\(\s*FunctionName=",
 }
 INDEX_QUERY_MARKER = r"\.gsi1\.query\("
 
@@ -178,6 +180,8 @@ OPTIONAL = {
     "HISTORY_RETENTION_SECONDS",
     "REDELIVERY_SECONDS",
     "MAX_DELIVERY_ATTEMPTS",
+    "SWEEP_WORKERS",
+    "AWS_ENDPOINT_URL",
 }
 SET_BY_LAMBDA = {
     "AWS_ACCESS_KEY_ID",
@@ -201,6 +205,7 @@ ENV_VALUES: dict[str, Any] = {
     "EVENT_BUS_NAME": {"Ref": "TaskEventBus"},
     "HISTORY_RETENTION_SECONDS": {"Ref": "HistoryRetentionSeconds"},
     "REDELIVERY_SECONDS": {"Ref": "RedeliverySeconds"},
+    "SWEEP_WORKERS": {"Ref": "SweepWorkers"},
     "CALLBACK_URL": {
         "Fn::Sub": "https://${WebSocketApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/${StageName}"
     },
@@ -295,6 +300,12 @@ SYMBOLIC_RESOURCES = {
     ): "connections",
     json.dumps({"Fn::GetAtt": ["TaskEventBus", "Arn"]}): "bus",
     json.dumps({"Fn::GetAtt": ["GraceDeadLetterQueue", "Arn"]}): "dead-letter-queue",
+    json.dumps(
+        {
+            "Fn::Sub": "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}"
+            ":function:${AWS::StackName}-sweeper"
+        }
+    ): "sweeper-itself",
 }
 
 
@@ -575,7 +586,7 @@ def test_parameters_default_to_the_design_constants(monkeypatch: pytest.MonkeyPa
         monkeypatch.delenv(name, raising=False)
     defaults = config.Settings.from_env()
     parameters = translated()["Parameters"]
-    assert parameters["HeartbeatSeconds"]["Default"] == defaults.heartbeat_seconds == 15
+    assert parameters["HeartbeatSeconds"]["Default"] == defaults.heartbeat_seconds == 30
     assert parameters["StaleAfterSeconds"]["Default"] == defaults.stale_after_seconds == 45
     assert parameters["GraceSeconds"]["Default"] == defaults.grace_seconds == 30
     assert parameters["LogLevel"]["Default"] == "INFO"

@@ -19,6 +19,7 @@ from agent_channel.config import settings
 
 if TYPE_CHECKING:
     from mypy_boto3_events import EventBridgeClient
+    from mypy_boto3_lambda import LambdaClient
 
     from agent_channel.delivery.delivery_store import DynamoDeliveryBook
     from agent_channel.delivery.dynamodb import DynamoDecisionStore
@@ -145,6 +146,12 @@ def management_api(endpoint_url: str | None = None) -> ConnectionsPoster:
         # A burst of one worker round, then the steady rate.
         budget=RateBudget(settings().posts_per_second, burst=settings().fanout_workers),
     )
+
+
+@cache
+def lambda_client() -> LambdaClient:
+    """What a sweep fans its shard workers out with (asynchronous invokes)."""
+    return boto3.client("lambda", config=RETRYING)
 
 
 @cache
