@@ -41,6 +41,7 @@ def _dispatch(args: Args, context: CommandContext) -> dict[str, Any]:
         on_gone=context.on_gone(),
         comment_fields=comment,
         pending_tool_call=pending_tool_call,
+        history=context.history(),
     )
     bind_ids(agent_id=done.task.agent_id)
     return {
@@ -85,6 +86,7 @@ def _decide(args: Args, context: CommandContext) -> dict[str, Any]:
         decided_by=decided_by,
         client=context.management(),
         on_gone=context.on_gone(),
+        history=context.history(),
     )
     record = decided.record
     return {
@@ -100,7 +102,10 @@ def _decide(args: Args, context: CommandContext) -> dict[str, Any]:
 @ops.op("claim_reply", "complete a delegated task with its agent's reply (at most once)")
 def _claim_reply(args: Args, context: CommandContext) -> dict[str, Any]:
     task = dispatch.claim_reply(
-        context.tasks(), args.integer("task_id"), agent_id=args.optional_integer("agent_id")
+        context.tasks(),
+        args.integer("task_id"),
+        agent_id=args.optional_integer("agent_id"),
+        generation=args.optional_integer("generation"),
     )
     return {"task_id": task.task_id, "status": task.status.value}
 

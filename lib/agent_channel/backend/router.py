@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from agent_channel.delivery.decision_store import DecisionStore
     from agent_channel.delivery.fanout import ConnectionPoster, GoneHandler
+    from agent_channel.delivery.history import History
     from agent_channel.presence.store import PresenceStore
     from agent_channel.tasks.store import TaskStore
 
@@ -160,6 +161,7 @@ class CommandContext:
     presence_factory: Callable[[], PresenceStore] = field(
         default=lambda: _wiring().presence_store()
     )
+    history_factory: Callable[[], History] = field(default=lambda: _wiring().history())
 
     def management(self) -> ConnectionPoster:
         return self.management_factory()
@@ -175,6 +177,9 @@ class CommandContext:
 
     def presence(self) -> PresenceStore:
         return self.presence_factory()
+
+    def history(self) -> History:
+        return self.history_factory()
 
 
 Handler = Callable[[Args, CommandContext], dict[str, Any]]
