@@ -16,7 +16,7 @@ run, interleaved (boto3, poster, boto3, poster...):
 - the ideal ``N x latency / workers``, and the projection to Lambda: a function
   gets CPU in proportion to its memory (1,769 MB = one vCPU), so N posts need at
   least ``N x CPU per post / (memory / 1769)`` seconds there, whatever the
-  worker count.
+  worker count, and at least ``N / POSTS_PER_SECOND`` (the rate budget).
 
 and checks that every connection received every message. Not a test: timings
 depend on the machine.
@@ -43,8 +43,9 @@ if str(ROOT / "lib") not in sys.path:
 STAGE = "bench"
 SEQUENTIAL_SAMPLE = 200
 LAMBDA_MB_PER_VCPU = 1769
-DEPLOYED_MEMORY_MB = {"replay": 256, "backend": 512}
-"""The template's default MemorySize of the functions that fan out."""
+DEPLOYED_MEMORY_MB = {"replay": 256, "backend": 1024}
+"""The template's default MemorySize of the functions that fan out
+(ReplayMemorySize, BackendMemorySize)."""
 
 
 def _fake_aws_environment() -> None:
@@ -107,8 +108,16 @@ class SizeResult:
         return max(self.latency, self.connections * self.latency / self.workers)
 
     def projected(self, timing: Timing, memory_mb: int) -> float:
+        """The bound on Lambda: latency (the ideal), CPU at the function's share of
+        a vCPU, and the process's post rate budget (POSTS_PER_SECOND)."""
+        from agent_channel.config import settings
+
         share = memory_mb / LAMBDA_MB_PER_VCPU
-        return max(self.ideal, self.connections * timing.cpu_median / share)
+        return max(
+            self.ideal,
+            self.connections * timing.cpu_median / share,
+            self.connections / settings().posts_per_second,
+        )
 
 
 def _measure(timing: Timing, posts: int, action: Callable[[], object]) -> None:

@@ -44,6 +44,9 @@ FUNCTION_IDS = {
     "sweeper": "SweeperFunction",
     "cancel_offline": "CancelOfflineFunction",
     "backend": "BackendFunction",
+    "admin": "AdminFunction",
+    "stream": "StreamFunction",
+    "redeliver": "RedeliveryFunction",
 }
 """Folder -> logical id, as docs/ARCHITECTURE.md lists them."""
 
@@ -53,6 +56,9 @@ ROUTES = {
     "heartbeat": "heartbeat",
     "replay_permissions": "replay",
     "$default": "default",
+    "resume": "stream",
+    "resync": "stream",
+    "ack": "stream",
 }
 
 # What each function calls, as (IAM action, resource) with symbolic resources:
@@ -60,6 +66,7 @@ ROUTES = {
 #   group        schedules of the grace group scheduler-role  the role Scheduler assumes
 #   connections  POST @connections of this API's stage      bus  the task-event bus
 #   connections:delete  DELETE @connections (closing sockets)
+#   idempotency-table  the idempotency utility's table
 # TransactWriteItems is authorized per item (PutItem, UpdateItem, DeleteItem,
 # ConditionCheckItem); a 410 Gone during fan-out runs the $disconnect path, so
 # every function that broadcasts also carries that path's permissions.
@@ -72,6 +79,16 @@ DISCONNECT_PATH = {
     ("iam:PassRole", "scheduler-role"),
 }
 GONE_PATH = DISCONNECT_PATH | {("dynamodb:GetItem", "table")}
+IDEMPOTENT = {
+    (action, "idempotency-table")
+    for action in (
+        "dynamodb:DeleteItem",
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+    )
+}
+"""Powertools' DynamoDB persistence layer: get, put (conditional), update, delete."""
 CALLS: dict[str, set[tuple[str, str]]] = {
     "authorize": {("dynamodb:BatchGetItem", "table")},
     "connect": {
@@ -93,7 +110,21 @@ CALLS: dict[str, set[tuple[str, str]]] = {
         ("execute-api:ManageConnections", "connections"),
     },
     "default": {("execute-api:ManageConnections", "connections")},
-    "sweeper": DISCONNECT_PATH | {("dynamodb:Query", "index:gsi1")},
+    "sweeper": DISCONNECT_PATH
+    | {("dynamodb:Query", "index:gsi1"), ("lambda:InvokeFunction", "sweeper-itself")},
+    "redeliver": GONE_PATH
+    | {
+        ("dynamodb:Query", "index:gsi1"),
+        ("execute-api:ManageConnections", "connections"),
+        ("events:PutEvents", "bus"),
+    },
+    "stream": {
+        ("dynamodb:GetItem", "table"),
+        ("dynamodb:Query", "table"),
+        ("dynamodb:Query", "index:gsi1"),
+        ("dynamodb:UpdateItem", "table"),
+        ("execute-api:ManageConnections", "connections"),
+    },
     "cancel_offline": {
         ("dynamodb:ConditionCheckItem", "table"),
         ("dynamodb:DeleteItem", "table"),
@@ -101,7 +132,6 @@ CALLS: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:Query", "table"),
         ("dynamodb:Query", "index:gsi1"),
         ("dynamodb:UpdateItem", "table"),
-        ("events:PutEvents", "bus"),
         # Lambda itself sends a run that failed every retry to the dead-letter
         # queue (EventInvokeConfig's on-failure destination), not the code.
         ("sqs:SendMessage", "dead-letter-queue"),
@@ -113,9 +143,17 @@ CALLS: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:PutItem", "table"),
         ("dynamodb:Query", "index:gsi1"),
         ("execute-api:ManageConnections", "connections"),
+    }
+    | IDEMPOTENT,
+    "admin": {
+        ("dynamodb:DeleteItem", "table"),
+        ("dynamodb:GetItem", "table"),
+        ("dynamodb:PutItem", "table"),
+        ("dynamodb:Query", "table"),
+        ("dynamodb:UpdateItem", "table"),
         ("execute-api:ManageConnections", "connections:delete"),
-        ("events:PutEvents", "bus"),
-    },
+    }
+    | IDEMPOTENT,
 }
 
 # How each action shows in the source (a regex over the modules a function imports).
@@ -133,9 +171,11 @@ CALL_MARKERS = {
     "iam:PassRole": r"\"RoleArn\"",
     "events:PutEvents": r"\.put_events\(",
     "execute-api:ManageConnections": r"\.post_to_connection\(",
+    "lambda:InvokeFunction": r"\.invoke\(\s*FunctionName=",
 }
 INDEX_QUERY_MARKER = r"\.gsi1\.query\("
 RESOURCE_MARKERS = {"connections:delete": r"\.delete_connection\("}
+IDEMPOTENCY_MARKER = r"\bDynamoDBPersistenceLayer\("
 
 # Environment. Each variable the code reads has a rule for where it must be set.
 ALWAYS_SET = {
@@ -155,7 +195,18 @@ NEEDED_FOR = {
     "execute-api:ManageConnections": {"CALLBACK_URL"},
     "events:PutEvents": {"EVENT_BUS_NAME"},
 }
-OPTIONAL = {"MAX_REPLAY_IDS", "FANOUT_WORKERS", "POSTS_PER_SECOND"}
+NEEDED_FOR_RESOURCE = {"idempotency-table": {"IDEMPOTENCY_TABLE_NAME"}}
+OPTIONAL = {
+    "MAX_REPLAY_IDS",
+    "FANOUT_WORKERS",
+    "POSTS_PER_SECOND",
+    "CONNECT_WINDOW_SECONDS",
+    "HISTORY_RETENTION_SECONDS",
+    "REDELIVERY_SECONDS",
+    "MAX_DELIVERY_ATTEMPTS",
+    "SWEEP_WORKERS",
+    "AWS_ENDPOINT_URL",
+}
 SET_BY_LAMBDA = {
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
@@ -176,6 +227,10 @@ ENV_VALUES: dict[str, Any] = {
     "CANCEL_OFFLINE_FUNCTION_ARN": {"Fn::GetAtt": ["CancelOfflineFunction", "Arn"]},
     "GRACE_DLQ_ARN": {"Fn::GetAtt": ["GraceDeadLetterQueue", "Arn"]},
     "EVENT_BUS_NAME": {"Ref": "TaskEventBus"},
+    "IDEMPOTENCY_TABLE_NAME": {"Ref": "IdempotencyTable"},
+    "HISTORY_RETENTION_SECONDS": {"Ref": "HistoryRetentionSeconds"},
+    "REDELIVERY_SECONDS": {"Ref": "RedeliverySeconds"},
+    "SWEEP_WORKERS": {"Ref": "SweepWorkers"},
     "CALLBACK_URL": {
         "Fn::Sub": "https://${WebSocketApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/${StageName}"
     },
@@ -276,6 +331,13 @@ SYMBOLIC_RESOURCES = {
     ): "connections:delete",
     json.dumps({"Fn::GetAtt": ["TaskEventBus", "Arn"]}): "bus",
     json.dumps({"Fn::GetAtt": ["GraceDeadLetterQueue", "Arn"]}): "dead-letter-queue",
+    json.dumps({"Fn::GetAtt": ["IdempotencyTable", "Arn"]}): "idempotency-table",
+    json.dumps(
+        {
+            "Fn::Sub": "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}"
+            ":function:${AWS::StackName}-sweeper"
+        }
+    ): "sweeper-itself",
 }
 
 
@@ -492,10 +554,12 @@ def test_websocket_api_stage_and_integrations() -> None:
         integration = properties(integration_id)
         assert integration["IntegrationType"] == "AWS_PROXY"
         folder = ROUTES[props["RouteKey"]]
+        # One permission per route (a function serving several routes has one each).
         invoked = [
             p["Properties"]
             for p in permissions.values()
             if p["Properties"]["FunctionName"] == {"Ref": FUNCTION_IDS[folder]}
+            and p["Properties"]["SourceArn"]["Fn::Sub"].endswith(f"/*/{props['RouteKey']}")
         ]
         assert len(invoked) == 1, f"{folder}: one Lambda permission for API Gateway"
         assert invoked[0]["Principal"] == "apigateway.amazonaws.com"
@@ -529,7 +593,12 @@ def test_every_variable_the_code_reads_has_a_rule() -> None:
     names = code_environment_names()
     # The scan works: config.py's variables are found.
     assert {"TABLE_NAME", "STALE_AFTER", "CALLBACK_URL"} <= names
-    ruled = ALWAYS_SET | OPTIONAL | SET_BY_LAMBDA | set().union(*NEEDED_FOR.values())
+    ruled = (
+        ALWAYS_SET
+        | OPTIONAL
+        | SET_BY_LAMBDA
+        | set().union(*NEEDED_FOR.values(), *NEEDED_FOR_RESOURCE.values())
+    )
     assert names - ruled == set(), "a new environment variable needs a rule in this test"
 
 
@@ -538,6 +607,9 @@ def test_each_function_gets_the_environment_its_code_needs(folder: str) -> None:
     env = function_environment(folder)
     actions = {action for action, _ in granted(folder)}
     needed = set(ALWAYS_SET)
+    for resource, variables in NEEDED_FOR_RESOURCE.items():
+        if any(granted_resource == resource for _, granted_resource in granted(folder)):
+            needed |= variables
     for action, variables in NEEDED_FOR.items():
         if action in actions:
             needed |= variables
@@ -554,7 +626,7 @@ def test_parameters_default_to_the_design_constants(monkeypatch: pytest.MonkeyPa
         monkeypatch.delenv(name, raising=False)
     defaults = config.Settings.from_env()
     parameters = translated()["Parameters"]
-    assert parameters["HeartbeatSeconds"]["Default"] == defaults.heartbeat_seconds == 15
+    assert parameters["HeartbeatSeconds"]["Default"] == defaults.heartbeat_seconds == 30
     assert parameters["StaleAfterSeconds"]["Default"] == defaults.stale_after_seconds == 45
     assert parameters["GraceSeconds"]["Default"] == defaults.grace_seconds == 30
     assert parameters["LogLevel"]["Default"] == "INFO"
@@ -635,6 +707,8 @@ def test_each_declared_call_is_made_by_code_the_function_reaches(folder: str) ->
         marker = RESOURCE_MARKERS.get(resource) or (
             INDEX_QUERY_MARKER if resource.startswith("index:") else CALL_MARKERS[action]
         )
+        if resource == "idempotency-table":
+            marker = IDEMPOTENCY_MARKER
         assert re.search(marker, source), f"{folder}: no code makes {action} on {resource}"
 
 
@@ -650,12 +724,24 @@ def test_no_policy_has_a_wildcard_resource_or_action() -> None:
                 assert "*" not in as_list(statement["Resource"]), (logical_id, statement)
 
 
-def test_functions_carry_only_the_basic_execution_managed_policy() -> None:
+def test_functions_carry_only_the_basic_execution_and_xray_write_managed_policies() -> None:
+    # X-Ray's write actions take no resource-level permissions; SAM's Tracing: Active
+    # grants exactly AWS's write-only X-Ray policy, nothing that reads traces.
     for folder in FUNCTION_IDS:
         arns = function_role(folder).get("ManagedPolicyArns", [])
-        names = [json.dumps(arn) for arn in arns]
-        assert len(names) == 1, (folder, arns)
-        assert "AWSLambdaBasicExecutionRole" in names[0], (folder, arns)
+        names = sorted(json.dumps(arn) for arn in arns)
+        assert len(names) == 2, (folder, arns)
+        assert any("AWSLambdaBasicExecutionRole" in name for name in names), (folder, arns)
+        assert any(name.endswith('policy/AWSXrayWriteOnlyAccess"') for name in names), arns
+
+
+def test_every_function_traces_actively_with_the_powertools_tracer() -> None:
+    for folder, logical_id in FUNCTION_IDS.items():
+        assert properties(logical_id)["TracingConfig"] == {"Mode": "Active"}, folder
+        # Every handler is wrapped by lambda_handler (Tracer, Logger context,
+        # Metrics) directly or through socket_route.
+        source = (ROOT / "functions" / folder / "app.py").read_text(encoding="utf-8")
+        assert "@lambda_handler" in source or "@socket_route" in source, folder
 
 
 def test_the_scheduler_role_can_invoke_only_cancel_offline() -> None:
@@ -689,13 +775,14 @@ def test_the_scheduler_role_can_invoke_only_cancel_offline() -> None:
 def test_the_grace_group_and_the_sweeper_schedule() -> None:
     (group,) = of_type("AWS::Scheduler::ScheduleGroup")
     assert group == "GraceScheduleGroup"
-    (schedule,) = of_type("AWS::Scheduler::Schedule").values()
-    props = schedule["Properties"]
-    assert props["ScheduleExpression"] == "rate(1 minute)"
-    assert props["Target"]["Arn"] == {"Fn::GetAtt": ["SweeperFunction", "Arn"]}
-    # The sweeper's own schedule lives outside the grace group, so the grace
-    # functions' scheduler permissions never reach it.
-    assert "GroupName" not in props
+    schedules = [s["Properties"] for s in of_type("AWS::Scheduler::Schedule").values()]
+    targets = {props["Target"]["Arn"]["Fn::GetAtt"][0] for props in schedules}
+    assert targets == {"SweeperFunction", "RedeliveryFunction"}
+    for props in schedules:
+        assert props["ScheduleExpression"] == "rate(1 minute)"
+        # The rate schedules live outside the grace group, so the grace functions'
+        # scheduler permissions never reach them.
+        assert "GroupName" not in props
 
 
 def test_samconfig_has_sane_defaults() -> None:
@@ -719,3 +806,60 @@ def test_each_fan_out_function_has_its_memory_as_a_parameter() -> None:
         assert properties(logical_id)["MemorySize"] == {"Ref": parameter}
         assert 128 <= parameters[parameter]["Default"] <= 10240
     assert parameters["BackendMemorySize"]["Default"] >= 1024
+
+
+# ---------------------------------------------------------------- task events (outbox)
+
+
+def test_the_table_streams_each_change_to_the_task_event_pipe() -> None:
+    assert properties("Table")["StreamSpecification"] == {"StreamViewType": "NEW_AND_OLD_IMAGES"}
+    pipe = properties("TaskEventPipe")
+    assert pipe["Source"] == {"Fn::GetAtt": ["Table", "StreamArn"]}
+    assert pipe["Target"] == {"Fn::GetAtt": ["TaskEventBus", "Arn"]}
+    stream = pipe["SourceParameters"]["DynamoDBStreamParameters"]
+    assert stream["DeadLetterConfig"] == {
+        "Arn": {"Fn::GetAtt": ["TaskEventDeadLetterQueue", "Arn"]}
+    }
+    assert stream["MaximumRetryAttempts"] == -1
+    # Parked before the stream (24 hours) drops the record.
+    assert stream["MaximumRecordAgeInSeconds"] < 24 * 3600
+    [pattern] = pipe["SourceParameters"]["FilterCriteria"]["Filters"]
+    assert json.loads(pattern["Pattern"])["dynamodb"]["NewImage"]["status"] == {"S": ["cancelled"]}
+
+
+def test_the_pipe_role_reads_the_stream_and_puts_on_the_bus_only() -> None:
+    role = properties("TaskEventPipeRole")
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "pipes.amazonaws.com"}
+    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+    pairs = {
+        (action, json.dumps(resource))
+        for statement in policy_statements(role)
+        for action in as_list(statement["Action"])
+        for resource in as_list(statement["Resource"])
+    }
+    stream = json.dumps({"Fn::GetAtt": ["Table", "StreamArn"]})
+    assert pairs == {
+        ("dynamodb:DescribeStream", stream),
+        ("dynamodb:GetRecords", stream),
+        ("dynamodb:GetShardIterator", stream),
+        ("dynamodb:ListStreams", stream),
+        ("events:PutEvents", json.dumps({"Fn::GetAtt": ["TaskEventBus", "Arn"]})),
+        ("sqs:SendMessage", json.dumps({"Fn::GetAtt": ["TaskEventDeadLetterQueue", "Arn"]})),
+    }
+
+
+def test_no_function_publishes_task_events_itself() -> None:
+    # task.cancelled comes from the pipe; the redelivery function publishes
+    # dispatch.given_up, which is not a consequence of a task's write.
+    for folder in ("cancel_offline", "backend"):
+        assert not any(action == "events:PutEvents" for action, _ in granted(folder)), folder
+
+
+def test_the_idempotency_table_expires_its_records() -> None:
+    table = properties("IdempotencyTable")
+    assert table["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expiration", "Enabled": True}
+    outputs = translated()["Outputs"]
+    assert outputs["AdminFunctionArn"]["Value"] == {"Fn::GetAtt": ["AdminFunction", "Arn"]}
+    assert outputs["BackendFunctionArn"]["Value"] == {"Fn::GetAtt": ["BackendFunction", "Arn"]}

@@ -163,7 +163,9 @@ class DevServer:
         return int(self.process.returncode)
 
 
-def start_dev_server(*extra: str, data_dir: Path | None = None) -> DevServer:
+def start_dev_server(
+    *extra: str, data_dir: Path | None = None, environment: dict[str, str] | None = None
+) -> DevServer:
     """A dev server on a free port, keeping its state in ``data_dir`` (a fresh
     temporary directory unless given: pass the same one to restart on its state)."""
     directory = data_dir or Path(tempfile.mkdtemp(prefix="agent-channel-e2e-"))
@@ -187,7 +189,7 @@ def start_dev_server(*extra: str, data_dir: Path | None = None) -> DevServer:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=clean_environment(),
+        env=clean_environment(**(environment or {})),
     )
     output = LineReader(process.stdout)
     try:

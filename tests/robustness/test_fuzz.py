@@ -486,9 +486,10 @@ OPS = [
 
 
 def test_the_fuzzer_knows_every_backend_op() -> None:
-    from agent_channel.backend.commands import OPS as REGISTERED
+    from agent_channel.backend import admin_commands, delivery_commands
 
-    assert sorted(OPS) == sorted(REGISTERED)
+    registered = [*admin_commands.REGISTRY.ops, *delivery_commands.REGISTRY.ops]
+    assert sorted(OPS) == sorted(registered)
 
 
 backend_commands = st.one_of(
@@ -529,14 +530,21 @@ backend_commands = st.one_of(
 def test_backend_answers_every_command_and_a_refusal_writes_nothing(
     world: World, management: ManagementApi, command: Any
 ) -> None:
+    for folder in ("backend", "admin"):
+        answer_one_command(folder, command)
+
+
+def answer_one_command(folder: str, command: Any) -> None:
     before = snapshot()
     with counting_requests() as counter:
-        answer = invoke("backend", command)
+        answer = invoke(folder, command)
     assert isinstance(answer, dict) and isinstance(answer.get("ok"), bool), answer
     # What a non-Python backend receives must be JSON.
     json.dumps(answer)
     if answer["ok"]:
-        return  # a well-formed command (create_user with any name, say) did its job
+        # A well-formed command (create_user with any name, say) did its job; the
+        # other function must not see its writes as a refusal's.
+        return
     assert answer["error"] != "internal_error", (command, answer)
     assert isinstance(answer["message"], str)
     assert snapshot() == before, f"a refused command wrote: {command!r}"

@@ -36,6 +36,13 @@ def backend(command: dict[str, Any]) -> dict[str, Any]:
     return answer
 
 
+def admin(command: dict[str, Any]) -> dict[str, Any]:
+    from functions.admin import app
+
+    answer: dict[str, Any] = app.handler(command, LocalContext(function_name="admin"))
+    return answer
+
+
 def stranger_agent(world: World) -> int:
     """A channel agent of the stranger's own."""
     return int(accounts.create_agent("mallory-bot", world.stranger_id, CHANNEL_AGENT_MODEL).user_id)
@@ -65,7 +72,7 @@ def test_a_revoked_token_is_refused_and_stays_refused(world: World) -> None:
     query = {"agent_id": str(world.agent_id), "session_id": "s1"}
     assert gateway.connect(query, token=world.owner_token).status == 200
 
-    assert backend({"op": "revoke_token", "token": world.owner_token}) == {
+    assert admin({"op": "revoke_token", "token": world.owner_token}) == {
         "ok": True,
         "op": "revoke_token",
         "revoked": True,
@@ -274,7 +281,7 @@ def test_revoking_a_token_closes_every_socket_opened_with_it(
     other_token = accounts.issue_token(world.owner_id)
     kept = connect_agent(gateway, sink, world, "kept=", token=other_token, session_id="s2")
 
-    answer = backend({"op": "revoke_token", "token": world.owner_token})
+    answer = admin({"op": "revoke_token", "token": world.owner_token})
 
     assert answer == {
         "ok": True,
@@ -434,3 +441,68 @@ def test_a_task_is_never_overwritten_even_if_the_counter_repeats(world: World) -
         tasks.create(topic_id=world.topic_id, agent_id=world.agent_id, content="second")
     kept = tasks.get(first.task_id)
     assert kept is not None and kept.content == "first"
+
+
+# -- acting users --------------------------------------------------------------------
+
+
+def all_items() -> list[str]:
+    import boto3
+
+    from agent_channel.storage.records import Record
+
+    items = boto3.client("dynamodb").scan(TableName=Record.Meta.table_name)["Items"]
+    return sorted(json.dumps(item, sort_keys=True) for item in items)
+
+
+def test_dispatch_for_an_acting_user_who_cannot_read_the_topic_is_refused(
+    world: World, management: ManagementApi
+) -> None:
+    gateway, sink = Gateway(), management.sink
+    socket = connect_agent(gateway, sink, world, "c1=")
+    task = tasks.start(tasks.create(topic_id=world.topic_id, agent_id=world.agent_id, content="x"))
+    before = all_items()
+
+    for acting in (world.stranger_id, world.stranger_id + 1000):
+        answer = backend({"op": "dispatch", "task_id": task.task_id, "acting_user_id": acting})
+        assert answer["ok"] is False and answer["error"] == "forbidden", answer
+    # A missing task gets the same answer as a foreign one.
+    missing = backend({"op": "dispatch", "task_id": 987654, "acting_user_id": world.stranger_id})
+    assert missing["error"] == "forbidden"
+    assert all_items() == before, "a refusal writes nothing"
+    assert sink.json_messages(socket) == []
+
+    allowed = backend({"op": "dispatch", "task_id": task.task_id, "acting_user_id": world.owner_id})
+    assert allowed["ok"] is True and allowed["status"] == "delegated", allowed
+
+
+def test_a_decision_for_an_acting_user_is_theirs_and_for_their_agent_only(
+    world: World, management: ManagementApi
+) -> None:
+    base = {"op": "decide_permission", "agent_id": world.agent_id, "behavior": "allow"}
+    before = all_items()
+
+    foreign = backend({**base, "request_id": "r1", "acting_user_id": world.stranger_id})
+    assert foreign["ok"] is False and foreign["error"] == "forbidden", foreign
+    posing = backend(
+        {
+            **base,
+            "request_id": "r1",
+            "acting_user_id": world.owner_id,
+            "decided_by": world.stranger_id,
+        }
+    )
+    assert posing["ok"] is False and posing["error"] == "invalid_command", posing
+    assert all_items() == before
+
+    mine = backend({**base, "request_id": "r1", "acting_user_id": world.owner_id})
+    assert mine["ok"] is True and mine["decided_by"] == world.owner_id, mine
+
+
+def test_the_admin_function_serves_accounts_and_not_delivery(world: World) -> None:
+    made = admin({"op": "create_user", "name": "grace"})
+    assert made["ok"] is True
+    token = admin({"op": "issue_token", "user_id": made["user_id"]})
+    assert token["ok"] is True and token["token"]
+    assert admin({"op": "dispatch", "task_id": 1})["error"] == "unknown_op"
+    assert backend({"op": "create_user", "name": "eve"})["error"] == "unknown_op"

@@ -55,6 +55,11 @@ def _query_partition(params: dict[str, Any]) -> str:
 SCHEDULER_READS = {"GetSchedule", "ListSchedules", "GetScheduleGroup", "ListScheduleGroups"}
 
 
+def connection_resource(connection_id: str) -> str:
+    """What a post to a connection and its handshake both touch."""
+    return f"@connections/{connection_id}"
+
+
 def _other_service(service: str, operation: str, params: dict[str, Any]) -> Footprint:
     """A schedule is its own "partition" (named by group and name), a socket too: two
     requests on different schedules or sockets commute, and neither commutes with a
@@ -68,11 +73,15 @@ def _other_service(service: str, operation: str, params: dict[str, Any]) -> Foot
             only_deletes=operation == "DeleteSchedule",
         )
     connection = params.get("ConnectionId")
-    target = f"socket:{connection}" if connection else EVERYTHING
+    target = connection_resource(str(connection)) if connection else EVERYTHING
+    # A post changes what the socket (and so its answer to the next post) is.
     return Footprint(frozenset({target}), operation != "GetConnection")
 
 
 def footprint(operation: str, params: dict[str, Any], service: str = "dynamodb") -> Footprint:
+    if "_resources" in params:
+        # A harness checkpoint: it changes the named resources.
+        return Footprint(frozenset(params["_resources"]), True)
     if service != "dynamodb":
         return _other_service(service, operation, params)
     partitions: set[str] = set()

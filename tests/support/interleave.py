@@ -2,8 +2,9 @@
 
 Each actor runs in its own thread. Every DynamoDB, EventBridge Scheduler and
 ``@connections`` request an actor makes (through any botocore client: PynamoDB's or
-boto3's) first pauses the actor; a controller then lets exactly one paused actor
-proceed to its next request. So an
+boto3's), and every ``checkpoint`` it passes (a step outside AWS, such as API
+Gateway completing a handshake), first pauses the actor; a controller then lets
+exactly one paused actor proceed to its next request. So an
 interleaving is a sequence of choices of which actor goes next, and every
 sequence can be replayed.
 
@@ -147,6 +148,16 @@ class Controller:
                 f"actor {failed[0].name} raised {failed[0].error!r}; trace: {self.trace}"
             ) from failed[0].error
         return Run(self.trace, {a.name: a.result for a in self.actors}, self.other_calls)
+
+
+def checkpoint(operation: str, *resources: str) -> None:
+    """A step of the current actor that is not an AWS request (API Gateway finishing
+    a handshake, say): it pauses here like a request, and conflicts with requests
+    that touch the same ``resources`` (a connection's ``@connections/<id>``)."""
+    actor: _Actor | None = getattr(_current, "actor", None)
+    controller: Controller | None = getattr(_current, "controller", None)
+    if actor is not None and controller is not None:
+        controller.pause(actor, operation, {"_resources": list(resources)})
 
 
 def _intercept(

@@ -1,4 +1,6 @@
-"""``POST /_backend``: the local stand-in for invoking BackendFunction.
+"""``POST /_backend`` and ``POST /_admin``: the local stand-ins for invoking
+BackendFunction (delivery) and AdminFunction (accounts and tokens), each reaching
+its own function only, as each deployed function has its own invoke permission.
 
 The body is the JSON command Lambda would receive; the answer is what the
 function returned. A function that raises is answered as Lambda reports an
@@ -26,6 +28,8 @@ from agent_channel_dev.local.backend_secret import HEADER, presented_matches
 
 BACKEND_FOLDER = "backend"
 PATH = "/_backend"
+ADMIN_FOLDER = "admin"
+ADMIN_PATH = "/_admin"
 FUNCTION_ERROR_HEADER = "X-Amz-Function-Error"
 LOOPBACK_NAMES = ("127.0.0.1", "localhost")
 MAX_BODY_BYTES = 1024 * 1024
@@ -64,7 +68,10 @@ def _refused(status: int, message: str) -> web.Response:
 
 
 def mount_backend(
-    app: web.Application, invoke: Callable[[Any], Awaitable[Any]], guard: BackendGuard
+    app: web.Application,
+    invoke: Callable[[Any], Awaitable[Any]],
+    guard: BackendGuard,
+    path: str = PATH,
 ) -> None:
     async def handle(request: web.Request) -> web.Response:
         refused = guard.refusal(request)
@@ -88,4 +95,4 @@ def mount_backend(
             return web.json_response(payload, headers={FUNCTION_ERROR_HEADER: "Unhandled"})
         return web.json_response(result)
 
-    app.router.add_post(PATH, handle)
+    app.router.add_post(path, handle)

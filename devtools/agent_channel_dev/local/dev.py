@@ -64,7 +64,7 @@ class DevOptions:
     parameters: dict[str, str] = field(default_factory=dict)
     """Template parameter overrides; they win over the flags below."""
     stack_name: str = DEFAULT_STACK_NAME
-    heartbeat_seconds: int = 15
+    heartbeat_seconds: int = 30
     stale_after_seconds: int = 45
     grace_seconds: int = 30
     log_level: str = "WARNING"
@@ -143,6 +143,7 @@ def banner(
         f"  websocket     {ws_url}",
         f"  @connections  {http_url}/{stage}/@connections/{{connection_id}}",
         f"  backend       {http_url}/_backend",
+        f"  admin         {http_url}/_admin",
         f"  moto          {moto_url}",
         f"  constants     heartbeat {options.heartbeat_seconds}s, "
         f"stale after {options.stale_after_seconds}s, grace {options.grace_seconds}s",
@@ -351,25 +352,43 @@ def sweep_interval(stale_after_seconds: int) -> float | None:
 def _project_extras(
     app: SamApp, stack: LocalStack, guard: BackendGuard, restored: DemoAccounts | None
 ) -> DemoAccounts:
-    """This project's own additions: the /_backend endpoint (the BackendFunction,
-    invoked directly, behind the per-run secret) and demo accounts seeded in its
-    table, unless they were restored with the kept state (blocking)."""
-    from agent_channel_dev.local.backend_endpoint import BACKEND_FOLDER, mount_backend
+    """This project's own additions: the /_backend and /_admin endpoints (the
+    BackendFunction and the AdminFunction, invoked directly, behind the per-run
+    secret), the task-event pipe and demo accounts seeded in its table, unless they
+    were restored with the kept state (blocking)."""
+    from agent_channel_dev.local.backend_endpoint import (
+        ADMIN_FOLDER,
+        ADMIN_PATH,
+        BACKEND_FOLDER,
+        PATH,
+        mount_backend,
+    )
+    from agent_channel_dev.local.pipe import LocalPipe, PipeDefinition, run_in_background
 
+    for folder, path in ((BACKEND_FOLDER, PATH), (ADMIN_FOLDER, ADMIN_PATH)):
+        spec = app.function_by_code_folder(folder)
+        if spec is None:
+            raise RuntimeError(f"the project template has no {folder} function")
+
+        async def invoke(command: Any, logical_id: str = spec.logical_id) -> Any:
+            return await stack.functions.invoke(logical_id, command)
+
+        mount_backend(stack.web_app, invoke, guard, path)
     backend = app.function_by_code_folder(BACKEND_FOLDER)
     if backend is None:
         raise RuntimeError("the project template has no backend function")
-
-    async def invoke(command: Any) -> Any:
-        return await stack.functions.invoke(backend.logical_id, command)
-
-    mount_backend(stack.web_app, invoke, guard)
-    if restored is not None:
-        return restored
     # Seeded from this process: it needs the table the functions use.
     _point_at_moto(
         os.environ["AWS_ENDPOINT_URL"], {"TABLE_NAME": backend.environment["TABLE_NAME"]}
     )
     from agent_channel_dev.local import demo
 
+    # The task-event pipe, from its definition in the template, on moto's stream.
+    run_in_background(
+        LocalPipe(
+            PipeDefinition.from_template(), backend.environment["TABLE_NAME"], app.event_buses[0]
+        )
+    )
+    if restored is not None:
+        return restored
     return demo.seed()

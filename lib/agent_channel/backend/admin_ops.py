@@ -1,7 +1,6 @@
-"""The operator's backend commands: accounts, tokens, topics, tasks, and a look at
-an agent's presence. Registered into the command router (``router.OPS``), so
-they are reachable the same three ways as every op: the backend Lambda
-function, the local stack's ``/_backend`` endpoint, and the command line.
+"""The admin ops of the backend: accounts and tokens (users, agents, topics,
+bearer tokens). Served by the admin function only (``admin_commands``), under
+its own invoke permission: a backend that may dispatch cannot mint tokens.
 
 A token is returned only by ``issue_token``, the one moment it exists in clear.
 """
@@ -10,42 +9,29 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from agent_channel import clock
-from agent_channel.backend.router import Args, CommandContext, CommandError, op
+from agent_channel.backend.router import Args, CommandContext, CommandError, OpSet
 from agent_channel.config import CHANNEL_AGENT_MODEL, settings
 from agent_channel.identity import accounts
-from agent_channel.tasks.model import Status, Task
 
 if TYPE_CHECKING:
     from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
 
 MAX_NAME = 200
-MAX_CONTENT = 64 * 1024
-MAX_LISTED_TASKS = 500
+
+ops = OpSet()
 
 
 def _not_found(what: str) -> CommandError:
     return CommandError("not_found", f"no {what}")
 
 
-def _task(task: Task) -> dict[str, Any]:
-    return {
-        "task_id": task.task_id,
-        "topic_id": task.topic_id,
-        "agent_id": task.agent_id,
-        "status": task.status.value,
-        "content": task.content,
-        "updated_at": task.updated_at,
-    }
-
-
-@op("create_user", "create a human user")
+@ops.op("create_user", "create a human user")
 def _create_user(args: Args, context: CommandContext) -> dict[str, Any]:
     user = accounts.create_user(args.string("name", max_length=MAX_NAME))
     return {"user_id": user.user_id, "name": user.name}
 
 
-@op("issue_token", "mint a bearer token for a user (shown once)")
+@ops.op("issue_token", "mint a bearer token for a user (shown once)", idempotency="never")
 def _issue_token(args: Args, context: CommandContext) -> dict[str, Any]:
     user_id = args.integer("user_id")
     try:
@@ -64,7 +50,7 @@ def connection_closer() -> ApiGatewayManagementApiClient:
     return wiring.aws().client("apigatewaymanagementapi", endpoint_url=settings().callback_url)
 
 
-@op("revoke_token", "forget a bearer token and close every socket opened with it")
+@ops.op("revoke_token", "forget a bearer token and close every socket opened with it")
 def _revoke_token(args: Args, context: CommandContext) -> dict[str, Any]:
     from agent_channel.delivery.closing import close_connections
 
@@ -80,7 +66,7 @@ def _revoke_token(args: Args, context: CommandContext) -> dict[str, Any]:
     return {"revoked": revoked, "closed": len(closed), "not_closed": len(failed)}
 
 
-@op("create_agent", "create an AI agent owned by a human (model claude-code: a channel agent)")
+@ops.op("create_agent", "create an AI agent owned by a human (model claude-code: a channel agent)")
 def _create_agent(args: Args, context: CommandContext) -> dict[str, Any]:
     owner_id = args.integer("owner_id")
     model = args.optional_string("model", max_length=MAX_NAME) or CHANNEL_AGENT_MODEL
@@ -97,7 +83,7 @@ def _create_agent(args: Args, context: CommandContext) -> dict[str, Any]:
     }
 
 
-@op("create_topic", "create a topic (session_id makes it private to one session of its agent)")
+@ops.op("create_topic", "create a topic (session_id makes it private to one session of its agent)")
 def _create_topic(args: Args, context: CommandContext) -> dict[str, Any]:
     owner_id = args.integer("owner_id")
     if accounts.get_user(owner_id) is None:
@@ -118,61 +104,3 @@ def _create_topic(args: Args, context: CommandContext) -> dict[str, Any]:
         "primary_agent_id": primary_agent_id,
         "session_id": session_id,
     }
-
-
-@op("create_task", "create a task for an agent on a topic; start: true makes it running")
-def _create_task(args: Args, context: CommandContext) -> dict[str, Any]:
-    agent_id, topic_id = args.integer("agent_id"), args.integer("topic_id")
-    agent = accounts.get_user(agent_id)
-    if agent is None or not agent.is_agent:
-        raise _not_found(f"agent {agent_id}")
-    if accounts.get_topic(topic_id) is None:
-        raise _not_found(f"topic {topic_id}")
-    tasks = context.tasks()
-    task = tasks.create(
-        topic_id=topic_id,
-        agent_id=agent_id,
-        content=args.string("content", max_length=MAX_CONTENT),
-        author_id=args.optional_integer("author_id"),
-    )
-    if args.flag("start"):
-        # Running is where a task holds its slot, and where dispatch starts from.
-        task = tasks.start(task)
-    return _task(task)
-
-
-@op("presence", "an agent's routing and leases, read consistently")
-def _presence(args: Args, context: CommandContext) -> dict[str, Any]:
-    agent_id = args.integer("agent_id")
-    presence = context.presence().read(agent_id)
-    if presence is None:
-        raise _not_found(f"agent {agent_id}")
-    now = clock.now()
-    cutoff = now - settings().stale_after_seconds
-    return {
-        "agent_id": agent_id,
-        "routing": presence.routing_on,
-        "live_sessions": len(presence.live_leases(cutoff)),
-        "leases": [
-            {
-                "connection_id": lease.connection_id,
-                "session_id": lease.session_id,
-                "last_seen_seconds_ago": round(now - lease.last_seen_at, 1),
-                "live": lease.is_live(cutoff),
-            }
-            for lease in presence.leases
-        ],
-    }
-
-
-@op("list_tasks", "an agent's tasks, by status (all statuses unless one is given)")
-def _list_tasks(args: Args, context: CommandContext) -> dict[str, Any]:
-    agent_id = args.integer("agent_id")
-    wanted = args.optional_string("status", choices=tuple(status.value for status in Status))
-    found: list[dict[str, Any]] = []
-    for status in (Status(wanted),) if wanted else tuple(Status):
-        # The status index, never a scan; it may lag a write by a moment.
-        for task in context.tasks().by_status(agent_id, status, limit=MAX_LISTED_TASKS):
-            found.append(_task(task))
-    found.sort(key=lambda task: task["task_id"])
-    return {"agent_id": agent_id, "tasks": found[:MAX_LISTED_TASKS]}

@@ -1,9 +1,13 @@
 """Grace cancellation: what ``cancel_offline`` does when a grace schedule fires.
 
-Plain functions over a PresenceStore, a TaskBook and TaskEvents. Scheduler invokes
+Plain functions over a PresenceStore and a TaskBook. Scheduler invokes
 the function asynchronously, so at least once and possibly late: every recheck is
 made again at run time, and every write is a conditional transition, so a duplicate
 run, or a run after the agent came back, changes nothing.
+
+The backend hears of each cancellation through a ``task.cancelled`` event that the
+task-event pipe derives from the committed write (the table's stream), not from
+this code: no publish can fail after the cancel commits (docs/OPERATIONS.md).
 """
 
 from __future__ import annotations
@@ -13,9 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from agent_channel import clock
-from agent_channel.grace.task_book import CancelVerdict, DelegatedTask, TaskBook
+from agent_channel.grace.task_book import CancelVerdict, TaskBook
 from agent_channel.observability import count, logger
-from agent_channel.tasks.events import TaskCancelled, TaskEvents
 
 if TYPE_CHECKING:
     from agent_channel.config import Settings
@@ -50,15 +53,12 @@ class Result:
     outcome: Outcome
     cancelled: list[int] = field(default_factory=list)
     lost: list[int] = field(default_factory=list)
-    unannounced: list[int] = field(default_factory=list)
-    """Cancelled, but the task.cancelled event could not be published."""
 
     def summary(self) -> dict[str, object]:
         return {
             "outcome": self.outcome.value,
             "cancelled": self.cancelled,
             "lost": self.lost,
-            "unannounced": self.unannounced,
         }
 
 
@@ -75,7 +75,6 @@ class Proceed:
 def cancel_offline(
     store: PresenceStore,
     book: TaskBook,
-    events: TaskEvents,
     settings: Settings,
     request: GraceCancellation,
 ) -> Result:
@@ -89,7 +88,7 @@ def cancel_offline(
         if isinstance(decision, Outcome):
             result.outcome = decision
             return result
-        if not _cancel_all(book, events, decision, request.agent_id, reason, result):
+        if not _cancel_all(book, decision, request.agent_id, reason, result):
             return result
     logger.warning("presence kept changing under the grace cancellation")
     raise PresenceKeptChanging(f"agent {request.agent_id}")
@@ -149,7 +148,6 @@ def _reaped(store: PresenceStore, agent_id: int, cutoff: float) -> Presence | No
 
 def _cancel_all(
     book: TaskBook,
-    events: TaskEvents,
     go: Proceed,
     agent_id: int,
     reason: str,
@@ -162,7 +160,7 @@ def _cancel_all(
     else:
         tasks = [task for topic in go.topics for task in book.delegated(agent_id, topic)]
     for task in tasks:
-        verdict = book.cancel(task, go.seen, go.cutoff)
+        verdict = book.cancel(task, go.seen, go.cutoff, reason)
         if verdict is CancelVerdict.PRESENCE_CHANGED:
             return True
         if verdict is CancelVerdict.LOST:
@@ -171,18 +169,4 @@ def _cancel_all(
             continue
         result.cancelled.append(task.task_id)
         count("Cancellations")
-        _announce(events, task, reason, result)
     return False
-
-
-def _announce(events: TaskEvents, task: DelegatedTask, reason: str, result: Result) -> None:
-    event = TaskCancelled(task.task_id, task.agent_id, task.topic_id, reason, clock.now())
-    try:
-        events.task_cancelled(event)
-    except Exception:
-        # The cancellation has committed and a retry would not find the task
-        # delegated again, so failing the invocation would not bring the event back.
-        # Make it loud instead, and carry on with the other tasks.
-        count("CancelEventFailures")
-        logger.exception("task.cancelled event not published", extra={"task_id": task.task_id})
-        result.unannounced.append(task.task_id)

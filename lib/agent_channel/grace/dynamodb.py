@@ -32,7 +32,9 @@ class DynamoTaskBook:
             if isinstance(record, TopicRecord)
         ]
 
-    def cancel(self, task: DelegatedTask, seen: Presence, cutoff: float) -> CancelVerdict:
+    def cancel(
+        self, task: DelegatedTask, seen: Presence, cutoff: float, reason: str
+    ) -> CancelVerdict:
         target = Task(task.task_id, task.topic_id, task.agent_id, Status.DELEGATED)
         try:
             self._tasks.cancel_delegated(
@@ -43,6 +45,7 @@ class DynamoTaskBook:
                 # without bumping the version; these guards make that revival win.
                 stale_leases=[lease.connection_id for lease in seen.stale_leases(cutoff)],
                 stale_before=cutoff,
+                reason=reason,
             )
         except TransitionRefused:
             # Refused: either the task left delegated (a reply claimed it first, or an

@@ -146,6 +146,17 @@ class TaskRecord(Record, discriminator="task"):
     pending_tool_call = UnicodeAttribute(null=True)
     created_at = NumberAttribute()
     updated_at = NumberAttribute()
+    cancel_reason = UnicodeAttribute(null=True)
+    """Why it was cancelled; the task-event pipe carries it into task.cancelled."""
+    # At-least-once delivery: how many times the task was delegated (the fencing
+    # generation), the dispatch message as sent, the generation a session
+    # acknowledged, and the redelivery schedule.
+    generation = NumberAttribute(null=True)
+    dispatch_message = UnicodeAttribute(null=True)
+    acked_generation = NumberAttribute(null=True)
+    acked_at = NumberAttribute(null=True)
+    delivery_attempts = NumberAttribute(null=True)
+    next_delivery_at = NumberAttribute(null=True)
 
 
 class DecisionRecord(Record, discriminator="decision"):
@@ -156,6 +167,16 @@ class DecisionRecord(Record, discriminator="decision"):
     behavior = UnicodeAttribute()
     decided_at = NumberAttribute()
     decided_by = NumberAttribute()
+
+
+class HistoryRecord(Record, discriminator="history"):
+    """One message of an agent stream, kept for resume until ``expires_at``."""
+
+    agent_id = NumberAttribute()
+    seq = NumberAttribute()
+    epoch = UnicodeAttribute()
+    body = UnicodeAttribute()
+    created_at = NumberAttribute()
 
 
 class SlotRecord(Record, discriminator="slot"):
