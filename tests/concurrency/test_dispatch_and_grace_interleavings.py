@@ -18,7 +18,7 @@ from agent_channel.identity import accounts
 from agent_channel.lambda_kit import wiring
 from agent_channel.storage import schema
 from agent_channel.tasks.dynamodb import DynamoTaskStore
-from agent_channel.tasks.model import Task
+from agent_channel.tasks.model import DeliveryPlan, Task
 from tests.support.clock import FakeClock
 from tests.support.gateway import invoke
 from tests.support.interleave import Chooser, InterleavingError, Run, explore, run_once
@@ -217,10 +217,11 @@ class UnguardedDelegate(DynamoTaskStore):
         task: Task,
         pending_tool_call: str | None = None,
         *,
+        delivery: DeliveryPlan | None = None,
         presence_version: int | None = None,
         connections: Sequence[str] = (),
     ) -> Task:
-        return super().delegate(task, pending_tool_call)
+        return super().delegate(task, pending_tool_call, delivery=delivery)
 
 
 class DelegateWithoutConnectionGuards(DynamoTaskStore):
@@ -231,10 +232,13 @@ class DelegateWithoutConnectionGuards(DynamoTaskStore):
         task: Task,
         pending_tool_call: str | None = None,
         *,
+        delivery: DeliveryPlan | None = None,
         presence_version: int | None = None,
         connections: Sequence[str] = (),
     ) -> Task:
-        return super().delegate(task, pending_tool_call, presence_version=presence_version)
+        return super().delegate(
+            task, pending_tool_call, delivery=delivery, presence_version=presence_version
+        )
 
 
 class CancelWithoutLeaseGuards(DynamoTaskStore):
@@ -247,8 +251,9 @@ class CancelWithoutLeaseGuards(DynamoTaskStore):
         presence_version: int | None = None,
         stale_leases: Sequence[str] = (),
         stale_before: float = 0.0,
+        reason: str | None = None,
     ) -> Task:
-        return super().cancel_delegated(task, presence_version=presence_version)
+        return super().cancel_delegated(task, presence_version=presence_version, reason=reason)
 
 
 @pytest.mark.parametrize(
