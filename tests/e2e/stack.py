@@ -61,6 +61,19 @@ def wait_until(check: Callable[[], T | None], timeout: float, what: str, every: 
         time.sleep(every)
 
 
+def stop_server(process: subprocess.Popen[str]) -> int:
+    """Ctrl-C a local stack and wait for its exit code; kill it if it hangs."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            return process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+            raise
+    return int(process.returncode)
+
+
 class LineReader:
     """Collect a subprocess stream's lines in a thread, so reads never block a test."""
 
@@ -152,15 +165,7 @@ class DevServer:
         return int(answers[-1]["task_id"])
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                return self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-                raise
-        return int(self.process.returncode)
+        return stop_server(self.process)
 
 
 def start_dev_server(
@@ -299,15 +304,7 @@ class AppServer:
         return self.callback_url.rsplit("/", 1)[0]
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                return self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-                raise
-        return int(self.process.returncode)
+        return stop_server(self.process)
 
 
 def start_app_server(template: Path, *extra: str) -> AppServer:
