@@ -21,9 +21,9 @@ from __future__ import annotations
 import enum
 import json
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -193,8 +193,7 @@ def deliver(
     if pool_size == 1:
         outcomes = [post(connection_id) for connection_id in connection_ids]
     else:
-        with ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="fanout") as pool:
-            outcomes = list(pool.map(on_worker_threads(post), connection_ids))
+        outcomes = _on_threads(post, connection_ids, pool_size)
     result = BroadcastResult(
         stream,
         delivered=tuple(o.connection_id for o in outcomes if o.status is PostStatus.DELIVERED),
@@ -204,6 +203,47 @@ def deliver(
     )
     _record_metrics(result)
     return result
+
+
+def _on_threads(
+    post: Callable[[str], _Outcome], connection_ids: Sequence[str], threads: int
+) -> list[_Outcome]:
+    """``post`` each connection on ``threads`` threads that take the next one as
+    they finish theirs; the outcomes in the order of ``connection_ids``.
+
+    Not a ThreadPoolExecutor: its future per post, and the caller woken for each
+    result, cost as much CPU as a post's HTTP (bench/fanout.py), and every thread
+    waiting to do that work competes for the interpreter lock with those posting.
+    """
+    outcomes: list[_Outcome | None] = [None] * len(connection_ids)
+    # One shared iterator over a list: its next() runs in C, atomically under the
+    # interpreter lock, so each connection is taken by exactly one thread.
+    pending = enumerate(list(connection_ids))
+    errors: list[BaseException] = []
+
+    def drain(_: None) -> None:
+        for index, connection_id in pending:
+            outcomes[index] = post(connection_id)
+
+    traced_drain = on_worker_threads(drain)
+
+    def run() -> None:
+        try:
+            traced_drain(None)
+        except BaseException as error:
+            # Raised in the caller, as the executor's map would.
+            errors.append(error)
+
+    started = [
+        threading.Thread(target=run, name=f"fanout-{n}", daemon=True) for n in range(threads)
+    ]
+    for thread in started:
+        thread.start()
+    for thread in started:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return [outcome for outcome in outcomes if outcome is not None]
 
 
 def _record_metrics(result: BroadcastResult) -> None:
