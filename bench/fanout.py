@@ -143,11 +143,38 @@ def boto3_client(endpoint: str, workers: int) -> Any:
     )
 
 
-def run_size(connections: int, latency: float, workers: int, repeat: int) -> SizeResult:
-    from agent_channel.config import settings
+def _lean_poster(poster_class: str) -> Callable[[str, int], Any]:
+    def build(endpoint: str, workers: int) -> Any:
+        from agent_channel.config import settings
+        from agent_channel.delivery import poster
+        from agent_channel.delivery.rate import RateBudget
+        from bench import crt_poster
+
+        modules = {"poster": poster.ConnectionsPoster, "crt": crt_poster.CrtConnectionsPoster}
+        return modules[poster_class](
+            endpoint,
+            region="us-east-1",
+            credentials=poster.default_credentials(),
+            max_idle=workers,
+            # As deployed: the process's post rate budget (POSTS_PER_SECOND).
+            budget=RateBudget(settings().posts_per_second, burst=workers),
+        )
+
+    return build
+
+
+CLIENTS: dict[str, Callable[[str, int], Any]] = {
+    "boto3": boto3_client,
+    "stdlib": _lean_poster("poster"),
+    "crt": _lean_poster("crt"),
+}
+"""The clients measured side by side, by label."""
+
+
+def run_size(
+    connections: int, latency: float, workers: int, repeat: int, labels: list[str]
+) -> SizeResult:
     from agent_channel.delivery import fanout
-    from agent_channel.delivery.poster import ConnectionsPoster, default_credentials
-    from agent_channel.delivery.rate import RateBudget
 
     _fake_aws_environment()
     ids = [f"conn-{i:05d}=" for i in range(connections)]
@@ -159,17 +186,7 @@ def run_size(connections: int, latency: float, workers: int, repeat: int) -> Siz
     endpoint = parent.recv()
     sent = 0
     try:
-        clients = {
-            "boto3": boto3_client(endpoint, workers),
-            "poster": ConnectionsPoster(
-                endpoint,
-                region="us-east-1",
-                credentials=default_credentials(),
-                max_idle=workers,
-                # As deployed: the process's post rate budget (POSTS_PER_SECOND).
-                budget=RateBudget(settings().posts_per_second, burst=workers),
-            ),
-        }
+        clients = {label: CLIENTS[label](endpoint, workers) for label in labels}
         timings = {label: Timing(label) for label in clients}
 
         def deliver(client: Any) -> Callable[[], None]:
@@ -192,7 +209,7 @@ def run_size(connections: int, latency: float, workers: int, repeat: int) -> Siz
         sample = ids[:SEQUENTIAL_SAMPLE]
         started = time.perf_counter()
         for connection_id in sample:
-            clients["poster"].post_to_connection(ConnectionId=connection_id, Data=data)
+            clients[labels[-1]].post_to_connection(ConnectionId=connection_id, Data=data)
         sequential = (time.perf_counter() - started) * connections / len(sample)
         parent.send("count")
         least, most = parent.recv()
@@ -234,11 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-ms", type=float, default=20.0)
     parser.add_argument("--workers", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--clients", nargs="+", default=list(CLIENTS), choices=list(CLIENTS))
     args = parser.parse_args(argv)
     _fake_aws_environment()
     results = []
     for size in args.sizes:
-        result = run_size(size, args.latency_ms / 1000, args.workers, args.repeat)
+        result = run_size(size, args.latency_ms / 1000, args.workers, args.repeat, args.clients)
         results.append(result)
         print(
             f"{size}: ideal {result.ideal:.3f} s, sequential {result.sequential_seconds:.1f} s "
