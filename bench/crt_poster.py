@@ -1,24 +1,20 @@
-"""``post_to_connection`` over awscrt's HTTP client: the fan-out poster.
+"""``post_to_connection`` over awscrt's HTTP client: a candidate measured beside
+the stdlib poster in bench/fanout.py, not used by the functions.
 
-Where a fan-out's time goes with the stdlib poster (``delivery.poster``): each of
-the 64 worker threads holds the interpreter lock while it signs, writes the
-request, and parses the answer with ``http.client`` (whose header parser is the
-``email`` package's), so the threads queue for the lock and a round of posts
-takes longer than the round trip it waits for. awscrt, AWS's own C runtime, moves
-the socket, TLS and HTTP/1.1 work onto its C event-loop threads: a worker thread
-only signs (the cached-key signer of ``delivery.poster``, byte-identical to
-botocore's) and builds a request, then waits on a future with the lock released.
-Measured side by side in bench/fanout.py (docs/BENCHMARKS.md, "Fan-out").
+The idea: awscrt, AWS's own C runtime, moves the socket, TLS and HTTP/1.1 work
+onto its C event-loop thread, so a fan-out worker thread only signs (the
+cached-key signer of ``delivery.poster``, byte-identical to botocore's) and
+builds a request, then waits on a future with the interpreter lock released.
+What measured: each post still takes the interpreter lock three times on the
+event-loop thread (awscrt reads the request body through a Python stream, and
+calls back with the status and headers, then the body), and that costs more CPU
+per post than the stdlib poster's whole HTTP exchange (docs/BENCHMARKS.md,
+"Fan-out"). Its import also costs about 60 ms of CPU and 12 MB.
 
 The same semantics as the stdlib poster: a non-2xx answer raises botocore's
-``ClientError`` with the code boto3 would report (``GoneException`` for 410,
-``TooManyRequestsException``/``LimitExceededException`` for 429,
-``PayloadTooLargeException`` for 413); a transport failure raises (awscrt's
-``AwsCrtError``, or ``TimeoutError``), which fan-out reports as a failed post.
-
-awscrt is imported on the first post, not at import: its import costs about 60 ms
-of CPU and 12 MB, which a function that never fans out (or an invocation that
-never posts) must not pay at cold start (tests/contract/test_crt_poster.py).
+``ClientError`` with the code boto3 would report; a transport failure raises
+(awscrt's ``AwsCrtError``, or ``TimeoutError``). awscrt is imported on the first
+connection, not at import.
 """
 
 from __future__ import annotations
