@@ -12,8 +12,12 @@ the same request with the standard library only:
   per (credentials, day) instead of four HMACs per post;
 - HTTP/1.1 keep-alive sockets kept in a pool shared by the fan-out threads (a
   TLS handshake per post would cost more than the post), each request written
-  in one send with TCP_NODELAY (as urllib3 sets it), each answer parsed by
-  ``http.client``.
+  in one send with TCP_NODELAY (as urllib3 sets it), each answer read by a
+  minimal HTTP/1.1 parser (``_read_answer``: ``http.client``'s header parsing,
+  through the ``email`` package, was a third of a post's CPU; both read the same
+  answers alike in tests/contract/test_poster_answers.py);
+- per fan-out, the body's hash computed once, and the connection id quoted by
+  one ``str.translate`` (``urllib.parse.quote`` costs about 7 us a call).
 
 It answers like boto3's client, so fan-out's semantics do not change: a non-2xx
 answer raises botocore's ``ClientError`` with the error code (``GoneException``
@@ -22,11 +26,13 @@ for 410, ``TooManyRequestsException``/``LimitExceededException`` for 429,
 transport's exception. Credentials are read per post from a provider (botocore's
 credential chain in production), so rotated session credentials are picked up.
 
-Why not a library: awscrt (AWS's C runtime) posts for less CPU still, but its
-import costs about 60 ms of CPU and 12 MB, paid at the first post of every cold
-replay or $default invocation, at a sixth of a vCPU; urllib3 with a cached key
-measured 0.37 ms per post, about twice this. Both are measured beside this one in
-docs/BENCHMARKS.md.
+Why not a library: awscrt (AWS's C runtime, bench/crt_poster.py) was measured
+beside this poster in one run (bench/fanout.py, docs/BENCHMARKS.md): it costs more
+CPU per post, not less, because each of its posts takes the interpreter lock
+three times on its event-loop thread, and its import costs about 60 ms of CPU and
+12 MB. urllib3 with a cached key measured about twice the CPU per post of this
+poster's previous version (http.client's parser, an executor's future per post),
+which the present one halves.
 """
 
 from __future__ import annotations
