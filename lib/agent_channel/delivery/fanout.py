@@ -1,9 +1,10 @@
 """Fan-out: post one message to many connections through ``@connections``.
 
-The posts go out concurrently on a bounded pool of threads (boto3 clients are thread-safe and the
-management client's HTTP pool is sized to the same bound), so a thousand
+The posts go out concurrently on at most ``FANOUT_WORKERS`` threads (the poster
+is thread-safe, and its pool keeps as many kept-alive sockets), so a thousand
 connections cost about ``1000 x latency / FANOUT_WORKERS``, not a thousand
-round trips in a row.
+round trips in a row. A stream too large for one invocation is split before it
+gets here (``delivery.split``).
 
 Per connection:
 - 200: delivered.
