@@ -111,6 +111,14 @@ class SizeResult:
     def ideal(self) -> float:
         return max(self.latency, self.connections * self.latency / self.workers)
 
+    @property
+    def budgeted_ideal(self) -> float:
+        """The ideal under the rate budget as deployed: no faster than
+        POSTS_PER_SECOND, whatever the latency and the workers."""
+        from agent_channel.config import settings
+
+        return max(self.ideal, self.connections / settings().posts_per_second)
+
     def projected(self, timing: Timing, memory_mb: int) -> float:
         """The bound on Lambda: latency (the ideal), CPU at the function's share of
         a vCPU, and the process's post rate budget (POSTS_PER_SECOND)."""
@@ -299,7 +307,8 @@ def markdown(results: list[SizeResult]) -> str:
                 f"| {timing.median:.3f} s ({low:.3f}-{high:.3f}) "
                 f"| {timing.median / result.ideal:.2f}x "
                 f"| {result.sequential_seconds / timing.median:.0f}x "
-                f"| {timing.cpu_median * 1000:.3f} ms | {projections} |"
+                f"| {timing.cpu_median * 1000:.3f} ms ({min(timing.cpu_per_post) * 1000:.3f}-"
+                f"{max(timing.cpu_per_post) * 1000:.3f}) | {projections} |"
             )
     return "\n".join(lines)
 
