@@ -1,12 +1,14 @@
 """Fan-out benchmark: one stream of N connections, 20 ms per post_to_connection,
-boto3's client and the lean poster (``delivery.poster``) side by side.
+the clients side by side: boto3's, the lean poster (``delivery.poster``), the
+poster with X-Ray tracing on, and awscrt's HTTP client (``bench/crt_poster.py``).
 
-    .venv/bin/python -m bench.fanout [--sizes N...] [--latency-ms L] [--workers W] [--repeat R]
+    nice .venv/bin/python -m bench.fanout [--sizes N...] [--latency-ms L] [--workers W]
+        [--repeat R] [--clients LABEL...]
 
 The @connections API is the project's local server (real HTTP on 127.0.0.1,
 latency injected per request, in a child process so that its event loop does not
 compete with the posting threads for the interpreter lock). For each size, in one
-run, interleaved (boto3, poster, boto3, poster...):
+run, interleaved (boto3, stdlib, stdlib+trace, crt, boto3, ...):
 
 - ``deliver`` (the concurrent posting, FANOUT_WORKERS threads) through each
   client: wall-clock, and this process's CPU time per post (the server's is not
@@ -30,8 +32,10 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -43,9 +47,9 @@ if str(ROOT / "lib") not in sys.path:
 STAGE = "bench"
 SEQUENTIAL_SAMPLE = 200
 LAMBDA_MB_PER_VCPU = 1769
-DEPLOYED_MEMORY_MB = {"replay": 256, "backend": 1024}
+DEPLOYED_MEMORY_MB = {"replay": 256, "backend": 1024, "fanout worker": 1024}
 """The template's default MemorySize of the functions that fan out
-(ReplayMemorySize, BackendMemorySize)."""
+(ReplayMemorySize, BackendMemorySize, FanoutMemorySize)."""
 
 
 def _fake_aws_environment() -> None:
@@ -107,6 +111,14 @@ class SizeResult:
     def ideal(self) -> float:
         return max(self.latency, self.connections * self.latency / self.workers)
 
+    @property
+    def budgeted_ideal(self) -> float:
+        """The ideal under the rate budget as deployed: no faster than
+        POSTS_PER_SECOND, whatever the latency and the workers."""
+        from agent_channel.config import settings
+
+        return max(self.ideal, self.connections / settings().posts_per_second)
+
     def projected(self, timing: Timing, memory_mb: int) -> float:
         """The bound on Lambda: latency (the ideal), CPU at the function's share of
         a vCPU, and the process's post rate budget (POSTS_PER_SECOND)."""
@@ -143,11 +155,89 @@ def boto3_client(endpoint: str, workers: int) -> Any:
     )
 
 
-def run_size(connections: int, latency: float, workers: int, repeat: int) -> SizeResult:
-    from agent_channel.config import settings
+def _lean_poster(poster_class: str) -> Callable[[str, int], Any]:
+    def build(endpoint: str, workers: int) -> Any:
+        from agent_channel.config import settings
+        from agent_channel.delivery import poster
+        from agent_channel.delivery.rate import RateBudget
+        from bench import crt_poster
+
+        modules = {"poster": poster.ConnectionsPoster, "crt": crt_poster.CrtConnectionsPoster}
+        return modules[poster_class](
+            endpoint,
+            region="us-east-1",
+            credentials=poster.default_credentials(),
+            max_idle=workers,
+            # As deployed: the process's post rate budget (POSTS_PER_SECOND).
+            budget=RateBudget(settings().posts_per_second, burst=workers),
+        )
+
+    return build
+
+
+CLIENTS: dict[str, Callable[[str, int], Any]] = {
+    "boto3": boto3_client,
+    "stdlib": _lean_poster("poster"),
+    "stdlib+trace": _lean_poster("poster"),
+    "crt": _lean_poster("crt"),
+}
+"""The clients measured side by side, by label."""
+TRACED = {"stdlib+trace"}
+"""Run inside an X-Ray segment, tracing on (the documents go nowhere)."""
+
+
+class _NullEmitter:
+    """The X-Ray daemon's place: documents are serialized, as for the daemon
+    (that is part of the cost), and dropped."""
+
+    def __init__(self) -> None:
+        self.documents = 0
+
+    def send_entity(self, entity: Any) -> None:
+        entity.serialize()
+        self.documents += 1
+
+    def set_daemon_address(self, address: str | None) -> None:
+        pass
+
+
+@cache
+def _recorder() -> Any:
+    """Built once: a recorder costs 0.17 s of CPU to build (its sampling rules),
+    which a Lambda pays at init, not per fan-out."""
+    from aws_xray_sdk.core.recorder import AWSXRayRecorder
+
+    recorder = AWSXRayRecorder()
+    recorder.configure(emitter=_NullEmitter(), sampling=False, context_missing="LOG_ERROR")
+    return recorder
+
+
+@contextmanager
+def tracing(on: bool) -> Iterator[None]:
+    """Tracing on, as in a Lambda with active tracing, for what runs inside."""
+    if not on:
+        yield
+        return
+    from aws_xray_sdk import global_sdk_config
+
+    from agent_channel import observability
+
+    global_sdk_config.set_sdk_enabled(True)
+    recorder = _recorder()
+    found = observability._recorder
+    observability._recorder = lambda: recorder
+    recorder.begin_segment("bench")
+    try:
+        yield
+    finally:
+        recorder.end_segment()
+        observability._recorder = found
+
+
+def run_size(
+    connections: int, latency: float, workers: int, repeat: int, labels: list[str]
+) -> SizeResult:
     from agent_channel.delivery import fanout
-    from agent_channel.delivery.poster import ConnectionsPoster, default_credentials
-    from agent_channel.delivery.rate import RateBudget
 
     _fake_aws_environment()
     ids = [f"conn-{i:05d}=" for i in range(connections)]
@@ -159,40 +249,34 @@ def run_size(connections: int, latency: float, workers: int, repeat: int) -> Siz
     endpoint = parent.recv()
     sent = 0
     try:
-        clients = {
-            "boto3": boto3_client(endpoint, workers),
-            "poster": ConnectionsPoster(
-                endpoint,
-                region="us-east-1",
-                credentials=default_credentials(),
-                max_idle=workers,
-                # As deployed: the process's post rate budget (POSTS_PER_SECOND).
-                budget=RateBudget(settings().posts_per_second, burst=workers),
-            ),
-        }
+        clients = {label: CLIENTS[label](endpoint, workers) for label in labels}
         timings = {label: Timing(label) for label in clients}
 
-        def deliver(client: Any) -> Callable[[], None]:
+        def deliver(label: str) -> Callable[[], None]:
+            client = clients[label]
+
             def run() -> None:
-                result = fanout.deliver(
-                    "bench", ids, data, client=client, workers=workers, on_gone=None
-                )
+                with tracing(label in TRACED):
+                    result = fanout.deliver(
+                        "bench", ids, data, client=client, workers=workers, on_gone=None
+                    )
                 assert len(result.delivered) == connections, result
 
             return run
 
         # Warm each client's pool and the server, as a warm Lambda's are.
-        for client in clients.values():
-            deliver(client)()
+        for label in clients:
+            deliver(label)()
             sent += 1
         for _ in range(repeat):
-            for label, client in clients.items():
-                _measure(timings[label], connections, deliver(client))
+            for label in clients:
+                _measure(timings[label], connections, deliver(label))
                 sent += 1
         sample = ids[:SEQUENTIAL_SAMPLE]
+        sequential = clients.get("stdlib") or clients[labels[-1]]
         started = time.perf_counter()
         for connection_id in sample:
-            clients["poster"].post_to_connection(ConnectionId=connection_id, Data=data)
+            sequential.post_to_connection(ConnectionId=connection_id, Data=data)
         sequential = (time.perf_counter() - started) * connections / len(sample)
         parent.send("count")
         least, most = parent.recv()
@@ -223,7 +307,8 @@ def markdown(results: list[SizeResult]) -> str:
                 f"| {timing.median:.3f} s ({low:.3f}-{high:.3f}) "
                 f"| {timing.median / result.ideal:.2f}x "
                 f"| {result.sequential_seconds / timing.median:.0f}x "
-                f"| {timing.cpu_median * 1000:.3f} ms | {projections} |"
+                f"| {timing.cpu_median * 1000:.3f} ms ({min(timing.cpu_per_post) * 1000:.3f}-"
+                f"{max(timing.cpu_per_post) * 1000:.3f}) | {projections} |"
             )
     return "\n".join(lines)
 
@@ -234,11 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-ms", type=float, default=20.0)
     parser.add_argument("--workers", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--clients", nargs="+", default=list(CLIENTS), choices=list(CLIENTS))
     args = parser.parse_args(argv)
     _fake_aws_environment()
     results = []
     for size in args.sizes:
-        result = run_size(size, args.latency_ms / 1000, args.workers, args.repeat)
+        result = run_size(size, args.latency_ms / 1000, args.workers, args.repeat, args.clients)
         results.append(result)
         print(
             f"{size}: ideal {result.ideal:.3f} s, sequential {result.sequential_seconds:.1f} s "

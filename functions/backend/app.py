@@ -14,11 +14,14 @@ from typing import Any
 
 from agent_channel.backend import idempotency
 from agent_channel.backend.delivery_commands import CommandContext, execute
+from agent_channel.delivery.broadcast import split_large_streams
 from agent_channel.lambda_kit import wiring
 from agent_channel.lambda_kit.invocation import lambda_handler
 
 management = wiring.management_api()
 wiring.dynamodb()
+# A stream over FANOUT_INVOCATION_MEMBERS connections goes out through fan-out workers.
+split_large_streams(wiring.fanout_splitter())
 context_for_commands = CommandContext(
     management_factory=lambda: management,
     gone_handler_factory=wiring.gone_handler,

@@ -54,6 +54,10 @@ class Settings:
     sweep_workers: int
     posts_per_second: int
     """This process's share of the account's @connections request quota."""
+    fanout_invocation_members: int
+    """A stream with more connections is split across fan-out workers."""
+    fanout_worker_function: str
+    """The fan-out worker function's ARN; empty: every stream is posted in place."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -85,6 +89,10 @@ class Settings:
             # small deployments); more: it fans out to that many shard workers.
             sweep_workers=_int("SWEEP_WORKERS", 1),
             posts_per_second=_int("POSTS_PER_SECOND", 2500),
+            # 5,000 posts take 2 s at the default budget, 0.7 s of CPU at 1,024 MB
+            # (docs/PERFORMANCE.md, "Very large streams"): far from any timeout.
+            fanout_invocation_members=_int("FANOUT_INVOCATION_MEMBERS", 5000),
+            fanout_worker_function=os.environ.get("FANOUT_WORKER_FUNCTION", ""),
         )
 
 

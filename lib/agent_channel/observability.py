@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextvars
 import os
 import warnings
+from contextlib import AbstractContextManager, nullcontext
 from functools import cache
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -151,6 +152,16 @@ def _traced(work: Callable[[Arg], Out], arg: Arg, entity: Any) -> Out:
         return work(arg)
     finally:
         recorder.clear_trace_entities()
+
+
+def trace_section(name: str) -> AbstractContextManager[Any]:
+    """An X-Ray subsegment of the current trace entity, yielded (None while tracing
+    is off, so callers annotate only when there is a trace)."""
+    recorder = _recorder()
+    if recorder is None:
+        return nullcontext(None)
+    section: AbstractContextManager[Any] = recorder.in_subsegment(name)
+    return section
 
 
 def count(name: str, value: float = 1) -> None:

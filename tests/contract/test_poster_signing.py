@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from unittest import mock
+from urllib.parse import quote
 
 import boto3
 import botocore.auth
@@ -25,6 +26,8 @@ import pytest
 from botocore.awsrequest import AWSRequest, AWSResponse
 from botocore.credentials import Credentials as BotocoreCredentials
 from botocore.exceptions import ClientError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent_channel.delivery.poster import (
     ConnectionsPoster,
@@ -32,6 +35,7 @@ from agent_channel.delivery.poster import (
     SigV4Signer,
     connection_path,
     default_credentials,
+    quote_ascii,
 )
 from agent_channel.delivery.rate import RateBudget
 
@@ -331,3 +335,19 @@ def test_a_kept_alive_connection_the_server_dropped_is_replaced_once(
     # and opened one more after the failed attempt.
     assert len(opened) == 3
     assert len(KeepAlive.connections) == 3
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.text(), safe=st.sampled_from(["/~", "-_.~"]))
+def test_the_fast_quote_is_urllib_quote(text: str, safe: str) -> None:
+    assert quote_ascii(text, safe) == quote(text, safe=safe)
+
+
+def test_the_payload_hash_follows_the_body() -> None:
+    signer = SigV4Signer(HOST, REGION)
+    credentials = Credentials("AKID", "secret", None)
+    first = signer.sign("POST", "/prod/@connections/a", b"one", credentials, "20240101T000000Z")
+    second = signer.sign("POST", "/prod/@connections/a", b"two", credentials, "20240101T000000Z")
+    again = signer.sign("POST", "/prod/@connections/a", b"one", credentials, "20240101T000000Z")
+    assert first["authorization"] != second["authorization"]
+    assert first == again

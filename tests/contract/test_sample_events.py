@@ -84,6 +84,7 @@ EVENT_FUNCTIONS = {
     "resume.json": "stream",
     "resync.json": "stream",
     "redeliver.json": "redeliver",
+    "fanout_slice.json": "fanout",
 }
 
 
@@ -547,6 +548,30 @@ def test_replay_event_resends_only_recorded_decisions(sample: Sample) -> None:
         },
         {"type": "permission_decision", "request_id": "perm-2", "behavior": "deny", "agent_id": 42},
     ]
+
+
+def test_fanout_slice_event_posts_its_slice_and_removes_a_gone_sibling(sample: Sample) -> None:
+    # The worker runs the 410 path too: its policy must allow those calls.
+    sample.run("connect.json")
+    sibling = load_event("connect.json")
+    sibling["requestContext"]["connectionId"] = "Gone9cOFvHcCIhw="
+    sibling["requestContext"]["authorizer"]["session_id"] = "desktop-2"
+    assert invoke("connect", sibling, sample.recorder)["statusCode"] == 200
+    sample.recorder.gone.add("Gone9cOFvHcCIhw=")
+    sample.clock.advance(settings().connect_window_seconds)
+
+    answer = sample.run("fanout_slice.json")
+
+    assert answer == {
+        "ok": True,
+        "stream": "agent:user:42",
+        "delivered": 1,
+        "gone": 1,
+        "failed": 0,
+    }
+    assert sample.posted() == [{"type": "broadcast", "text": "maintenance at noon"}]
+    presence = sample.presence()
+    assert [lease.connection_id for lease in presence.leases] == [CONNECTION_ID]
 
 
 def test_replay_event_removes_a_gone_sibling_as_disconnect_would(sample: Sample) -> None:

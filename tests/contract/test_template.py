@@ -47,6 +47,7 @@ FUNCTION_IDS = {
     "admin": "AdminFunction",
     "stream": "StreamFunction",
     "redeliver": "RedeliveryFunction",
+    "fanout": "FanoutFunction",
 }
 """Folder -> logical id, as docs/ARCHITECTURE.md lists them."""
 
@@ -143,8 +144,10 @@ CALLS: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:PutItem", "table"),
         ("dynamodb:Query", "index:gsi1"),
         ("execute-api:ManageConnections", "connections"),
+        ("lambda:InvokeFunction", "fanout-worker"),
     }
     | IDEMPOTENT,
+    "fanout": GONE_PATH | {("execute-api:ManageConnections", "connections")},
     "admin": {
         ("dynamodb:DeleteItem", "table"),
         ("dynamodb:GetItem", "table"),
@@ -195,7 +198,10 @@ NEEDED_FOR = {
     "execute-api:ManageConnections": {"CALLBACK_URL"},
     "events:PutEvents": {"EVENT_BUS_NAME"},
 }
-NEEDED_FOR_RESOURCE = {"idempotency-table": {"IDEMPOTENCY_TABLE_NAME"}}
+NEEDED_FOR_RESOURCE = {
+    "idempotency-table": {"IDEMPOTENCY_TABLE_NAME"},
+    "fanout-worker": {"FANOUT_WORKER_FUNCTION"},
+}
 OPTIONAL = {
     "MAX_REPLAY_IDS",
     "FANOUT_WORKERS",
@@ -205,6 +211,7 @@ OPTIONAL = {
     "REDELIVERY_SECONDS",
     "MAX_DELIVERY_ATTEMPTS",
     "SWEEP_WORKERS",
+    "FANOUT_INVOCATION_MEMBERS",
     "AWS_ENDPOINT_URL",
 }
 SET_BY_LAMBDA = {
@@ -231,6 +238,8 @@ ENV_VALUES: dict[str, Any] = {
     "HISTORY_RETENTION_SECONDS": {"Ref": "HistoryRetentionSeconds"},
     "REDELIVERY_SECONDS": {"Ref": "RedeliverySeconds"},
     "SWEEP_WORKERS": {"Ref": "SweepWorkers"},
+    "FANOUT_WORKER_FUNCTION": {"Fn::GetAtt": ["FanoutFunction", "Arn"]},
+    "FANOUT_INVOCATION_MEMBERS": {"Ref": "FanoutInvocationMembers"},
     "CALLBACK_URL": {
         "Fn::Sub": "https://${WebSocketApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/${StageName}"
     },
@@ -332,6 +341,7 @@ SYMBOLIC_RESOURCES = {
     json.dumps({"Fn::GetAtt": ["TaskEventBus", "Arn"]}): "bus",
     json.dumps({"Fn::GetAtt": ["GraceDeadLetterQueue", "Arn"]}): "dead-letter-queue",
     json.dumps({"Fn::GetAtt": ["IdempotencyTable", "Arn"]}): "idempotency-table",
+    json.dumps({"Fn::GetAtt": ["FanoutFunction", "Arn"]}): "fanout-worker",
     json.dumps(
         {
             "Fn::Sub": "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}"
@@ -802,6 +812,7 @@ def test_each_fan_out_function_has_its_memory_as_a_parameter() -> None:
         ("BackendFunction", "BackendMemorySize"),
         ("ReplayFunction", "ReplayMemorySize"),
         ("DefaultFunction", "DefaultMemorySize"),
+        ("FanoutFunction", "FanoutMemorySize"),
     ):
         assert properties(logical_id)["MemorySize"] == {"Ref": parameter}
         assert 128 <= parameters[parameter]["Default"] <= 10240

@@ -6,6 +6,7 @@ partition (``delivery.members``); the posts go out through ``delivery.fanout``.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from agent_channel.config import settings
@@ -18,6 +19,7 @@ from agent_channel.delivery.fanout import (
     encode_checked,
 )
 from agent_channel.delivery.members import stream_connections
+from agent_channel.delivery.split import Splitter, plan
 from agent_channel.delivery.streams import agent_stream, topic_stream
 from agent_channel.observability import logger
 
@@ -25,6 +27,17 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from agent_channel.delivery.fanout import ConnectionPoster
+
+
+_splitter: Splitter | None = None
+
+
+def split_large_streams(splitter: Splitter | None) -> None:
+    """From now on, a stream over ``splitter.members`` connections is split across
+    fan-out workers (delivery.split). Set once at init by the functions that
+    broadcast to whole streams; a process configuration, like the settings."""
+    global _splitter
+    _splitter = splitter
 
 
 def broadcast_to_stream(
@@ -45,15 +58,18 @@ def broadcast_to_stream(
     """
     data = encode_checked(payload)
     targets = stream_connections(stream) if connection_ids is None else connection_ids
+    here, handed_off = _split(stream, data, targets)
     result = deliver(
         stream,
-        targets,
+        here,
         data,
         client=client,
         workers=workers or settings().fanout_workers,
         on_gone=on_gone,
         retry=retry,
     )
+    if handed_off:
+        result = dataclasses.replace(result, handed_off=handed_off)
     logger.info(
         "broadcast",
         extra={
@@ -61,9 +77,27 @@ def broadcast_to_stream(
             "delivered": len(result.delivered),
             "gone": len(result.gone),
             "failed": len(result.failed),
+            "handed_off": handed_off,
         },
     )
     return result
+
+
+def _split(stream: str, data: bytes, targets: Sequence[str]) -> tuple[Sequence[str], int]:
+    """The connections this invocation posts to, and how many went to workers."""
+    splitter = _splitter
+    if splitter is None or len(targets) <= splitter.members:
+        return targets, 0
+    try:
+        first, *rest = plan(targets, data, splitter.members)
+    except ValueError:
+        # A message near the frame limit, of characters JSON escapes twice over,
+        # can weigh more than a worker's event may: posted here, all of it.
+        logger.warning("message too large to hand to fan-out workers", extra={"stream": stream})
+        return targets, 0
+    # Those whose worker could not be started are posted here.
+    here = first + splitter.hand_off(stream, data, rest)
+    return here, len(targets) - len(here)
 
 
 def broadcast_to_agent(

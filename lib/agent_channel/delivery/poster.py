@@ -12,8 +12,12 @@ the same request with the standard library only:
   per (credentials, day) instead of four HMACs per post;
 - HTTP/1.1 keep-alive sockets kept in a pool shared by the fan-out threads (a
   TLS handshake per post would cost more than the post), each request written
-  in one send with TCP_NODELAY (as urllib3 sets it), each answer parsed by
-  ``http.client``.
+  in one send with TCP_NODELAY (as urllib3 sets it), each answer read by a
+  minimal HTTP/1.1 parser (``_read_answer``: ``http.client``'s header parsing,
+  through the ``email`` package, was a third of a post's CPU; both read the same
+  answers alike in tests/contract/test_poster_answers.py);
+- per fan-out, the body's hash computed once, and the connection id quoted by
+  one ``str.translate`` (``urllib.parse.quote`` costs about 7 us a call).
 
 It answers like boto3's client, so fan-out's semantics do not change: a non-2xx
 answer raises botocore's ``ClientError`` with the error code (``GoneException``
@@ -22,11 +26,13 @@ for 410, ``TooManyRequestsException``/``LimitExceededException`` for 429,
 transport's exception. Credentials are read per post from a provider (botocore's
 credential chain in production), so rotated session credentials are picked up.
 
-Why not a library: awscrt (AWS's C runtime) posts for less CPU still, but its
-import costs about 60 ms of CPU and 12 MB, paid at the first post of every cold
-replay or $default invocation, at a sixth of a vCPU; urllib3 with a cached key
-measured 0.37 ms per post, about twice this. Both are measured beside this one in
-docs/BENCHMARKS.md.
+Why not a library: awscrt (AWS's C runtime, bench/crt_poster.py) was measured
+beside this poster in one run (bench/fanout.py, docs/BENCHMARKS.md): it costs more
+CPU per post, not less, because each of its posts takes the interpreter lock
+three times on its event-loop thread, and its import costs about 60 ms of CPU and
+12 MB. urllib3 with a cached key measured about twice the CPU per post of this
+poster's previous version (http.client's parser, an executor's future per post),
+which the present one halves.
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from functools import cache
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 from urllib.parse import quote, urlsplit
 
 from botocore.exceptions import ClientError
@@ -112,6 +119,18 @@ class SigV4Signer:
         self.region = region
         self.service = service
         self._key: tuple[tuple[str, str], bytes] | None = None
+        self._hashed: tuple[bytes, str] = (b"", hashlib.sha256(b"").hexdigest())
+
+    def _payload_hash(self, body: bytes) -> str:
+        """The body's SHA-256, computed once per fan-out: every post of a fan-out
+        sends the same bytes object (128 KB hashes in about 0.1 ms)."""
+        hashed = self._hashed
+        if hashed[0] is body:
+            return hashed[1]
+        digest = hashlib.sha256(body).hexdigest()
+        # One tuple assignment, as for the key: never a body with another's hash.
+        self._hashed = (body, digest)
+        return digest
 
     def signing_key(self, secret_key: str, day: str) -> bytes:
         cached = self._key
@@ -139,11 +158,11 @@ class SigV4Signer:
                 method,
                 # Non-S3 services sign the path encoded once more (botocore's
                 # SigV4Auth._normalize_url_path), so "%3D" is signed as "%253D".
-                quote(path, safe="/~"),
+                quote_ascii(path, "/~"),
                 "",
                 "".join(f"{name}:{value}\n" for name, value in headers.items()),
                 names,
-                hashlib.sha256(body).hexdigest(),
+                self._payload_hash(body),
             )
         )
         day = timestamp[:8]
@@ -171,7 +190,25 @@ def amz_timestamp(now: float | None = None) -> str:
 
 def connection_path(stage_path: str, connection_id: str) -> str:
     """The request path, encoded as botocore's serializer encodes it."""
-    return f"{stage_path}/@connections/{quote(connection_id, safe='-_.~')}"
+    return f"{stage_path}/@connections/{quote_ascii(connection_id, '-_.~')}"
+
+
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+
+
+@cache
+def _escapes(safe: str) -> dict[int, str]:
+    keep = _UNRESERVED | set(safe)
+    return {code: f"%{code:02X}" for code in range(128) if chr(code) not in keep}
+
+
+def quote_ascii(text: str, safe: str) -> str:
+    """``urllib.parse.quote(text, safe=safe)``, by one ``str.translate`` when the
+    text is ASCII (a connection id always is): ``quote`` costs about 7 us a call,
+    twice per post (tests/contract/test_poster_signing.py compares the two)."""
+    if text.isascii():
+        return text.translate(_escapes(safe))
+    return quote(text, safe=safe)
 
 
 def _host_header(hostname: str, port: int | None, scheme: str) -> str:
@@ -254,17 +291,12 @@ class ConnectionsPoster:
         except BaseException:
             connection.close()
             raise
-        try:
-            answer = response.read()
-        except BaseException:
-            connection.close()
-            raise
         error_type = response.getheader("x-amzn-ErrorType")
         if response.will_close:
             connection.close()
         else:
             self._checkin(connection)
-        return response.status, response.reason, error_type, answer
+        return response.status, response.reason, error_type, response.body
 
     def _checkout(self) -> tuple[_Connection, bool]:
         try:
@@ -293,8 +325,8 @@ class ConnectionsPoster:
 
 
 class _Connection:
-    """One keep-alive socket: a request goes out in one send, http.client parses
-    the answer."""
+    """One keep-alive socket: a request goes out in one send, its answer is read
+    back by ``_read_answer``."""
 
     def __init__(self, host: str, port: int, tls: ssl.SSLContext | None) -> None:
         sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_SECONDS)
@@ -307,15 +339,96 @@ class _Connection:
             sock.close()
             raise
         self.sock = sock
+        # One buffered reader for the socket's life (http.client makes one per answer).
+        self.reader = sock.makefile("rb")
 
-    def exchange(self, request: bytes) -> http.client.HTTPResponse:
+    def exchange(self, request: bytes) -> _Answer:
         self.sock.sendall(request)
-        response = http.client.HTTPResponse(self.sock, method="POST")
-        response.begin()
-        return response
+        return _read_answer(self.reader)
 
     def close(self) -> None:
+        self.reader.close()
         self.sock.close()
+
+
+class _Answer(NamedTuple):
+    status: int
+    reason: str
+    headers: dict[str, str]
+    """Lower-cased names; a repeated header keeps its last value."""
+    body: bytes
+    will_close: bool
+
+    def getheader(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+MAX_LINE = 65536
+MAX_HEADERS = 100
+
+
+def _read_answer(reader: BinaryIO) -> _Answer:
+    """An HTTP/1.1 answer to a POST, read as ``http.client`` would, for a fraction
+    of its CPU: ``http.client`` parses headers with the ``email`` package, which
+    was a third of a post's CPU in the fan-out benchmark. The body is framed by
+    Content-Length, chunked encoding, or the connection's close (RFC 9112 6.3)."""
+    line = reader.readline(MAX_LINE + 1)
+    if not line:
+        # The server closed a kept-alive connection without answering.
+        raise http.client.RemoteDisconnected("the server closed the connection without answering")
+    try:
+        version, code, *rest = line.decode("latin-1").rstrip("\r\n").split(" ", 2)
+        status = int(code)
+    except ValueError:
+        raise http.client.BadStatusLine(repr(line)) from None
+    if not version.startswith("HTTP/1.") or not 100 <= status <= 999:
+        raise http.client.BadStatusLine(repr(line))
+    headers: dict[str, str] = {}
+    for _ in range(MAX_HEADERS + 1):
+        field = reader.readline(MAX_LINE + 1)
+        if field in (b"\r\n", b"\n", b""):
+            break
+        name, _colon, value = field.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    else:
+        raise http.client.HTTPException(f"more than {MAX_HEADERS} headers")
+    if 100 <= status < 200:
+        # An interim answer (100 Continue): the final one follows.
+        return _read_answer(reader)
+    tokens = {token.strip().lower() for token in headers.get("connection", "").split(",")}
+    will_close = "close" in tokens or (version == "HTTP/1.0" and "keep-alive" not in tokens)
+    if status in (204, 304):
+        body = b""
+    elif "chunked" in headers.get("transfer-encoding", "").lower():
+        body = _read_chunked(reader)
+    elif "content-length" in headers:
+        length = int(headers["content-length"])
+        body = reader.read(length) if length else b""
+        if len(body) < length:
+            raise http.client.IncompleteRead(body, length - len(body))
+    else:
+        body, will_close = reader.read(), True
+    return _Answer(status, rest[0] if rest else "", headers, body, will_close)
+
+
+def _read_chunked(reader: BinaryIO) -> bytes:
+    parts: list[bytes] = []
+    while True:
+        size_line = reader.readline(MAX_LINE + 1)
+        try:
+            size = int(size_line.split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise http.client.IncompleteRead(b"".join(parts)) from None
+        if size == 0:
+            # Trailers, up to the blank line.
+            while reader.readline(MAX_LINE + 1) not in (b"\r\n", b"\n", b""):
+                pass
+            return b"".join(parts)
+        chunk = reader.read(size)
+        if len(chunk) < size:
+            raise http.client.IncompleteRead(b"".join(parts) + chunk, size - len(chunk))
+        parts.append(chunk)
+        reader.readline(MAX_LINE + 1)
 
 
 def _client_error(status: int, reason: str, error_type: str | None, body: bytes) -> ClientError:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from agent_channel.delivery.fanout import GoneHandler
     from agent_channel.delivery.history_store import DynamoHistory
     from agent_channel.delivery.poster import ConnectionsPoster
+    from agent_channel.delivery.split import Splitter
     from agent_channel.grace.dynamodb import DynamoTaskBook
     from agent_channel.grace.eventbridge import EventBridgeGraceScheduler
     from agent_channel.presence.dynamodb import DynamoPresenceStore
@@ -146,6 +147,20 @@ def management_api(endpoint_url: str | None = None) -> ConnectionsPoster:
         # A burst of one worker round, then the steady rate.
         budget=RateBudget(settings().posts_per_second, burst=settings().fanout_workers),
     )
+
+
+@cache
+def fanout_splitter() -> Splitter | None:
+    """How a stream over FANOUT_INVOCATION_MEMBERS connections is split across
+    asynchronous invocations of the fan-out worker (delivery.split); None without
+    a worker function, or under an emulator (the local stack points every client
+    at moto, where no Lambda runs the workers): every stream is posted in place."""
+    from agent_channel.delivery.split import Splitter, lambda_invoker
+
+    function = settings().fanout_worker_function
+    if not function or os.environ.get("AWS_ENDPOINT_URL"):
+        return None
+    return Splitter(settings().fanout_invocation_members, lambda_invoker(lambda_client, function))
 
 
 @cache
