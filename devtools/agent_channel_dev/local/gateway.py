@@ -27,7 +27,7 @@ import contextlib
 import secrets
 import string
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -35,9 +35,10 @@ from typing import Any, Protocol
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from agent_channel import client_json
-from agent_channel_dev.local import apigw_events, frames
+from agent_channel_dev.local import apigw_events, frames, service_integration
 from agent_channel_dev.local.apigw_events import Upgrade
 from agent_channel_dev.local.faults import Faults
+from agent_channel_dev.local.intrinsics import ACCOUNT, PARTITION, REGION
 from agent_channel_dev.local.sam_app import WebSocketApi
 
 CONNECT = "$connect"
@@ -83,7 +84,7 @@ def _iso(moment: float) -> str:
 
 
 def select_route(
-    body: str, routes: dict[str, str], expression: str = "$request.body.action"
+    body: str, routes: Container[str], expression: str = "$request.body.action"
 ) -> str:
     """Route selection on ``$request.body.PATH``; no match (or no JSON) -> $default."""
     path = expression.removeprefix("$request.body.").split(".")
@@ -96,6 +97,10 @@ def select_route(
     if isinstance(value, str) and not value.startswith("$") and value in routes:
         return value
     return DEFAULT
+
+
+def _table_arn(name: str) -> str:
+    return f"arn:{PARTITION}:dynamodb:{REGION}:{ACCOUNT}:table/{name}"
 
 
 def _is_allowed(policy: Any) -> bool:
@@ -133,9 +138,12 @@ class Gateway:
         functions: Invoker,
         options: GatewayOptions,
         faults: Faults | None = None,
+        services: Any | None = None,
     ) -> None:
         self._api = api
         self._functions = functions
+        self._services = services
+        """The DynamoDB client AWS service integrations call (the stack's moto)."""
         self._options = options
         self._sockets: dict[str, LiveSocket] = {}
         self._faults = faults
@@ -350,7 +358,7 @@ class Gateway:
             await live.ws.close(code=code, message=reason.encode())
 
     def _route(self, live: LiveSocket, body: str) -> None:
-        route = select_route(body, self._api.routes, self._api.route_selection_expression)
+        route = select_route(body, self._api.route_keys, self._api.route_selection_expression)
         # Ordered: this frame's invocation waits for the ones before it.
         previous = list(live.tasks) if self._options.ordered_frames else []
         task = asyncio.get_running_loop().create_task(self._message(live, route, body, previous))
@@ -371,6 +379,9 @@ class Gateway:
             source_ip=live.upgrade.source_ip,
         )
         request_id = event["requestContext"]["requestId"]
+        if route in self._api.services:
+            await self._service_message(live, route, event, body)
+            return
         if route not in self._api.routes:
             self._tell(live, "Forbidden", request_id)
             return
@@ -384,6 +395,51 @@ class Gateway:
             self._tell(live, "Endpoint request timed out", request_id)
         except Exception:
             self._tell(live, "Internal server error", request_id)
+
+    async def _service_message(
+        self, live: LiveSocket, route: str, event: dict[str, Any], body: str
+    ) -> None:
+        """A frame through an AWS service integration: no function runs."""
+        integration = self._api.services[route]
+        request = event["requestContext"]
+        context = service_integration.context_variables(
+            route_key=route,
+            connection_id=live.connection_id,
+            connected_at_ms=int(request["connectedAt"]),
+            request_time_ms=int(request["requestTimeEpoch"]),
+            request_id=request["requestId"],
+            message_id=str(request.get("messageId", "")),
+            domain_name=self._api.domain_name,
+            stage=self._api.stage,
+            api_id=self._api.api_id,
+            source_ip=live.upgrade.source_ip,
+            authorizer=live.authorizer,
+        )
+        if self.before_route is not None:
+            await self.before_route(route, event)
+        if self._services is None:
+            self._tell(live, "Internal server error", request["requestId"])
+            return
+        try:
+            outcome = await asyncio.wait_for(
+                asyncio.to_thread(
+                    service_integration.run,
+                    integration,
+                    context,
+                    body,
+                    client=self._services,
+                    table_arn_of=_table_arn,
+                ),
+                self._options.integration_timeout_seconds,
+            )
+        except TimeoutError:
+            self._tell(live, "Endpoint request timed out", request["requestId"])
+            return
+        except Exception:
+            self._tell(live, "Internal server error", request["requestId"])
+            return
+        if outcome.reply is not None and not live.ws.closed and not live.transport.is_closing():
+            live.transport.write(frames.fragments(outcome.reply.encode()))
 
     def _tell(self, live: LiveSocket, message: str, request_id: str) -> None:
         if not live.ws.closed and not live.transport.is_closing():
