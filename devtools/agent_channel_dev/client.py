@@ -1,7 +1,9 @@
 """The reference agent client: what an MCP plugin embeds to serve one session.
 
 It connects with the owner's bearer token, sends a heartbeat every
-``heartbeat_seconds``, reconnects with jittered exponential backoff (1 s
+``heartbeat_seconds`` (answered ``heartbeat_ack``; ``restore_required`` when the
+lease was reaped while the socket stayed open, and the client then sends one
+``restore``), reconnects with jittered exponential backoff (1 s
 doubling to 60 s, reset once a connection has stayed up), and after every
 (re)connect replays the permission requests it still holds pending, so a
 decision pushed while its socket was down is not lost. Decisions for ids it
@@ -160,6 +162,9 @@ class AgentClient:
         """(task_id, generation) of every dispatch handed to the handler."""
         self.duplicates = 0
         """Dispatches that arrived again after being handled (dropped, re-acked)."""
+        self.restores = 0
+        """Restores sent (each after a heartbeat answered restore_required)."""
+        self._restore_sent_at: float | None = None
 
     # -- what the plugin tells the client ------------------------------------
 
@@ -221,6 +226,7 @@ class AgentClient:
             open_timeout=10,
         ) as socket:
             self._socket = socket
+            self._restore_sent_at = None
             self.connections += 1
             self.connected.set()
             self._on_state("connected")
@@ -261,6 +267,20 @@ class AgentClient:
             await socket.send(json.dumps({"action": "heartbeat"}))
             await asyncio.sleep(self.config.heartbeat_seconds)
 
+    async def _restore(self) -> None:
+        # One restore in flight: every heartbeat until it lands may also answer
+        # restore_required, and each extra restore would bump the presence version
+        # for nothing. One unanswered for ASK_AGAIN_SECONDS was lost (a failed
+        # invocation): the next restore_required sends it again.
+        now = time.monotonic()
+        sent_at = self._restore_sent_at
+        if sent_at is not None and now - sent_at < ASK_AGAIN_SECONDS:
+            return
+        self._restore_sent_at = now
+        self.restores += 1
+        self._on_state("lease lost; restoring")
+        await self.send({"action": "restore"})
+
     async def _read(self, socket: ClientConnection) -> None:
         async for frame in socket:
             try:
@@ -283,6 +303,20 @@ class AgentClient:
                 return  # not ours (any more): replay is idempotent by design
             self._pending.discard(request_id)
             await _call(self._on_decision, message)
+        elif kind == "heartbeat_ack":
+            self._restore_sent_at = None  # renewed: nothing is being restored
+        elif kind == "restore_required":
+            await self._restore()
+        elif kind == "restored":
+            self._restore_sent_at = None
+            self._on_state("lease restored")
+        elif kind == "error" and message.get("error") == "restore_refused":
+            # The socket can hold no lease any more (its $disconnect is under way,
+            # or its token was revoked): a new connection is the only way back,
+            # and the connect answers 401 if the token is gone.
+            self._restore_sent_at = None
+            if self._socket is not None:
+                await self._socket.close()
         elif kind == "error":
             await _call(self._on_error, message)
         if follow_up is not None:

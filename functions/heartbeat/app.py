@@ -12,9 +12,9 @@ from __future__ import annotations
 # Before any other import: the garbage collector stays out of init.
 from agent_channel.lambda_kit import cold_start  # isort: split
 
+import json
 from typing import Any
 
-from agent_channel.delivery.fanout import error_message, send_to_connection
 from agent_channel.lambda_kit import wiring
 from agent_channel.lambda_kit.events import SocketEvent, response
 from agent_channel.lambda_kit.route import socket_route
@@ -23,9 +23,16 @@ from agent_channel.presence import rules
 
 store = wiring.presence_store()
 scheduler = wiring.grace_scheduler()
-management = wiring.management_api()
 
-RESTORED = {"type": "restored"}
+# The answer is the route's response (a two-way route): no @connections post.
+RESTORED = json.dumps({"type": "restored"})
+REFUSED = json.dumps(
+    {
+        "type": "error",
+        "error": "restore_refused",
+        "message": "this socket cannot hold a lease any more",
+    }
+)
 
 
 @socket_route
@@ -44,11 +51,8 @@ def handler(event: SocketEvent) -> dict[str, Any]:
     if outcome is rules.Heartbeat.GONE:
         # The connection is being removed ($disconnect), its token was revoked, or
         # the agent is no longer the caller's: nothing comes back on this socket.
-        reply = error_message("restore_refused", "this socket cannot hold a lease any more")
-    else:
-        reply = RESTORED
-    send_to_connection(event.connection_id, reply, client=management)
-    return response(200)
+        return response(200, REFUSED)
+    return response(200, RESTORED)
 
 
 cold_start.ready()

@@ -136,6 +136,14 @@ class Gateway:
         event = route_event(route, connection_id, authorizer=self.contexts[connection_id], body=raw)
         return invoke(ROUTE_FUNCTIONS[route], event)
 
+    def beat(self, connection_id: str) -> Any:
+        """A heartbeat as the reference client sends it: answered restore_required
+        (the lease is gone), it sends a restore. The last answer."""
+        answer = self.send(connection_id, {"action": "heartbeat"})
+        if isinstance(answer, dict) and answer.get("type") == "restore_required":
+            return self.send(connection_id, {"action": "restore"})
+        return answer
+
     def disconnect(self, connection_id: str) -> Any:
         event = route_event("$disconnect", connection_id, authorizer=self.contexts[connection_id])
         return invoke(ROUTE_FUNCTIONS["$disconnect"], event)

@@ -7,7 +7,9 @@ answered 426 and runs nothing); the identity sources are checked, then the
 any other failure -> 500), then ``$connect`` (any 2xx accepts; anything else
 refuses the upgrade with that status, a failure with 500). Each text message is
 routed with the route selection expression (``$default`` when nothing matches;
-without ``$default`` the client is told ``Forbidden``), as its own invocation:
+without ``$default`` the client is told ``Forbidden``), as its own invocation (a
+route with an AWS service integration calls the service itself, see
+``service_integration``; a two-way route sends the integration's answer back):
 frames of one socket are not ordered unless ``ordered_frames`` asks for it. A
 failed or timed out invocation sends the client API Gateway's error message.
 Frames are counted as API Gateway counts them (``frames.FrameGuard``): over
@@ -387,14 +389,25 @@ class Gateway:
             return
         invocation = asyncio.ensure_future(self._invoke(route, event))
         try:
-            # No route responses: the function's answer goes nowhere.
-            await asyncio.wait_for(
+            result = await asyncio.wait_for(
                 asyncio.shield(invocation), self._options.integration_timeout_seconds
             )
         except TimeoutError:
             self._tell(live, "Endpoint request timed out", request_id)
+            return
         except Exception:
             self._tell(live, "Internal server error", request_id)
+            return
+        # A one-way route's answer goes nowhere; a two-way proxy route sends the
+        # function's body (nothing when it has none).
+        answer = result.get("body") if isinstance(result, dict) else None
+        if route in self._api.two_way and isinstance(answer, str) and answer:
+            self._reply(live, answer)
+
+    def _reply(self, live: LiveSocket, text: str) -> None:
+        """A route response: written to the socket unless it has closed meanwhile."""
+        if not live.ws.closed and not live.transport.is_closing():
+            live.transport.write(frames.fragments(text.encode()))
 
     async def _service_message(
         self, live: LiveSocket, route: str, event: dict[str, Any], body: str
@@ -438,8 +451,8 @@ class Gateway:
         except Exception:
             self._tell(live, "Internal server error", request["requestId"])
             return
-        if outcome.reply is not None and not live.ws.closed and not live.transport.is_closing():
-            live.transport.write(frames.fragments(outcome.reply.encode()))
+        if outcome.reply is not None:
+            self._reply(live, outcome.reply)
 
     def _tell(self, live: LiveSocket, message: str, request_id: str) -> None:
         if not live.ws.closed and not live.transport.is_closing():

@@ -87,6 +87,9 @@ class WebSocketApi:
     """The ``$connect`` route's REQUEST authorizer (None: AuthorizationType NONE)."""
     services: dict[str, ServiceIntegration] = field(default_factory=dict)
     """Route key -> its AWS service integration (IntegrationType AWS: no function)."""
+    two_way: frozenset[str] = frozenset()
+    """Route keys with a route response: what the integration answers goes to the
+    client (a proxy integration's ``body``)."""
 
     @property
     def route_keys(self) -> set[str]:
@@ -316,6 +319,7 @@ def _api(resolver: Resolver, functions: dict[str, FunctionSpec], stage: str | No
     authorizers = {a for a in _of_types(resolver, (AUTHORIZER_TYPE,)) if belongs(a)}
     routes: dict[str, str] = {}
     services: dict[str, ServiceIntegration] = {}
+    two_way: set[str] = set()
     authorizer: Authorizer | None = None
     for logical_id in _of_types(resolver, (ROUTE_TYPE,)):
         if not belongs(logical_id):
@@ -325,6 +329,11 @@ def _api(resolver: Resolver, functions: dict[str, FunctionSpec], stage: str | No
         targets = [n for n in referenced_ids(properties.get("Target")) if n in integrations]
         if not isinstance(route_key, str) or len(targets) != 1:
             raise TemplateError(f"{logical_id}: needs a RouteKey and one integration Target")
+        if properties.get("RouteResponseSelectionExpression") and any(
+            logical_id in referenced_ids(_properties(resolver, response).get("RouteId"))
+            for response in _of_types(resolver, (ROUTE_RESPONSE_TYPE,))
+        ):
+            two_way.add(route_key)
         integration = _properties(resolver, targets[0])
         if integration.get("IntegrationType") == "AWS":
             services[route_key] = _service_integration(
@@ -365,6 +374,7 @@ def _api(resolver: Resolver, functions: dict[str, FunctionSpec], stage: str | No
         routes=routes,
         authorizer=authorizer,
         services=services,
+        two_way=frozenset(two_way),
     )
 
 
