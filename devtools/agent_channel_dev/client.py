@@ -1,9 +1,10 @@
 """The reference agent client: what an MCP plugin embeds to serve one session.
 
 It connects with the owner's bearer token, sends a heartbeat every
-``heartbeat_seconds`` (answered ``heartbeat_ack``; ``restore_required`` when the
-lease was reaped while the socket stayed open, and the client then sends one
-``restore``), reconnects with jittered exponential backoff (1 s
+``heartbeat_seconds`` (no answer; API Gateway renews the lease itself), sends a
+``restore`` instead when its last heartbeat went out so long ago that a sweep may
+have reaped the lease, and every ``restore_every`` beats as a safety net,
+reconnects with jittered exponential backoff (1 s
 doubling to 60 s, reset once a connection has stayed up), and after every
 (re)connect replays the permission requests it still holds pending, so a
 decision pushed while its socket was down is not lost. Decisions for ids it
@@ -111,6 +112,15 @@ class ClientConfig:
     heartbeat_seconds: float = 30.0
     """As the server advertises (HEARTBEAT_SECONDS): a lease is stale 45 s after
     the last one, so a heartbeat may come up to 15 s late (docs/SCALE.md)."""
+    stale_after_seconds: float = 45.0
+    """As the server advertises (STALE_AFTER_SECONDS)."""
+    late_margin_seconds: float = 5.0
+    """A beat this close to STALE_AFTER after the previous one (or later) is a
+    restore: the lease may be reaped by the time it lands (transit, clock steps)."""
+    restore_every: int = 10
+    """Every this many beats, a restore instead of a heartbeat: a heartbeat that
+    failed in DynamoDB, or a lease deleted while the socket stayed open, is
+    repaired within this many beats (5 minutes at 30 s)."""
     backoff: Backoff = field(default_factory=Backoff)
     stable_after_seconds: float = 30.0
     """A connection up this long resets the backoff to ``backoff.first``."""
@@ -163,8 +173,7 @@ class AgentClient:
         self.duplicates = 0
         """Dispatches that arrived again after being handled (dropped, re-acked)."""
         self.restores = 0
-        """Restores sent (each after a heartbeat answered restore_required)."""
-        self._restore_sent_at: float | None = None
+        """Restores sent instead of a heartbeat (late, or the safety net)."""
 
     # -- what the plugin tells the client ------------------------------------
 
@@ -226,7 +235,6 @@ class AgentClient:
             open_timeout=10,
         ) as socket:
             self._socket = socket
-            self._restore_sent_at = None
             self.connections += 1
             self.connected.set()
             self._on_state("connected")
@@ -263,23 +271,26 @@ class AgentClient:
             await socket.send(frame)
 
     async def _heartbeat(self, socket: ClientConnection) -> None:
+        config = self.config
+        late_after = config.stale_after_seconds - config.late_margin_seconds
+        previous: float | None = None
+        beats = 0
         while True:
-            await socket.send(json.dumps({"action": "heartbeat"}))
-            await asyncio.sleep(self.config.heartbeat_seconds)
-
-    async def _restore(self) -> None:
-        # One restore in flight: every heartbeat until it lands may also answer
-        # restore_required, and each extra restore would bump the presence version
-        # for nothing. One unanswered for ASK_AGAIN_SECONDS was lost (a failed
-        # invocation): the next restore_required sends it again.
-        now = time.monotonic()
-        sent_at = self._restore_sent_at
-        if sent_at is not None and now - sent_at < ASK_AGAIN_SECONDS:
-            return
-        self._restore_sent_at = now
-        self.restores += 1
-        self._on_state("lease lost; restoring")
-        await self.send({"action": "restore"})
+            now = time.monotonic()
+            beats += 1
+            # A heartbeat never recreates a reaped lease (API Gateway renews it
+            # with a conditional write and answers nothing), so whenever a sweep
+            # may have reaped it (this beat comes late: a stalled loop, a sleeping
+            # laptop) the beat is a restore, which renews or restores.
+            late = previous is not None and now - previous >= late_after
+            due = config.restore_every > 0 and beats % config.restore_every == 0
+            if late or due:
+                self.restores += 1
+                await socket.send(json.dumps({"action": "restore"}))
+            else:
+                await socket.send(json.dumps({"action": "heartbeat"}))
+            previous = now
+            await asyncio.sleep(config.heartbeat_seconds)
 
     async def _read(self, socket: ClientConnection) -> None:
         async for frame in socket:
@@ -303,20 +314,6 @@ class AgentClient:
                 return  # not ours (any more): replay is idempotent by design
             self._pending.discard(request_id)
             await _call(self._on_decision, message)
-        elif kind == "heartbeat_ack":
-            self._restore_sent_at = None  # renewed: nothing is being restored
-        elif kind == "restore_required":
-            await self._restore()
-        elif kind == "restored":
-            self._restore_sent_at = None
-            self._on_state("lease restored")
-        elif kind == "error" and message.get("error") == "restore_refused":
-            # The socket can hold no lease any more (its $disconnect is under way,
-            # or its token was revoked): a new connection is the only way back,
-            # and the connect answers 401 if the token is gone.
-            self._restore_sent_at = None
-            if self._socket is not None:
-                await self._socket.close()
         elif kind == "error":
             await _call(self._on_error, message)
         if follow_up is not None:

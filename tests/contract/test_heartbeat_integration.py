@@ -147,22 +147,27 @@ def test_the_role_may_only_renew_lease_timestamps_in_agent_partitions() -> None:
     assert not allowed(statements, "dynamodb:UpdateItem", arn, keys(returning))
 
 
-def _answer(authorizer: dict[str, Any], status: int, error: str = "") -> Any:
-    response = service_integration.select_response(integration().responses, status)
-    assert response is not None
-    body = (
-        json.dumps({"__type": service_integration.DYNAMODB_ERROR_PREFIX + error}) if error else "{}"
+def test_the_route_is_one_way_so_nothing_is_billed_back() -> None:
+    # A route response is a message sent, billed as the heartbeat itself is: an
+    # acknowledgement would double what a session pays for messages.
+    assert integration().two_way is False
+    assert integration().responses == ()
+
+
+def test_the_emulated_gateway_picks_integration_responses_as_api_gateway_does() -> None:
+    """For two-way routes of any app: the status against each ``/regex/`` key,
+    else ``$default``; the template renders over the service's answer."""
+    responses = (
+        service_integration.IntegrationResponse("/2\\d\\d/", {"$default": '{"ok":true}'}),
+        service_integration.IntegrationResponse(
+            "$default", {"$default": "#set($e = $input.path('$.__type'))[$e]"}
+        ),
     )
-    return json.loads(service_integration.response_body(response, context(authorizer), body))
-
-
-def test_the_integration_responses_map_dynamodbs_answers_to_frames() -> None:
-    assert integration().two_way
-    listener = {"user_id": "7", "target": "topic", "agent_id": "", "topic_id": "3"}
-    assert _answer(CHANNEL_AGENT, 200) == {"type": "heartbeat_ack"}
-    condition = "ConditionalCheckFailedException"
-    assert _answer(CHANNEL_AGENT, 400, condition) == {"type": "restore_required"}
-    assert _answer(listener, 400, condition) == {"type": "heartbeat_ack"}
-    for status, error in [(400, "ThrottlingException"), (500, "InternalServerError")]:
-        answer = _answer(CHANNEL_AGENT, status, error)
-        assert answer["type"] == "error" and answer["error"] == "heartbeat_failed"
+    chosen = service_integration.select_response(responses, 200)
+    assert chosen is responses[0]
+    failed = service_integration.select_response(responses, 400)
+    assert failed is responses[1]
+    body = json.dumps({"__type": service_integration.DYNAMODB_ERROR_PREFIX + "X"})
+    rendered_answer = service_integration.response_body(failed, context(CHANNEL_AGENT), body)
+    assert rendered_answer == f"[{service_integration.DYNAMODB_ERROR_PREFIX}X]"
+    assert service_integration.select_response(responses[:1], 500) is None

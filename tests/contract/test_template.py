@@ -62,7 +62,6 @@ ROUTES = {
 }
 
 SERVICE_ROUTES = {"heartbeat": "HeartbeatIntegration"}
-TWO_WAY_ROUTES = {"restore"}
 """Routes API Gateway serves without Lambda (AWS service integrations)."""
 
 # What each function calls, as (IAM action, resource) with symbolic resources:
@@ -102,8 +101,7 @@ CALLS: dict[str, set[tuple[str, str]]] = {
         ("scheduler:DeleteSchedule", "group"),
     },
     "disconnect": DISCONNECT_PATH,
-    # The restore route (the former Lambda heartbeat): touch, else restore; the
-    # outcome is the route response.
+    # The restore route (the former Lambda heartbeat): touch, else restore.
     "heartbeat": {
         ("dynamodb:ConditionCheckItem", "table"),
         ("dynamodb:PutItem", "table"),
@@ -558,17 +556,13 @@ def test_websocket_api_stage_and_integrations() -> None:
             assert props["AuthorizationType"] == "NONE"
         (integration_id,) = stack_template.referenced_ids(props["Target"])
         integration = properties(integration_id)
+        # One-way everywhere: a route response is a billed message per frame; the
+        # Lambda routes answer through @connections when they answer at all.
+        assert "RouteResponseSelectionExpression" not in props
         if props["RouteKey"] in SERVICE_ROUTES:
-            # Answered by API Gateway itself (tests/contract/test_heartbeat_integration.py).
+            # Served by API Gateway itself (tests/contract/test_heartbeat_integration.py).
             assert integration["IntegrationType"] == "AWS"
-            assert props["RouteResponseSelectionExpression"] == "$default"
             continue
-        # Lambda routes answer through @connections, never as a route response,
-        # except restore (a presence route: it never posts).
-        if props["RouteKey"] in TWO_WAY_ROUTES:
-            assert props["RouteResponseSelectionExpression"] == "$default"
-        else:
-            assert "RouteResponseSelectionExpression" not in props
         assert integration["IntegrationType"] == "AWS_PROXY"
         folder = ROUTES[props["RouteKey"]]
         # One permission per route (a function serving several routes has one each).

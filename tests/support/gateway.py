@@ -137,12 +137,10 @@ class Gateway:
         return invoke(ROUTE_FUNCTIONS[route], event)
 
     def beat(self, connection_id: str) -> Any:
-        """A heartbeat as the reference client sends it: answered restore_required
-        (the lease is gone), it sends a restore. The last answer."""
-        answer = self.send(connection_id, {"action": "heartbeat"})
-        if isinstance(answer, dict) and answer.get("type") == "restore_required":
-            return self.send(connection_id, {"action": "restore"})
-        return answer
+        """A late heartbeat as the reference client sends it: a restore (renew the
+        lease, or restore it if a sweep reaped it meanwhile), the Lambda path the
+        heartbeat itself took before it ran without Lambda."""
+        return self.send(connection_id, {"action": "restore"})
 
     def disconnect(self, connection_id: str) -> Any:
         event = route_event("$disconnect", connection_id, authorizer=self.contexts[connection_id])

@@ -7,8 +7,9 @@ goes to the service action the integration URI names, as the integration's
 credentials role (held to that role's IAM statements, conditions included); the
 integration response is chosen by matching the service's HTTP status against each
 response key (``/regex/``, else ``$default``); its template is rendered over the
-service's answer; on a two-way route that text goes to the socket. No matching
-response is a configuration error, and the client is told ``Internal server
+service's answer; on a two-way route that text goes to the socket (on a one-way
+route nothing does, whatever the service answered). No matching response on a
+two-way route is a configuration error, and the client is told ``Internal server
 error``, as on AWS.
 
 Only DynamoDB's JSON actions are served (what template.yaml uses); any other
@@ -392,6 +393,9 @@ def run(
     Raises IntegrationError where API Gateway answers ``Internal server error``."""
     rendered = request_body(integration, context, body)
     status, answer = call_dynamodb(client, integration, rendered, table_arn_of)
+    if not integration.two_way:
+        # One-way: whatever the service answered, nothing reaches the client.
+        return Outcome(status, None)
     response = select_response(integration.responses, status)
     if response is None:
         raise IntegrationError("no match for output mapping and no default output mapping")
