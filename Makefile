@@ -62,7 +62,7 @@ chaos: setup
 # The scale model at 100,000 and 1,000,000 agents, and the cost per session-month
 # (docs/SCALE.md); CI runs 10,000 in tests/behaviour/test_scale_simulation.py.
 simulate: setup
-	$(BIN)/python -m agent_channel_dev.scale --cost 15 30 33 35
+	$(BIN)/python -m agent_channel_dev.scale --cost 15 30 --lambda-heartbeats
 	$(BIN)/python -m agent_channel_dev.scale --agents 100000 1000000 --storm-at 5
 
 clean:

@@ -73,8 +73,12 @@ MINIMA: dict[str, tuple[str, str]] = {
         "(the authorizer read `grace_scheduled` on the agent; the transaction clears it)",
     ),
     "$connect (topic)": ("1 write", "connection and membership, with the access re-checked"),
-    "heartbeat": ("1 write", "refresh last_seen_at, conditioned on the lease existing"),
-    "heartbeat (lease reaped, restored)": (
+    "restore (lease live)": (
+        "1 write",
+        "refresh last_seen_at, conditioned on the lease existing (a heartbeat makes the "
+        "same UpdateItem from API Gateway, with no function)",
+    ),
+    "restore (lease reaped, restored)": (
         "1 write",
         "the restore transaction alone; the failed refresh first costs 1 more, but only "
         "on this rare path",
@@ -243,15 +247,16 @@ def measure() -> list[Row]:
         agent_query = {"agent_id": str(agent_id), "session_id": "s1"}
         connect("a1=", agent_query, "$connect (channel agent)")
         connect("t1=", {"topic_id": str(topic_id)}, "$connect (topic)")
-        send("a1=", "heartbeat", "heartbeat", '{"action": "heartbeat"}', "heartbeat")
+        # The restore route (functions/heartbeat); a heartbeat runs no function.
+        send("a1=", "restore", "heartbeat", '{"action": "restore"}', "restore (lease live)")
         # A reaped lease: delete it behind the open socket's back.
         LeaseRecord(*schema.lease_key(agent_id, "a1=")).delete()
         send(
             "a1=",
+            "restore",
             "heartbeat",
-            "heartbeat",
-            '{"action": "heartbeat"}',
-            "heartbeat (lease reaped, restored)",
+            '{"action": "restore"}',
+            "restore (lease reaped, restored)",
         )
         for request_id in ("r1", "r2"):
             backend(

@@ -1,7 +1,10 @@
 """The reference agent client: what an MCP plugin embeds to serve one session.
 
 It connects with the owner's bearer token, sends a heartbeat every
-``heartbeat_seconds``, reconnects with jittered exponential backoff (1 s
+``heartbeat_seconds`` (no answer; API Gateway renews the lease itself), sends a
+``restore`` instead when its last heartbeat went out so long ago that a sweep may
+have reaped the lease, and every ``restore_every`` beats as a safety net,
+reconnects with jittered exponential backoff (1 s
 doubling to 60 s, reset once a connection has stayed up), and after every
 (re)connect replays the permission requests it still holds pending, so a
 decision pushed while its socket was down is not lost. Decisions for ids it
@@ -109,6 +112,15 @@ class ClientConfig:
     heartbeat_seconds: float = 30.0
     """As the server advertises (HEARTBEAT_SECONDS): a lease is stale 45 s after
     the last one, so a heartbeat may come up to 15 s late (docs/SCALE.md)."""
+    stale_after_seconds: float = 45.0
+    """As the server advertises (STALE_AFTER_SECONDS)."""
+    late_margin_seconds: float = 5.0
+    """A beat this close to STALE_AFTER after the previous one (or later) is a
+    restore: the lease may be reaped by the time it lands (transit, clock steps)."""
+    restore_every: int = 10
+    """Every this many beats, a restore instead of a heartbeat: a heartbeat that
+    failed in DynamoDB, or a lease deleted while the socket stayed open, is
+    repaired within this many beats (5 minutes at 30 s)."""
     backoff: Backoff = field(default_factory=Backoff)
     stable_after_seconds: float = 30.0
     """A connection up this long resets the backoff to ``backoff.first``."""
@@ -160,6 +172,8 @@ class AgentClient:
         """(task_id, generation) of every dispatch handed to the handler."""
         self.duplicates = 0
         """Dispatches that arrived again after being handled (dropped, re-acked)."""
+        self.restores = 0
+        """Restores sent instead of a heartbeat (late, or the safety net)."""
 
     # -- what the plugin tells the client ------------------------------------
 
@@ -257,9 +271,26 @@ class AgentClient:
             await socket.send(frame)
 
     async def _heartbeat(self, socket: ClientConnection) -> None:
+        config = self.config
+        late_after = config.stale_after_seconds - config.late_margin_seconds
+        previous: float | None = None
+        beats = 0
         while True:
-            await socket.send(json.dumps({"action": "heartbeat"}))
-            await asyncio.sleep(self.config.heartbeat_seconds)
+            now = time.monotonic()
+            beats += 1
+            # A heartbeat never recreates a reaped lease (API Gateway renews it
+            # with a conditional write and answers nothing), so whenever a sweep
+            # may have reaped it (this beat comes late: a stalled loop, a sleeping
+            # laptop) the beat is a restore, which renews or restores.
+            late = previous is not None and now - previous >= late_after
+            due = config.restore_every > 0 and beats % config.restore_every == 0
+            if late or due:
+                self.restores += 1
+                await socket.send(json.dumps({"action": "restore"}))
+            else:
+                await socket.send(json.dumps({"action": "heartbeat"}))
+            previous = now
+            await asyncio.sleep(config.heartbeat_seconds)
 
     async def _read(self, socket: ClientConnection) -> None:
         async for frame in socket:

@@ -275,11 +275,11 @@ def test_heartbeat_refreshes_the_lease(world: World, fake_clock: FakeClock) -> N
     gateway = Gateway()
     result = gateway.connect(agent_query(world), token=world.owner_token)
     fake_clock.advance(30)
-    assert gateway.send(result.connection_id, {"action": "heartbeat"})["statusCode"] == 200
+    assert gateway.send(result.connection_id, {"action": "heartbeat"}) is None, "one-way"
     assert presence(world).leases[0].last_seen_at == fake_clock()
 
 
-def test_heartbeat_restores_a_reaped_lease_while_the_socket_is_open(
+def test_a_heartbeat_after_a_reap_renews_nothing_and_a_restore_brings_routing_back(
     world: World, fake_clock: FakeClock
 ) -> None:
     gateway = Gateway()
@@ -288,6 +288,8 @@ def test_heartbeat_restores_a_reaped_lease_while_the_socket_is_open(
     invoke("sweeper", scheduled_event())
     assert not presence(world).routing_on
     gateway.send(result.connection_id, {"action": "heartbeat"})
+    assert not presence(world).leases, "a heartbeat never recreates a lease"
+    assert gateway.send(result.connection_id, {"action": "restore"})["statusCode"] == 200
     restored = presence(world)
     assert restored.routing_on
     [lease] = restored.leases
@@ -300,7 +302,7 @@ def test_heartbeat_never_resurrects_a_removed_connection(world: World) -> None:
     gateway = Gateway()
     result = gateway.connect(agent_query(world), token=world.owner_token)
     gateway.disconnect(result.connection_id)
-    gateway.send(result.connection_id, {"action": "heartbeat"})
+    assert gateway.beat(result.connection_id)["statusCode"] == 200
     after = presence(world)
     assert not after.leases and not after.routing_on
 

@@ -72,3 +72,17 @@ def test_cost_follows_the_heartbeat(heartbeat: int) -> None:
     assert messages == pytest.approx(730 * 3600 / heartbeat, rel=0.03)
     writes = month.quantities["DynamoDB writes (WRU)"]
     assert messages < writes < 1.15 * messages, "one write per heartbeat, plus churn"
+    # Heartbeats run no Lambda: what is left is the client's restore every tenth
+    # beat, plus connects, departures and sweeps.
+    invocations = month.quantities["Lambda requests"]
+    restores = messages / quiet.restore_every
+    assert restores < invocations < restores + 0.1 * messages
+
+
+def test_lambda_heartbeats_cost_an_invocation_each() -> None:
+    before = dataclasses.replace(
+        SCENARIO, agents=2_000, minutes=4, storm_at_minute=None, lambda_heartbeats=True
+    )
+    month = session_month(Simulation(before).run())
+    messages = month.quantities["API Gateway messages"]
+    assert month.quantities["Lambda requests"] > messages

@@ -42,13 +42,14 @@ def test_routes_and_the_authorizer_come_from_the_template() -> None:
     assert stack_template.routes() == {
         "$connect": "connect",
         "$disconnect": "disconnect",
-        "heartbeat": "heartbeat",
+        "restore": "heartbeat",
         "replay_permissions": "replay",
         "$default": "default",
         "resume": "stream",
         "resync": "stream",
         "ack": "stream",
     }
+    assert stack_template.service_routes() == {"heartbeat": "HeartbeatIntegration"}
     assert stack_template.authorizer_function() == "authorize"
     assert set(stack_template.functions().values()) >= {"sweeper", "cancel_offline", "backend"}
 

@@ -504,7 +504,7 @@ def test_connect_event_subscribes_the_agent(sample: Sample) -> None:
     ]
 
 
-def test_heartbeat_event_refreshes_the_lease(sample: Sample) -> None:
+def test_restore_event_refreshes_a_live_lease(sample: Sample) -> None:
     sample.run("connect.json")
     sample.clock.advance(15)
     assert sample.run("heartbeat.json")["statusCode"] == 200
@@ -512,7 +512,7 @@ def test_heartbeat_event_refreshes_the_lease(sample: Sample) -> None:
     assert lease.last_seen_at == clock.now()
 
 
-def test_heartbeat_event_restores_a_reaped_lease(sample: Sample) -> None:
+def test_restore_event_restores_a_reaped_lease(sample: Sample) -> None:
     sample.run("connect.json")
     sample.clock.advance(settings().stale_after_seconds + 1)
     presence = sample.presence()

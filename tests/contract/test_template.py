@@ -54,13 +54,16 @@ FUNCTION_IDS = {
 ROUTES = {
     "$connect": "connect",
     "$disconnect": "disconnect",
-    "heartbeat": "heartbeat",
+    "restore": "heartbeat",
     "replay_permissions": "replay",
     "$default": "default",
     "resume": "stream",
     "resync": "stream",
     "ack": "stream",
 }
+
+SERVICE_ROUTES = {"heartbeat": "HeartbeatIntegration"}
+"""Routes API Gateway serves without Lambda (AWS service integrations)."""
 
 # What each function calls, as (IAM action, resource) with symbolic resources:
 #   table        the single table            index:gsi1     its index
@@ -99,6 +102,7 @@ CALLS: dict[str, set[tuple[str, str]]] = {
         ("scheduler:DeleteSchedule", "group"),
     },
     "disconnect": DISCONNECT_PATH,
+    # The restore route (the former Lambda heartbeat): touch, else restore.
     "heartbeat": {
         ("dynamodb:ConditionCheckItem", "table"),
         ("dynamodb:PutItem", "table"),
@@ -479,6 +483,7 @@ def test_the_sam_transform_accepts_the_template() -> None:
 
 def test_routes_map_to_functions_whose_handlers_exist() -> None:
     assert stack_template.routes() == ROUTES
+    assert stack_template.service_routes() == SERVICE_ROUTES
     assert stack_template.authorizer_function() == "authorize"
     for folder in {*ROUTES.values(), "authorize"}:
         assert_handler_exists(folder)
@@ -559,9 +564,15 @@ def test_websocket_api_stage_and_integrations() -> None:
             assert props["AuthorizerId"] == {"Ref": authorizer_id}
         else:
             assert props["AuthorizationType"] == "NONE"
-        assert "RouteResponseSelectionExpression" not in props
         (integration_id,) = stack_template.referenced_ids(props["Target"])
         integration = properties(integration_id)
+        # One-way everywhere: a route response is a billed message per frame; the
+        # Lambda routes answer through @connections when they answer at all.
+        assert "RouteResponseSelectionExpression" not in props
+        if props["RouteKey"] in SERVICE_ROUTES:
+            # Served by API Gateway itself (tests/contract/test_heartbeat_integration.py).
+            assert integration["IntegrationType"] == "AWS"
+            continue
         assert integration["IntegrationType"] == "AWS_PROXY"
         folder = ROUTES[props["RouteKey"]]
         # One permission per route (a function serving several routes has one each).

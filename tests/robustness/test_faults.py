@@ -713,11 +713,14 @@ def test_a_transaction_conflict_on_a_single_item_write_is_retried(
     gateway = Gateway()
     connected = gateway.connect(query(world), token=world.owner_token)
     fake_clock.advance(5)
-    # A heartbeat's UpdateItem meets the lease while a transaction writes it.
+    # A restore's touch (the Lambda) meets the lease while a transaction writes it.
+    # The heartbeat's own UpdateItem runs in API Gateway, which retries nothing:
+    # that heartbeat renews nothing, and the next one (or the client's restore)
+    # does (docs/SCALE.md section 6).
     with failing_requests(
         "dynamodb", {"UpdateItem"}, "TransactionConflictException", times=2, status=400
     ) as failed:
-        gateway.send(connected.connection_id, {"action": "heartbeat"})
+        gateway.send(connected.connection_id, {"action": "restore"})
     assert len(failed) == 2
     assert presence_of(world).leases[0].last_seen_at == fake_clock()
 

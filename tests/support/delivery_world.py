@@ -52,7 +52,7 @@ class DeliveryWorld(PresenceWorld):
             if status == 200:
                 checkpoint("Handshake", connection_resource(f"{name}="))
                 self.sink.open(f"{name}=")
-                self.gateway.send(f"{name}=", {"action": "heartbeat"})
+                self.gateway.beat(f"{name}=")
             return status
 
         return act

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from agent_channel import clock
 from agent_channel_dev.instruments.lambda_context import LocalContext
-from agent_channel_dev.local import stack_template
+from agent_channel_dev.local import sam_app, service_integration, stack_template
 from agent_channel_dev.local.apigw_events import (
     authorizer_context_for_routes,
     authorizer_event,
@@ -22,6 +23,56 @@ from agent_channel_dev.local.gateway import select_route
 # The routes exactly as template.yaml wires them.
 ROUTE_FUNCTIONS = stack_template.routes()
 AUTHORIZER_FUNCTION = stack_template.authorizer_function()
+APP = sam_app.load(stack_template.TEMPLATE_PATH, stack_name="shim")
+SERVICE_ROUTES = APP.api.services
+"""Routes API Gateway serves without a function (AWS service integrations)."""
+APP_TABLE = APP.resolver.physical_name("Table")
+
+
+class _TestTable:
+    """The integration's requests, sent to the tests' table (named by TABLE_NAME,
+    not by the template's stack); the role was already checked against the
+    template's own name."""
+
+    def _make_api_call(self, operation_name: str, api_params: dict[str, Any]) -> Any:
+        import boto3
+
+        from agent_channel.storage.records import Record
+
+        params = dict(api_params)
+        if params.get("TableName") == APP_TABLE:
+            params["TableName"] = Record.Meta.table_name
+        client: Any = boto3.client("dynamodb")
+        return client._make_api_call(operation_name, params)
+
+
+def table_arn(name: str) -> str:
+    return f"arn:aws:dynamodb:us-east-1:000000000000:table/{name}"
+
+
+def run_service_route(
+    route: str, connection_id: str, authorizer: dict[str, Any], body: str
+) -> service_integration.Outcome:
+    """A frame through its AWS service integration, rendered from template.yaml."""
+    event = route_event(route, connection_id, authorizer=authorizer, body=body)
+    request = event["requestContext"]
+    context = service_integration.context_variables(
+        route_key=route,
+        connection_id=connection_id,
+        connected_at_ms=int(request["connectedAt"]),
+        # API Gateway's clock is the tests' (possibly fake) clock.
+        request_time_ms=int(clock.now() * 1000),
+        request_id=request["requestId"],
+        message_id=str(request.get("messageId", "")),
+        domain_name=str(request.get("domainName", "")),
+        stage=str(request.get("stage", "")),
+        api_id=str(request.get("apiId", "")),
+        source_ip="127.0.0.1",
+        authorizer=authorizer,
+    )
+    return service_integration.run(
+        SERVICE_ROUTES[route], context, body, client=_TestTable(), table_arn_of=table_arn
+    )
 
 
 def function(name: str) -> ModuleType:
@@ -77,9 +128,19 @@ class Gateway:
 
     def send(self, connection_id: str, body: Any) -> Any:
         raw = body if isinstance(body, str) else json.dumps(body)
-        route = select_route(raw, ROUTE_FUNCTIONS)
+        route = select_route(raw, {*ROUTE_FUNCTIONS, *SERVICE_ROUTES})
+        if route in SERVICE_ROUTES:
+            # No function: what the client is sent back, parsed.
+            outcome = run_service_route(route, connection_id, self.contexts[connection_id], raw)
+            return json.loads(outcome.reply) if outcome.reply else None
         event = route_event(route, connection_id, authorizer=self.contexts[connection_id], body=raw)
         return invoke(ROUTE_FUNCTIONS[route], event)
+
+    def beat(self, connection_id: str) -> Any:
+        """A late heartbeat as the reference client sends it: a restore (renew the
+        lease, or restore it if a sweep reaped it meanwhile), the Lambda path the
+        heartbeat itself took before it ran without Lambda."""
+        return self.send(connection_id, {"action": "restore"})
 
     def disconnect(self, connection_id: str) -> Any:
         event = route_event("$disconnect", connection_id, authorizer=self.contexts[connection_id])

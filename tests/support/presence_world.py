@@ -68,7 +68,7 @@ class PresenceWorld:
         def act() -> Any:
             status = subscribe()
             if status == 200:
-                self.gateway.send(f"{name}=", {"action": "heartbeat"})
+                self.gateway.beat(f"{name}=")
             return status
 
         return act
@@ -91,7 +91,7 @@ class PresenceWorld:
         def act() -> Any:
             if f"{name}=" not in self.gateway.contexts:
                 return None  # a frame cannot arrive on a socket that is not open
-            return self.gateway.send(f"{name}=", {"action": "heartbeat"})
+            return self.gateway.beat(f"{name}=")
 
         return act
 

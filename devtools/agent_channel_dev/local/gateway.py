@@ -7,7 +7,9 @@ answered 426 and runs nothing); the identity sources are checked, then the
 any other failure -> 500), then ``$connect`` (any 2xx accepts; anything else
 refuses the upgrade with that status, a failure with 500). Each text message is
 routed with the route selection expression (``$default`` when nothing matches;
-without ``$default`` the client is told ``Forbidden``), as its own invocation:
+without ``$default`` the client is told ``Forbidden``), as its own invocation (a
+route with an AWS service integration calls the service itself, see
+``service_integration``; a two-way route sends the integration's answer back):
 frames of one socket are not ordered unless ``ordered_frames`` asks for it. A
 failed or timed out invocation sends the client API Gateway's error message.
 Frames are counted as API Gateway counts them (``frames.FrameGuard``): over
@@ -27,7 +29,7 @@ import contextlib
 import secrets
 import string
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -35,9 +37,10 @@ from typing import Any, Protocol
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from agent_channel import client_json
-from agent_channel_dev.local import apigw_events, frames
+from agent_channel_dev.local import apigw_events, frames, service_integration
 from agent_channel_dev.local.apigw_events import Upgrade
 from agent_channel_dev.local.faults import Faults
+from agent_channel_dev.local.intrinsics import ACCOUNT, PARTITION, REGION
 from agent_channel_dev.local.sam_app import WebSocketApi
 
 CONNECT = "$connect"
@@ -83,7 +86,7 @@ def _iso(moment: float) -> str:
 
 
 def select_route(
-    body: str, routes: dict[str, str], expression: str = "$request.body.action"
+    body: str, routes: Container[str], expression: str = "$request.body.action"
 ) -> str:
     """Route selection on ``$request.body.PATH``; no match (or no JSON) -> $default."""
     path = expression.removeprefix("$request.body.").split(".")
@@ -96,6 +99,10 @@ def select_route(
     if isinstance(value, str) and not value.startswith("$") and value in routes:
         return value
     return DEFAULT
+
+
+def _table_arn(name: str) -> str:
+    return f"arn:{PARTITION}:dynamodb:{REGION}:{ACCOUNT}:table/{name}"
 
 
 def _is_allowed(policy: Any) -> bool:
@@ -133,9 +140,12 @@ class Gateway:
         functions: Invoker,
         options: GatewayOptions,
         faults: Faults | None = None,
+        services: Any | None = None,
     ) -> None:
         self._api = api
         self._functions = functions
+        self._services = services
+        """The DynamoDB client AWS service integrations call (the stack's moto)."""
         self._options = options
         self._sockets: dict[str, LiveSocket] = {}
         self._faults = faults
@@ -350,7 +360,7 @@ class Gateway:
             await live.ws.close(code=code, message=reason.encode())
 
     def _route(self, live: LiveSocket, body: str) -> None:
-        route = select_route(body, self._api.routes, self._api.route_selection_expression)
+        route = select_route(body, self._api.route_keys, self._api.route_selection_expression)
         # Ordered: this frame's invocation waits for the ones before it.
         previous = list(live.tasks) if self._options.ordered_frames else []
         task = asyncio.get_running_loop().create_task(self._message(live, route, body, previous))
@@ -371,19 +381,78 @@ class Gateway:
             source_ip=live.upgrade.source_ip,
         )
         request_id = event["requestContext"]["requestId"]
+        if route in self._api.services:
+            await self._service_message(live, route, event, body)
+            return
         if route not in self._api.routes:
             self._tell(live, "Forbidden", request_id)
             return
         invocation = asyncio.ensure_future(self._invoke(route, event))
         try:
-            # No route responses: the function's answer goes nowhere.
-            await asyncio.wait_for(
+            result = await asyncio.wait_for(
                 asyncio.shield(invocation), self._options.integration_timeout_seconds
             )
         except TimeoutError:
             self._tell(live, "Endpoint request timed out", request_id)
+            return
         except Exception:
             self._tell(live, "Internal server error", request_id)
+            return
+        # A one-way route's answer goes nowhere; a two-way proxy route sends the
+        # function's body (nothing when it has none).
+        answer = result.get("body") if isinstance(result, dict) else None
+        if route in self._api.two_way and isinstance(answer, str) and answer:
+            self._reply(live, answer)
+
+    def _reply(self, live: LiveSocket, text: str) -> None:
+        """A route response: written to the socket unless it has closed meanwhile."""
+        if not live.ws.closed and not live.transport.is_closing():
+            live.transport.write(frames.fragments(text.encode()))
+
+    async def _service_message(
+        self, live: LiveSocket, route: str, event: dict[str, Any], body: str
+    ) -> None:
+        """A frame through an AWS service integration: no function runs."""
+        integration = self._api.services[route]
+        request = event["requestContext"]
+        context = service_integration.context_variables(
+            route_key=route,
+            connection_id=live.connection_id,
+            connected_at_ms=int(request["connectedAt"]),
+            request_time_ms=int(request["requestTimeEpoch"]),
+            request_id=request["requestId"],
+            message_id=str(request.get("messageId", "")),
+            domain_name=self._api.domain_name,
+            stage=self._api.stage,
+            api_id=self._api.api_id,
+            source_ip=live.upgrade.source_ip,
+            authorizer=live.authorizer,
+        )
+        if self.before_route is not None:
+            await self.before_route(route, event)
+        if self._services is None:
+            self._tell(live, "Internal server error", request["requestId"])
+            return
+        try:
+            outcome = await asyncio.wait_for(
+                asyncio.to_thread(
+                    service_integration.run,
+                    integration,
+                    context,
+                    body,
+                    client=self._services,
+                    table_arn_of=_table_arn,
+                ),
+                self._options.integration_timeout_seconds,
+            )
+        except TimeoutError:
+            self._tell(live, "Endpoint request timed out", request["requestId"])
+            return
+        except Exception:
+            self._tell(live, "Internal server error", request["requestId"])
+            return
+        if outcome.reply is not None:
+            self._reply(live, outcome.reply)
 
     def _tell(self, live: LiveSocket, message: str, request_id: str) -> None:
         if not live.ws.closed and not live.transport.is_closing():

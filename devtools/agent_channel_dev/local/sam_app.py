@@ -17,6 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from agent_channel_dev.local.intrinsics import REGION, URL_SUFFIX, Resolver
+from agent_channel_dev.local.service_integration import (
+    IntegrationResponse,
+    ServiceIntegration,
+    parse_uri,
+)
 from agent_channel_dev.local.stack_template import (
     TemplateError,
     create_table_kwargs,
@@ -30,6 +35,8 @@ API_TYPE = "AWS::ApiGatewayV2::Api"
 ROUTE_TYPE = "AWS::ApiGatewayV2::Route"
 INTEGRATION_TYPE = "AWS::ApiGatewayV2::Integration"
 AUTHORIZER_TYPE = "AWS::ApiGatewayV2::Authorizer"
+INTEGRATION_RESPONSE_TYPE = "AWS::ApiGatewayV2::IntegrationResponse"
+ROUTE_RESPONSE_TYPE = "AWS::ApiGatewayV2::RouteResponse"
 STAGE_TYPE = "AWS::ApiGatewayV2::Stage"
 
 DEFAULT_TIMEOUT_SECONDS = 3
@@ -78,6 +85,15 @@ class WebSocketApi:
     """Route key -> logical id of the function its integration invokes."""
     authorizer: Authorizer | None
     """The ``$connect`` route's REQUEST authorizer (None: AuthorizationType NONE)."""
+    services: dict[str, ServiceIntegration] = field(default_factory=dict)
+    """Route key -> its AWS service integration (IntegrationType AWS: no function)."""
+    two_way: frozenset[str] = frozenset()
+    """Route keys with a route response: what the integration answers goes to the
+    client (a proxy integration's ``body``)."""
+
+    @property
+    def route_keys(self) -> set[str]:
+        return set(self.routes) | set(self.services)
 
     @property
     def domain_name(self) -> str:
@@ -302,6 +318,8 @@ def _api(resolver: Resolver, functions: dict[str, FunctionSpec], stage: str | No
     integrations = {i for i in _of_types(resolver, (INTEGRATION_TYPE,)) if belongs(i)}
     authorizers = {a for a in _of_types(resolver, (AUTHORIZER_TYPE,)) if belongs(a)}
     routes: dict[str, str] = {}
+    services: dict[str, ServiceIntegration] = {}
+    two_way: set[str] = set()
     authorizer: Authorizer | None = None
     for logical_id in _of_types(resolver, (ROUTE_TYPE,)):
         if not belongs(logical_id):
@@ -311,7 +329,18 @@ def _api(resolver: Resolver, functions: dict[str, FunctionSpec], stage: str | No
         targets = [n for n in referenced_ids(properties.get("Target")) if n in integrations]
         if not isinstance(route_key, str) or len(targets) != 1:
             raise TemplateError(f"{logical_id}: needs a RouteKey and one integration Target")
-        uri = _properties(resolver, targets[0]).get("IntegrationUri")
+        if properties.get("RouteResponseSelectionExpression") and any(
+            logical_id in referenced_ids(_properties(resolver, response).get("RouteId"))
+            for response in _of_types(resolver, (ROUTE_RESPONSE_TYPE,))
+        ):
+            two_way.add(route_key)
+        integration = _properties(resolver, targets[0])
+        if integration.get("IntegrationType") == "AWS":
+            services[route_key] = _service_integration(
+                resolver, route_key, logical_id, targets[0], api
+            )
+            continue
+        uri = integration.get("IntegrationUri")
         routes[route_key] = _integration_function(resolver, functions, uri, targets[0])
         if route_key == "$connect" and properties.get("AuthorizationType") == "CUSTOM":
             (chosen,) = [n for n in referenced_ids(properties.get("AuthorizerId"))]
@@ -344,4 +373,54 @@ def _api(resolver: Resolver, functions: dict[str, FunctionSpec], stage: str | No
         ),
         routes=routes,
         authorizer=authorizer,
+        services=services,
+        two_way=frozenset(two_way),
+    )
+
+
+def _service_integration(
+    resolver: Resolver, route_key: str, route: str, integration: str, api: str
+) -> ServiceIntegration:
+    """A route's AWS service integration: its templates, responses and role."""
+    properties = resolver.resolve(_properties(resolver, integration))
+    service, action = parse_uri(str(properties.get("IntegrationUri", "")))
+
+    def of(kind: str, field_name: str, owner: str) -> list[dict[str, Any]]:
+        return [
+            resolver.resolve(_properties(resolver, logical_id))
+            for logical_id in _of_types(resolver, (kind,))
+            if owner in referenced_ids(_properties(resolver, logical_id).get(field_name))
+            and api in referenced_ids(_properties(resolver, logical_id).get("ApiId"))
+        ]
+
+    responses = tuple(
+        IntegrationResponse(
+            key=str(found["IntegrationResponseKey"]),
+            templates={str(k): str(v) for k, v in (found.get("ResponseTemplates") or {}).items()},
+            template_selection_expression=str(found.get("TemplateSelectionExpression", "")),
+        )
+        for found in of(INTEGRATION_RESPONSE_TYPE, "IntegrationId", integration)
+    )
+    route_properties = _properties(resolver, route)
+    two_way = bool(route_properties.get("RouteResponseSelectionExpression")) and bool(
+        of(ROUTE_RESPONSE_TYPE, "RouteId", route)
+    )
+    roles = referenced_ids(_properties(resolver, integration).get("CredentialsArn"))
+    if len(roles) != 1 or resolver.type_of(roles[0]) != "AWS::IAM::Role":
+        raise TemplateError(f"{integration}: CredentialsArn must name one role of the template")
+    statements: list[dict[str, Any]] = []
+    for policy in _properties(resolver, roles[0]).get("Policies") or []:
+        document = resolver.resolve((policy or {}).get("PolicyDocument") or {})
+        statements.extend(document.get("Statement") or [])
+    return ServiceIntegration(
+        route_key=route_key,
+        service=service,
+        action=action,
+        request_templates={
+            str(k): str(v) for k, v in (properties.get("RequestTemplates") or {}).items()
+        },
+        template_selection_expression=str(properties.get("TemplateSelectionExpression", "")),
+        responses=responses,
+        two_way=two_way,
+        statements=tuple(statements),
     )

@@ -88,7 +88,10 @@ class LocalStack:
             local_origin=local_origin,
             max_concurrency=max_concurrency,
         )
-        gateway = Gateway(app.api, functions, options, faults.from_environment())
+        # What the API's AWS service integrations call: the stack's moto, with the
+        # gateway's own credentials (each integration's role is checked on the way).
+        services = boto3.client("dynamodb", endpoint_url=moto_url)
+        gateway = Gateway(app.api, functions, options, faults.from_environment(), services)
 
         async def invoke_target(name: str, event: Any) -> Any:
             return await functions.invoke(app.function_by_name(name).logical_id, event)

@@ -142,7 +142,8 @@ def _function_folder(value: Any, path: Path | None) -> str:
 
 
 def routes(path: Path | None = None) -> dict[str, str]:
-    """Route key -> function folder, through each route's integration."""
+    """Route key -> function folder, through each route's integration. Routes served
+    by an AWS service integration (no function) are in ``service_routes``."""
     integrations = dict(_of_type(INTEGRATION_TYPE, path))
     mapped: dict[str, str] = {}
     for logical_id, resource in _of_type(ROUTE_TYPE, path):
@@ -155,8 +156,25 @@ def routes(path: Path | None = None) -> dict[str, str]:
         ]
         if len(targets) != 1:
             raise TemplateError(f"{logical_id}: Target must name one integration")
-        uri = _properties(integrations[targets[0]]).get("IntegrationUri")
-        mapped[route_key] = _function_folder(uri, path)
+        integration = _properties(integrations[targets[0]])
+        if integration.get("IntegrationType") == "AWS":
+            continue
+        mapped[route_key] = _function_folder(integration.get("IntegrationUri"), path)
+    return mapped
+
+
+def service_routes(path: Path | None = None) -> dict[str, str]:
+    """Route key -> logical id of its AWS service integration (IntegrationType AWS)."""
+    integrations = dict(_of_type(INTEGRATION_TYPE, path))
+    mapped: dict[str, str] = {}
+    for _, resource in _of_type(ROUTE_TYPE, path):
+        properties = _properties(resource)
+        for name in referenced_ids(properties.get("Target")):
+            if (
+                name in integrations
+                and _properties(integrations[name]).get("IntegrationType") == "AWS"
+            ):
+                mapped[str(properties.get("RouteKey"))] = name
     return mapped
 
 

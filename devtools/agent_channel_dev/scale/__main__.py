@@ -35,12 +35,21 @@ def main() -> None:
         metavar="HEARTBEAT",
         help="cost per session-month at these heartbeat intervals (15: before; 30: now)",
     )
+    parser.add_argument(
+        "--lambda-heartbeats",
+        action="store_true",
+        help="with --cost: also each interval as before issue 17, every heartbeat a Lambda",
+    )
     args = parser.parse_args()
     print(f"prices: {aws.REGION}, price list of {aws.PRICE_LIST_DATE}\n")
     if args.cost is not None:
         base = Scenario(agents=args.agents[0], minutes=6, storm_at_minute=None)
+        designs = [(False, "")] + ([(True, " Lambda")] if args.lambda_heartbeats else [])
         outcomes = {
-            f"{beat} s": Simulation(dataclasses.replace(base, heartbeat_seconds=beat)).run()
+            f"{beat} s{label}": Simulation(
+                dataclasses.replace(base, heartbeat_seconds=beat, lambda_heartbeats=lambda_beat)
+            ).run()
+            for lambda_beat, label in designs
             for beat in args.cost or [15, 30]
         }
         print(cost_table(outcomes))

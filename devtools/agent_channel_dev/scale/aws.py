@@ -156,6 +156,7 @@ MEMORY_MB = {
     "authorize": 256,
     "connect": 256,
     "heartbeat": 256,
+    "restore": 256,
     "disconnect": 256,
     "sweeper": 1024,
     "cancel_offline": 256,

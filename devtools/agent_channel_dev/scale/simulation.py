@@ -6,8 +6,10 @@ backs off with the client's own Backoff), a heartbeat right away and then every
 ``heartbeat_seconds``, a clean close now and then, a crash now and then (no
 $disconnect until API Gateway's idle timeout), API Gateway's two-hour cut, and
 optionally a storm (every socket dropped at once). Each route runs the real rule
-(rules.subscribe, heartbeat, disconnect, sweep) inside a metered Lambda
-invocation; the sweeper runs every minute, fanned out as the deployed one is.
+(rules.subscribe, disconnect, sweep; the restore route's rules.heartbeat) inside a
+metered Lambda invocation; a heartbeat is API Gateway's own conditional
+UpdateItem (the store's touch, no Lambda), and every ``restore_every``-th beat a
+restore; the sweeper runs every minute, fanned out as the deployed one is.
 """
 
 from __future__ import annotations
@@ -54,6 +56,11 @@ class Scenario:
     crashes_per_hour: float = 0.05
     """Crashes per session-hour: no $disconnect until API Gateway's idle timeout."""
     storm_at_minute: int | None = 6
+    restore_every: int = 10
+    """The client's safety net: every this many beats a restore (the Lambda route)
+    instead of a heartbeat (API Gateway's own UpdateItem, no Lambda)."""
+    lambda_heartbeats: bool = False
+    """The design before: every heartbeat a Lambda (touch, else restore)."""
     sweep_workers: int = 16
     new_connections_per_second: int = int(aws.QUOTAS["new_connections_per_second"].value)
     seed: int = 17
@@ -70,6 +77,7 @@ class _Session:
     crashed: bool = False
     subscription: Subscription = field(default_factory=lambda: Subscription("", 0, 0, ""))
     dropped_connection_id: str | None = None
+    beats: int = 0
 
 
 @dataclass
@@ -161,6 +169,10 @@ class Simulation:
         duration = int(aws.QUOTAS["connection_duration_seconds"].value)
         for index in range(len(self.sessions)):
             self._open(0, index, quietly=True)
+            # Restores at every phase of the client's count, spread without a
+            # random draw (the other draws, and so every other figure, stay put).
+            if self.scenario.restore_every:
+                self.sessions[index].beats = index % self.scenario.restore_every
             self._at(self.random.randrange(1, duration), "cut", index)
             self._at(self.random.randrange(1, self.scenario.heartbeat_seconds + 1), "beat", index)
             self._draw_departure(0, index)
@@ -225,9 +237,20 @@ class Simulation:
         session = self.sessions[index]
         meter = self.meter
         meter.add("messages")
-        meter.begin("heartbeat")
-        rules.heartbeat(self.store, self.scheduler, session.subscription)
-        meter.end()
+        session.beats += 1
+        every = self.scenario.restore_every
+        subscription = session.subscription
+        if self.scenario.lambda_heartbeats:
+            with meter.invocation("heartbeat"):
+                rules.heartbeat(self.store, self.scheduler, subscription)
+        elif every and session.beats % every == 0:
+            # The client's safety net: a restore (a Lambda: renew, else restore).
+            with meter.invocation("restore"):
+                rules.heartbeat(self.store, self.scheduler, subscription)
+        else:
+            # API Gateway's own conditional UpdateItem: no Lambda, and a lease
+            # that is gone stays gone until the next restore.
+            self.store.touch(subscription.agent_id, subscription.connection_id, clock.now())
         self._at(second + self.scenario.heartbeat_seconds, "beat", index)
 
     def _gateway_disconnect(self, index: int) -> None:
