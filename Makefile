@@ -4,7 +4,7 @@ VENV   := .venv
 SAMENV := .venv-sam
 BIN    := $(VENV)/bin
 
-.PHONY: setup dev test lint typecheck check bench bench-local mutate chaos simulate clean
+.PHONY: setup dev test lint typecheck check bench bench-local bench-load mutate chaos simulate clean
 
 # A project venv with the package and its dev tools; AWS SAM CLI in a venv of its
 # own, because it pins versions of boto3 and others that the project must not inherit.
@@ -42,6 +42,11 @@ bench: setup
 # The local stack's own cost: launch to ready, a message's round trip (docs/LOCAL_STACK.md).
 bench-local: setup
 	$(BIN)/python -m bench.local_stack --repeat 3 --round-trips 200
+
+# Presence under a stepped arrival rate on the local stack, moto's capacity beside
+# (docs/BENCHMARKS.md, "Presence under load"; `make bench` writes it there). Minutes.
+bench-load: setup
+	nice $(BIN)/python -m bench.presence_steps
 
 # Mutation testing of the race guards (the storage conditions and the rules over
 # them; scope in pyproject.toml [tool.mutmut]). Long: on demand, never in `make

@@ -191,3 +191,65 @@ def test_the_test_apps_are_valid_sam_templates(app_name: str) -> None:
     template = ROOT / "tests" / "apps" / app_name / "template.yaml"
     matches = lint(template.read_text(encoding="utf-8"), config=ManualArgs(regions=["us-east-1"]))
     assert [str(match) for match in matches] == []
+
+
+def test_the_local_stream_is_trimmed_up_to_what_its_reader_handled() -> None:
+    """moto keeps every stream record and copies them in every transaction; the
+    local stack trims what the pipe has read, and reading after the trim point
+    (and from the new trim horizon) still finds every later record in order."""
+    import os
+
+    import boto3
+
+    from agent_channel_dev.local.moto_server import MotoServer
+
+    keys = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
+    saved = {name: os.environ.get(name) for name in keys}
+    os.environ.update(keys)
+    server = MotoServer()
+    server.start()
+    try:
+        kwargs: dict[str, Any] = {"endpoint_url": server.url, "region_name": "us-east-1"}
+        dynamodb = boto3.client("dynamodb", **kwargs)
+        streams = boto3.client("dynamodbstreams", **kwargs)
+        dynamodb.create_table(
+            TableName="trimmed",
+            BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+        )
+        for n in range(10):
+            dynamodb.put_item(TableName="trimmed", Item={"pk": {"S": str(n)}})
+        arn = dynamodb.describe_table(TableName="trimmed")["Table"]["LatestStreamArn"]
+        shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]
+
+        def read(kind: str, after: str | None = None) -> list[str]:
+            extra = {"SequenceNumber": after} if after else {}
+            iterator = streams.get_shard_iterator(
+                StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType=kind, **extra
+            )["ShardIterator"]
+            records = streams.get_records(ShardIterator=iterator, Limit=100)["Records"]
+            return [r["dynamodb"]["Keys"]["pk"]["S"] for r in records]
+
+        first = streams.get_records(
+            ShardIterator=streams.get_shard_iterator(
+                StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+            )["ShardIterator"],
+            Limit=6,
+        )["Records"]
+        handled = first[-1]["dynamodb"]["SequenceNumber"]
+
+        assert server.trim_stream("trimmed", handled) == 6
+        assert server.trim_stream("trimmed", handled) == 0
+        assert read("AFTER_SEQUENCE_NUMBER", handled) == ["6", "7", "8", "9"]
+        assert read("TRIM_HORIZON") == ["6", "7", "8", "9"]
+        dynamodb.put_item(TableName="trimmed", Item={"pk": {"S": "10"}})
+        assert read("AFTER_SEQUENCE_NUMBER", handled) == ["6", "7", "8", "9", "10"]
+    finally:
+        server.stop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

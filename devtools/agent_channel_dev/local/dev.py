@@ -307,7 +307,9 @@ async def _serve_with_moto(
         max_concurrency=options.max_concurrency,
     )
     demo = (
-        await asyncio.to_thread(_project_extras, app, stack, BackendGuard(secret, port), restored)
+        await asyncio.to_thread(
+            _project_extras, app, stack, BackendGuard(secret, port), restored, moto
+        )
         if project
         else None
     )
@@ -350,7 +352,11 @@ def sweep_interval(stale_after_seconds: int) -> float | None:
 
 
 def _project_extras(
-    app: SamApp, stack: LocalStack, guard: BackendGuard, restored: DemoAccounts | None
+    app: SamApp,
+    stack: LocalStack,
+    guard: BackendGuard,
+    restored: DemoAccounts | None,
+    moto: MotoServer,
 ) -> DemoAccounts:
     """This project's own additions: the /_backend and /_admin endpoints (the
     BackendFunction and the AdminFunction, invoked directly, behind the per-run
@@ -383,11 +389,12 @@ def _project_extras(
     )
     from agent_channel_dev.local import demo
 
-    # The task-event pipe, from its definition in the template, on moto's stream.
+    # The task-event pipe, from its definition in the template, on moto's stream;
+    # what it has handled is trimmed from the stream (why: MotoServer.trim_stream).
+    table_name = backend.environment["TABLE_NAME"]
     run_in_background(
-        LocalPipe(
-            PipeDefinition.from_template(), backend.environment["TABLE_NAME"], app.event_buses[0]
-        )
+        LocalPipe(PipeDefinition.from_template(), table_name, app.event_buses[0]),
+        trim=lambda sequence_number: moto.trim_stream(table_name, sequence_number),
     )
     if restored is not None:
         return restored

@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from moto.core.models import DEFAULT_ACCOUNT_ID
+from moto.dynamodb.models import dynamodb_backends
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
     MotoRequestHandler,
@@ -43,9 +45,9 @@ class MotoServer:
     """moto's server app, atomic per request, on a free loopback port."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        app = OneRequestAtATime(DomainDispatcherApplication(create_backend_app))
+        self._app = OneRequestAtATime(DomainDispatcherApplication(create_backend_app))
         self._server: BaseWSGIServer = make_server(
-            host, port, app, threaded=True, request_handler=MotoRequestHandler
+            host, port, self._app, threaded=True, request_handler=MotoRequestHandler
         )
         self._thread = threading.Thread(target=self._server.serve_forever, name="moto", daemon=True)
 
@@ -53,6 +55,31 @@ class MotoServer:
     def url(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
+
+    def trim_stream(self, table_name: str, through: str, region: str = "us-east-1") -> int:
+        """Drop the table's stream records up to sequence number ``through`` (all
+        read by the stream's one reader); how many went.
+
+        DynamoDB trims a stream after 24 hours; moto keeps every record for the
+        life of the process, and every TransactWriteItems deep-copies the table,
+        its stream with it, as its rollback copy. Untrimmed, a transaction's cost
+        grows with every write since the stack started (about 100 ms per 2,000
+        records on a laptop), whatever the table holds. moto numbers records from
+        the shard's ``starting_sequence_number`` (TRIM_HORIZON reads from there), so
+        the trim moves it on by what it drops. Under the request lock: no request
+        sees a half-trimmed shard.
+        """
+        with self._app._lock:
+            table = dynamodb_backends[DEFAULT_ACCOUNT_ID][region].tables.get(table_name)
+            shard = table.stream_shard if table is not None else None
+            if shard is None:
+                return 0
+            dropped = min(len(shard.items), int(through) + 1 - shard.starting_sequence_number)
+            if dropped <= 0:
+                return 0
+            del shard.items[:dropped]
+            shard.starting_sequence_number += dropped
+            return dropped
 
     def start(self) -> None:
         self._thread.start()

@@ -23,6 +23,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -256,14 +257,24 @@ POLL_SECONDS = 0.25
 """How often the local pipe reads the stream (a pipe polls about 4 times a second)."""
 
 
-def run_in_background(pipe: LocalPipe) -> threading.Thread:
+def run_in_background(
+    pipe: LocalPipe, trim: Callable[[str], object] | None = None
+) -> threading.Thread:
     """Poll ``pipe`` for the life of the process (the local stack's), on a daemon
-    thread; a failed poll leaves the records on the stream for the next one."""
+    thread; a failed poll leaves the records on the stream for the next one.
+
+    ``trim(sequence_number)``, when given, is told after each poll how far the
+    pipe has handled the stream, so the records it will never read again can go
+    (``MotoServer.trim_stream``: the pipe is the stream's only reader)."""
 
     def loop() -> None:
         while True:
             try:
                 pipe.pump()
+                if trim is not None:
+                    for sequence_number in pipe.checkpoints.values():
+                        if sequence_number:
+                            trim(sequence_number)
             except Exception:
                 logger.debug("task-event pipe poll failed", exc_info=True)
             time.sleep(POLL_SECONDS)

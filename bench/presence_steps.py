@@ -1,0 +1,865 @@
+"""Presence under a stepped arrival rate, against the real local stack.
+
+    .venv/bin/python -m bench.presence_steps [--rates 1 2 4 8] [--step-seconds 45]
+
+The stack is ``agent-channel dev`` (``local.dev.run``) in a child process, with
+production timings (heartbeat 15 s, stale after 45 s: what issue 16 asks for; the
+template's default heartbeat is 30 s, which halves the heartbeat traffic, so 15 s
+is the harder case) and server-side accounting (``bench.stack_accounting``):
+DynamoDB and Scheduler requests counted where moto serves them, by the function
+that sent them; invocations counted and timed where the gateway makes them.
+
+The clients are real WebSocket clients (``websockets``, one asyncio loop, on
+loopback). Sessions arrive as a Poisson process at each step's rate, for a
+fixed time per step; each connects as one of many agents (2 or 3 session slots
+each, all owned by the demo owner and opened with its token), heartbeats every
+15 s and disconnects after a lifetime drawn from a range. A step past the knee
+(a client timeout or failure, connect p99 several times the first step's, or
+fewer sessions connected than arrived) ends the stepping. Then the live state is
+held (no new session, none leaves) and checked, one busy agent with many
+sessions runs a step of its own, every socket closes, and the state is checked
+again:
+
+- while held, every agent is routed exactly when it has an open session, and
+  its leases are exactly its open sessions, each live;
+- after every socket closed, no agent is routed and no lease is left.
+
+moto's raw capacity (``bench.moto_capacity``) is probed in this process before
+and after the steps (the stack idle), on a table of the run's size, and each
+step's DynamoDB and Scheduler request rate is given as a fraction of what moto
+alone serves for that step's request mix, with the range of the two probes. The
+stack's moto busy time (its one-request lock held) is given beside: the same
+fraction measured inside the stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+READY = re.compile(r"^READY (ws://127\.0\.0\.1:\d+/\S+) (\{.*\})$")
+TOKEN_LINE = re.compile(r"^\s+token\s+(\S+)$")
+SECRET_LINE = re.compile(r"^\s+secret\s+(\S+)$")
+STATS_PREFIX = "BENCH-STATS "
+START_TIMEOUT = 90.0
+CONNECT_TIMEOUT = 10.0
+"""The reference agent client's ``open_timeout``: longer is a client timeout."""
+CLOSE_TIMEOUT = 10.0
+IDLE_TIMEOUT = 60.0
+KNEE_P99_FACTOR = 4.0
+"""Connect p99 this many times the first step's marks the knee."""
+KNEE_ARRIVED_SHARE = 0.9
+BACKEND_THREADS = 8
+
+# What a function's invocations stand for in the report.
+CONNECT_FUNCTIONS = ("AuthorizeFunction", "ConnectFunction")
+HEARTBEAT_FUNCTION = "HeartbeatFunction"
+DISCONNECT_FUNCTION = "DisconnectFunction"
+BACKGROUND = (
+    "stack",
+    "SweeperFunction",
+    "RedeliveryFunction",
+    "CancelOfflineFunction",
+    "BackendFunction",
+    "AdminFunction",
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    rates: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
+    step_seconds: float = 45.0
+    lifetime: tuple[float, float] = (20.0, 60.0)
+    heartbeat_seconds: int = 15
+    stale_after_seconds: int = 45
+    grace_seconds: int = 30
+    busy_sessions: int = 40
+    probe_seconds: float = 2.0
+    seed: int = 16
+
+    @property
+    def busy_rate(self) -> float:
+        """Arrivals that keep the busy agent's slots about full."""
+        return self.busy_sessions / statistics.mean(self.lifetime)
+
+    @property
+    def agents(self) -> int:
+        """Enough agents (2.5 slots each on average) for the most sessions live at
+        once at the highest rate, with a margin."""
+        live = max(self.rates) * self.lifetime[1] * 1.2
+        return max(4, math.ceil(live / 2.5))
+
+    def command(self) -> str:
+        rates = " ".join(f"{r:g}" for r in self.rates)
+        return (
+            f".venv/bin/python -m bench.presence_steps --rates {rates} "
+            f"--step-seconds {self.step_seconds:g} --lifetime {self.lifetime[0]:g} "
+            f"{self.lifetime[1]:g} --busy-sessions {self.busy_sessions}"
+        )
+
+
+QUICK = Plan(rates=(1.0, 2.0), step_seconds=20.0, lifetime=(10.0, 30.0), busy_sessions=10)
+"""``make bench --quick``: a smoke run of the same shape."""
+GOAL_SHARE = 0.5
+"""Issue 16: at least half of moto's capacity for the request mix below the knee."""
+
+
+# -- the child: the stack with its accounting --------------------------------------
+
+
+def serve(heartbeat: int, stale: int, grace: int) -> int:
+    for path in (ROOT, ROOT / "lib", ROOT / "devtools"):
+        if str(path) not in sys.path:
+            sys.path.insert(0, str(path))
+    from agent_channel_dev.local import dev
+    from bench import stack_accounting
+
+    accounting = stack_accounting.Accounting()
+    if os.environ.get("BENCH_PROFILE"):
+        import cProfile
+
+        accounting.profile = cProfile.Profile()
+        accounting.profile_operation = os.environ["BENCH_PROFILE"]
+    stack_accounting.install(accounting)
+    print(STATS_PREFIX + stack_accounting.serve_stats(accounting), flush=True)
+    options = dev.DevOptions(
+        port=0,
+        heartbeat_seconds=heartbeat,
+        stale_after_seconds=stale,
+        grace_seconds=grace,
+        log_level="ERROR",
+        # A throwaway data directory: the load must not start on, or leave, state.
+        data_dir=tempfile.mkdtemp(prefix="agent-channel-bench-"),
+        # Lambda's default account concurrency is far above this; the local stack's
+        # default (8 workers per function) is what a laptop runs.
+        max_concurrency=8,
+    )
+    code = dev.run(options)
+    if accounting.profile is not None:
+        import pstats
+
+        pstats.Stats(accounting.profile, stream=sys.stderr).sort_stats("cumulative").print_stats(40)
+    return code
+
+
+@dataclass
+class Stack:
+    process: subprocess.Popen[str]
+    ws_url: str
+    backend: str
+    owner_id: int
+    agent_id: int
+    token: str
+    secret: str
+    stats_url: str
+    moto: str
+    lines: list[str]
+
+    def command(self, command: dict[str, Any], path: str = "/_backend") -> dict[str, Any]:
+        """A command to the BackendFunction (``/_admin``: the AdminFunction)."""
+        if not self.backend.startswith("http://127.0.0.1:"):
+            raise ValueError("the stack must be on loopback")
+        request = urllib.request.Request(  # noqa: S310 (checked just above: loopback http)
+            f"{self.backend}{path}",
+            data=json.dumps(command).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.secret}"},
+        )
+        with urllib.request.urlopen(request, timeout=120) as answer:  # noqa: S310 (loopback)
+            found: dict[str, Any] = json.loads(answer.read())
+        return found
+
+    def stats(self) -> dict[str, Any]:
+        if not self.stats_url.startswith("http://127.0.0.1:"):
+            raise ValueError("the stats must be on loopback")
+        with urllib.request.urlopen(self.stats_url, timeout=30) as answer:  # noqa: S310
+            found: dict[str, Any] = json.loads(answer.read())
+        return found
+
+    def wait_idle(self, open_sockets: int) -> dict[str, Any]:
+        """Until no invocation runs and the gateway holds exactly ``open_sockets``
+        (or the timeout: the caller compares what it found)."""
+        deadline = time.monotonic() + IDLE_TIMEOUT
+        while True:
+            found = self.stats()
+            settled = found["in_flight"] == 0 and found["open_sockets"] == open_sockets
+            if settled or time.monotonic() > deadline:
+                return found
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+def start_stack(plan: Plan) -> Stack:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "POWERTOOLS_"))}
+    profile = os.environ.get("BENCH_PROFILE_TO")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.presence_steps",
+            "--serve",
+            str(plan.heartbeat_seconds),
+            str(plan.stale_after_seconds),
+            str(plan.grace_seconds),
+        ],
+        stdout=subprocess.PIPE,
+        # BENCH_PROFILE_TO: where the child's profile (its stderr) goes.
+        stderr=open(profile, "w") if profile else subprocess.STDOUT,  # noqa: SIM115
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+    lines: list[str] = []
+    ready: list[re.Match[str]] = []
+    found = threading.Event()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            line = raw.rstrip("\n")
+            # The stack's own output is kept (bounded) for a failure's message.
+            lines.append(line)
+            del lines[:-200]
+            match = READY.match(line)
+            if match:
+                ready.append(match)
+                found.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    if not found.wait(START_TIMEOUT) or not ready:
+        process.kill()
+        raise RuntimeError(f"the stack did not start: {lines[-20:]}")
+    details = json.loads(ready[0].group(2))
+    return Stack(
+        process,
+        ready[0].group(1),
+        details["backend"],
+        int(details["owner_id"]),
+        int(details["agent_id"]),
+        next(m.group(1) for line in lines if (m := TOKEN_LINE.match(line))),
+        next(m.group(1) for line in lines if (m := SECRET_LINE.match(line))),
+        next(line.removeprefix(STATS_PREFIX) for line in lines if line.startswith(STATS_PREFIX)),
+        details["moto"],
+        lines,
+    )
+
+
+# -- the clients -------------------------------------------------------------------
+
+
+@dataclass
+class Agent:
+    agent_id: int
+    slots: int
+    open: set[str] = field(default_factory=set)
+
+    def free_session(self) -> str | None:
+        for index in range(self.slots):
+            if f"s{index}" not in self.open:
+                return f"s{index}"
+        return None
+
+
+@dataclass
+class StepRecord:
+    """What the clients saw during one step."""
+
+    name: str
+    rate: float
+    arrivals: int = 0
+    pending: int = 0
+    """Connects still waiting for their answer."""
+    connected: int = 0
+    no_slot: int = 0
+    connect: list[float] = field(default_factory=list)
+    close: list[float] = field(default_factory=list)
+    heartbeats_sent: int = 0
+    disconnects: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    error_frames: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+
+class Load:
+    """The sessions, their agents, and the step they count in."""
+
+    def __init__(self, stack: Stack, plan: Plan) -> None:
+        self.stack = stack
+        self.plan = plan
+        self.rng = random.Random(plan.seed)
+        self.step = StepRecord("setup", 0.0)
+        self.hold = asyncio.Event()
+        self.release = asyncio.Event()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def arrive(self, agents: Sequence[Agent]) -> None:
+        record = self.step
+        record.arrivals += 1
+        candidates = [agent for agent in agents if agent.free_session() is not None]
+        if not candidates:
+            record.no_slot += 1
+            return
+        agent = self.rng.choice(candidates)
+        session_id = agent.free_session()
+        assert session_id is not None
+        agent.open.add(session_id)
+        lifetime = self.rng.uniform(*self.plan.lifetime)
+        task = asyncio.get_running_loop().create_task(self.session(agent, session_id, lifetime))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def session(self, agent: Agent, session_id: str, lifetime: float) -> None:
+        import websockets
+
+        record = self.step
+        record.pending += 1
+        query = f"agent_id={agent.agent_id}&session_id={session_id}&token={self.stack.token}"
+        started = time.perf_counter()
+        try:
+            socket = await websockets.connect(
+                f"{self.stack.ws_url}?{query}",
+                open_timeout=CONNECT_TIMEOUT,
+                ping_interval=None,
+                close_timeout=CLOSE_TIMEOUT,
+            )
+        except Exception as error:
+            record.failures[f"connect: {type(error).__name__}"] += 1
+            agent.open.discard(session_id)
+            return
+        finally:
+            record.pending -= 1
+        record.connect.append(time.perf_counter() - started)
+        record.connected += 1
+        reader = asyncio.get_running_loop().create_task(self.read(socket))
+        loop = asyncio.get_running_loop()
+        end = loop.time() + lifetime
+        next_heartbeat = loop.time() + self.plan.heartbeat_seconds
+        try:
+            while not self.release.is_set():
+                now = loop.time()
+                if now >= end and not self.hold.is_set():
+                    break
+                until = next_heartbeat if self.hold.is_set() else min(next_heartbeat, end)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.release.wait(), max(0.0, until - now))
+                if loop.time() >= next_heartbeat and not self.release.is_set():
+                    await asyncio.wait_for(socket.send('{"action": "heartbeat"}'), CLOSE_TIMEOUT)
+                    self.step.heartbeats_sent += 1
+                    next_heartbeat += self.plan.heartbeat_seconds
+            closing = self.step
+            started = time.perf_counter()
+            await socket.close()
+            closing.close.append(time.perf_counter() - started)
+            closing.disconnects += 1
+        except Exception as error:
+            self.step.failures[f"session: {type(error).__name__}"] += 1
+            socket.transport.abort()
+        finally:
+            reader.cancel()
+            agent.open.discard(session_id)
+
+    async def read(self, socket: Any) -> None:
+        """Every frame the gateway sends: an error message names a failed or timed out
+        invocation (API Gateway's 'Endpoint request timed out' is a client timeout)."""
+        with contextlib.suppress(Exception):
+            async for raw in socket:
+                try:
+                    message = json.loads(raw).get("message")
+                except (ValueError, AttributeError):
+                    continue
+                if isinstance(message, str):
+                    self.step.error_frames[message] += 1
+
+    async def run_step(self, record: StepRecord, agents: Sequence[Agent], seconds: float) -> None:
+        self.step = record
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        end = started + seconds
+        arrival = started + self.rng.expovariate(record.rate)
+        while arrival < end:
+            await asyncio.sleep(max(0.0, arrival - loop.time()))
+            self.arrive(agents)
+            arrival += self.rng.expovariate(record.rate)
+        await asyncio.sleep(max(0.0, end - loop.time()))
+        # The step's connects are answered (or time out) before it is judged; the
+        # step's window (its server-side counts too) includes that wait.
+        while record.pending and loop.time() < end + CONNECT_TIMEOUT + 1:
+            await asyncio.sleep(0.1)
+        record.seconds = loop.time() - started
+
+
+# -- the report --------------------------------------------------------------------
+
+
+def quantile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+
+@dataclass
+class StepResult:
+    record: StepRecord
+    requests: dict[str, int]
+    """``function|service:Operation`` -> requests in the step."""
+    invocations: dict[str, int]
+    durations: dict[str, list[float]]
+    errors: dict[str, int]
+    moto_busy: float
+    busy_by_operation: dict[str, float]
+    moto_cpu: float
+    stack_cpu: float
+    worker_cpu: float
+    stream_records: int = 0
+    past_knee: bool = False
+
+    @classmethod
+    def between(
+        cls, record: StepRecord, before: dict[str, Any], after: dict[str, Any]
+    ) -> StepResult:
+        def delta(name: str) -> dict[str, int]:
+            return {
+                k: v - before[name].get(k, 0)
+                for k, v in after[name].items()
+                if v - before[name].get(k, 0)
+            }
+
+        durations = {
+            name: values[len(before["durations"].get(name, [])) :]
+            for name, values in after["durations"].items()
+        }
+        return cls(
+            record,
+            delta("requests"),
+            delta("invocations"),
+            durations,
+            delta("errors"),
+            after["moto_busy"] - before["moto_busy"],
+            {
+                op: busy - before["busy_by_operation"].get(op, 0.0)
+                for op, busy in after["busy_by_operation"].items()
+                if busy - before["busy_by_operation"].get(op, 0.0) > 0
+            },
+            after["moto_cpu"] - before["moto_cpu"],
+            after["stack_cpu"] - before["stack_cpu"],
+            max(0.0, after["worker_cpu"] - before["worker_cpu"]),
+            int((after.get("table_items") or {}).get("stream_records") or 0),
+        )
+
+    def moto_ms(self) -> list[tuple[str, float, float]]:
+        """(operation, busy seconds, ms per request) by operation, busiest first."""
+        counts: Counter[str] = Counter()
+        for key, n in self.requests.items():
+            counts[key.split("|", 1)[1]] += n
+        return sorted(
+            (
+                (op, busy, 1000 * busy / counts[op] if counts[op] else 0.0)
+                for op, busy in self.busy_by_operation.items()
+            ),
+            key=lambda row: -row[1],
+        )
+
+    def calls(self, function: str) -> int:
+        return sum(n for key, n in self.invocations.items() if key.split("|", 1)[0] == function)
+
+    def ok(self, function: str) -> int:
+        return self.invocations.get(f"{function}|ok", 0)
+
+    def requests_of(self, functions: Sequence[str]) -> Counter[str]:
+        found: Counter[str] = Counter()
+        for key, n in self.requests.items():
+            who, operation = key.split("|", 1)
+            if who in functions:
+                found[operation] += n
+        return found
+
+    def per_operation(self, functions: Sequence[str], operations: int) -> float | None:
+        """DynamoDB requests per operation of these functions."""
+        if not operations:
+            return None
+        dynamodb = sum(
+            n for op, n in self.requests_of(functions).items() if op.startswith("dynamodb:")
+        )
+        return dynamodb / operations
+
+    @property
+    def mix(self) -> dict[str, int]:
+        """The routes' requests by operation (the stack's background excluded)."""
+        routes = {key.split("|", 1)[0] for key in self.requests} - set(BACKGROUND)
+        return {op.split(":", 1)[1]: n for op, n in self.requests_of(sorted(routes)).items()}
+
+    @property
+    def all_requests(self) -> int:
+        return sum(self.requests.values())
+
+    @property
+    def timeouts(self) -> int:
+        connect = sum(n for k, n in self.record.failures.items() if "Timeout" in k)
+        return connect + self.record.error_frames.get("Endpoint request timed out", 0)
+
+
+@dataclass
+class Result:
+    plan: Plan
+    steps: list[StepResult]
+    busy: StepResult | None
+    probes: list[list[Any]]
+    """moto_capacity.Capacity lists: before and after."""
+    table_items: int
+    held_violations: list[str]
+    closed_violations: list[str]
+    agents: int
+    loads: list[str]
+
+    def capacity_range(self, step: StepResult) -> tuple[float, float]:
+        from bench import moto_capacity
+
+        found = [moto_capacity.mix_capacity(probe, step.mix) for probe in self.probes]
+        return min(found), max(found)
+
+    @property
+    def knee(self) -> StepResult | None:
+        """The last step below the knee."""
+        below = [step for step in self.steps if not step.past_knee]
+        return below[-1] if below else None
+
+
+def goals(result: Result) -> str:
+    """Issue 16's three goals, each met or not, with the figure that decides it."""
+    knee = result.knee
+    parts: list[str] = []
+    if knee is None:
+        parts.append("No step was below the knee: the capacity goal cannot be met.")
+    else:
+        low, high = result.capacity_range(knee)
+        served = sum(knee.mix.values()) / max(knee.record.seconds, 1e-9)
+        share = (served / high, served / low) if low and high else (0.0, 0.0)
+        met = share[0] >= GOAL_SHARE
+        parts.append(
+            f"Capacity: at {knee.record.name}, the last step below the knee, the routes "
+            f"sent {served:.1f} requests/s, {share[0]:.0%}-{share[1]:.0%} of moto's "
+            f"capacity for that mix ({low:.1f}-{high:.1f}/s); moto was busy "
+            f"{knee.moto_busy / max(knee.record.seconds, 1e-9):.0%} of the step inside "
+            f"the stack: {'met' if met else 'not met'} (goal {GOAL_SHARE:.0%})."
+        )
+    below_timeouts = sum(step.timeouts for step in result.steps if not step.past_knee)
+    parts.append(
+        f"Client timeouts below the knee: {below_timeouts} "
+        f"({'met' if not below_timeouts else 'not met'})."
+    )
+    violations = len(result.held_violations) + len(result.closed_violations)
+    parts.append(f"Invariant violations: {violations} ({'met' if not violations else 'not met'}).")
+    return " ".join(parts)
+
+
+def check_knee(step: StepResult, first: StepResult) -> bool:
+    record = step.record
+    if step.timeouts or record.failures:
+        return True
+    arrived = record.arrivals - record.no_slot
+    if arrived and record.connected < KNEE_ARRIVED_SHARE * arrived:
+        return True
+    base, p99 = quantile(first.record.connect, 0.99), quantile(record.connect, 0.99)
+    return base is not None and p99 is not None and p99 > KNEE_P99_FACTOR * base and p99 > 0.5
+
+
+def presence_violations(stack: Stack, agents: Sequence[Agent]) -> list[str]:
+    """Routed iff an open session; leases exactly the open sessions, each live."""
+
+    def check(agent: Agent) -> list[str]:
+        found = stack.command({"op": "presence", "agent_id": agent.agent_id})
+        problems: list[str] = []
+        leases = {lease["session_id"]: lease for lease in found.get("leases", [])}
+        if bool(found.get("routing")) != bool(agent.open):
+            problems.append(
+                f"agent {agent.agent_id}: routing {found.get('routing')} with "
+                f"{len(agent.open)} open sessions"
+            )
+        if set(leases) != agent.open:
+            problems.append(
+                f"agent {agent.agent_id}: leases {sorted(leases)}, open {sorted(agent.open)}"
+            )
+        problems += [
+            f"agent {agent.agent_id}: lease {name} not live"
+            for name, lease in leases.items()
+            if not lease["live"]
+        ]
+        return problems
+
+    with ThreadPoolExecutor(BACKEND_THREADS) as pool:
+        return [problem for problems in pool.map(check, agents) for problem in problems]
+
+
+def settle(stack: Stack, open_sockets: int) -> list[str]:
+    """Wait until the stack is idle; a socket the gateway holds that no client
+    holds (or the reverse) is a violation."""
+    found = stack.wait_idle(open_sockets)
+    problems = []
+    if found["open_sockets"] != open_sockets:
+        problems.append(f"gateway holds {found['open_sockets']} sockets, clients {open_sockets}")
+    if found["in_flight"]:
+        problems.append(f"{found['in_flight']} invocations still running")
+    return problems
+
+
+def create_agents(stack: Stack, count: int, seed: int) -> list[Agent]:
+    rng = random.Random(seed)
+
+    def create(index: int) -> int:
+        answer = stack.command(
+            {"op": "create_agent", "owner_id": stack.owner_id, "name": f"load-{index}"},
+            "/_admin",
+        )
+        return int(answer["agent_id"])
+
+    with ThreadPoolExecutor(BACKEND_THREADS) as pool:
+        ids = list(pool.map(create, range(count)))
+    return [Agent(agent_id, rng.choice((2, 3))) for agent_id in ids]
+
+
+def load_now() -> str:
+    one, five, _ = os.getloadavg()
+    return f"{one:.1f} (1 min), {five:.1f} (5 min)"
+
+
+async def _drive(
+    stack: Stack, plan: Plan, agents: list[Agent]
+) -> tuple[list[StepResult], StepResult | None, list[str], list[str], list[str]]:
+    load = Load(stack, plan)
+    steps: list[StepResult] = []
+    loads: list[str] = []
+    for rate in plan.rates:
+        record = StepRecord(f"{rate:g}/s", rate)
+        before = await asyncio.to_thread(stack.stats)
+        loads.append(load_now())
+        await load.run_step(record, agents, plan.step_seconds)
+        after = await asyncio.to_thread(stack.stats)
+        step = StepResult.between(record, before, after)
+        step.past_knee = check_knee(step, steps[0] if steps else step)
+        steps.append(step)
+        print(f"step {record.name}: {summary(step)}", flush=True)
+        if step.past_knee:
+            break
+    # Held: the sessions open now stay open (heartbeating) while presence is read.
+    load.hold.set()
+    load.step = StepRecord("held", 0.0)
+    open_now = sum(len(agent.open) for agent in agents)
+    held = await asyncio.to_thread(settle, stack, open_now)
+    held += await asyncio.to_thread(presence_violations, stack, agents)
+    # One busy agent, measured on its own: the many agents' sessions leave first.
+    load.hold.clear()
+    while load.tasks:
+        await asyncio.gather(*list(load.tasks), return_exceptions=True)
+    await asyncio.to_thread(stack.wait_idle, 0)
+    busy_result: StepResult | None = None
+    busy_agent = Agent(stack.agent_id, plan.busy_sessions)
+    if plan.busy_sessions:
+        record = StepRecord(f"busy agent, {plan.busy_rate:.2g}/s", plan.busy_rate)
+        before = await asyncio.to_thread(stack.stats)
+        await load.run_step(record, [busy_agent], plan.step_seconds)
+        after = await asyncio.to_thread(stack.stats)
+        busy_result = StepResult.between(record, before, after)
+        print(f"step {record.name}: {summary(busy_result)}", flush=True)
+        load.hold.set()
+        load.step = StepRecord("held", 0.0)
+        held += await asyncio.to_thread(settle, stack, len(busy_agent.open))
+        held += await asyncio.to_thread(presence_violations, stack, [busy_agent])
+    load.release.set()
+    while load.tasks:
+        await asyncio.gather(*list(load.tasks), return_exceptions=True)
+    closed = await asyncio.to_thread(settle, stack, 0)
+    closed += await asyncio.to_thread(presence_violations, stack, [*agents, busy_agent])
+    return steps, busy_result, held, closed, loads
+
+
+def summary(step: StepResult) -> str:
+    record = step.record
+    p99 = quantile(record.connect, 0.99)
+    return (
+        f"{record.connected}/{record.arrivals} connected, connect p99 "
+        f"{p99 * 1000 if p99 is not None else float('nan'):.0f} ms, heartbeats "
+        f"{step.ok(HEARTBEAT_FUNCTION)}/{record.heartbeats_sent}, {step.all_requests} "
+        f"requests, moto busy {step.moto_busy / max(record.seconds, 1e-9):.0%} "
+        f"(CPU {step.moto_cpu / max(record.seconds, 1e-9):.0%}), stream "
+        f"{step.stream_records}, "
+        f"timeouts {step.timeouts}, failures {dict(record.failures)}; moto ms/request: "
+        + ", ".join(f"{op} {ms:.1f}" for op, _, ms in step.moto_ms()[:5])
+    )
+
+
+def run(plan: Plan) -> Result:
+    from bench import moto_capacity
+
+    stack = start_stack(plan)
+    try:
+        agents = create_agents(stack, plan.agents, plan.seed)
+        stack.wait_idle(0)
+        # Probed on a copy of the stack's table as it is now (the stack idle).
+        copied = moto_capacity.table_items(stack.moto)
+        probes = [moto_capacity.measure(plan.probe_seconds, copied=copied)]
+        steps, busy, held, closed, loads = asyncio.run(_drive(stack, plan, agents))
+        copied = moto_capacity.table_items(stack.moto)
+    finally:
+        stack.stop()
+    # After: the stack stopped, so the probe has the machine the stack had.
+    probes.append(moto_capacity.measure(plan.probe_seconds, copied=copied))
+    return Result(plan, steps, busy, probes, len(copied), held, closed, len(agents), loads)
+
+
+# -- markdown ----------------------------------------------------------------------
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.0f}"
+
+
+def _latency(values: Sequence[float]) -> str:
+    return f"{_ms(quantile(values, 0.5))} / {_ms(quantile(values, 0.99))}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def step_row(result: Result, step: StepResult) -> str:
+    record = step.record
+    seconds = max(record.seconds, 1e-9)
+    low, high = result.capacity_range(step)
+    route_requests = sum(step.mix.values())
+    served = route_requests / seconds
+    connects = step.ok("ConnectFunction")
+    heartbeats = step.calls(HEARTBEAT_FUNCTION)
+    disconnects = step.calls(DISCONNECT_FUNCTION)
+    fraction = f"{served / high:.0%}-{served / low:.0%}" if low and high else "-"
+    return (
+        f"| {record.name} | {record.connected}/{record.arrivals - record.no_slot} "
+        f"| {_latency(record.connect)} "
+        f"| {_latency(step.durations.get(HEARTBEAT_FUNCTION, []))} "
+        f"| {_latency(step.durations.get(DISCONNECT_FUNCTION, []))} "
+        f"| {_ratio(step.per_operation(CONNECT_FUNCTIONS, connects))} "
+        f"/ {_ratio(step.per_operation((HEARTBEAT_FUNCTION,), heartbeats))} "
+        f"/ {_ratio(step.per_operation((DISCONNECT_FUNCTION,), disconnects))} "
+        f"| {step.ok(HEARTBEAT_FUNCTION)}/{record.heartbeats_sent} "
+        f"| {step.timeouts} | {sum(record.failures.values())} "
+        f"| {served:.1f} | {low:.1f}-{high:.1f} | {fraction} "
+        f"| {step.moto_busy / seconds:.0%} "
+        f"| {step.stack_cpu / seconds:.2f} / {step.worker_cpu / seconds:.2f} "
+        f"| {'yes' if step.past_knee else 'no'} |"
+    )
+
+
+HEADER = (
+    "| step | connected / arrived | connect p50 / p99 ms (client) "
+    "| heartbeat p50 / p99 ms (server) | disconnect p50 / p99 ms (server) "
+    "| DynamoDB requests per connect / heartbeat / disconnect "
+    "| heartbeats processed / sent | client timeouts | client failures "
+    "| route requests/s | moto capacity for the mix, /s | fraction of moto "
+    "| moto busy (in the stack) | CPU cores: stack / workers | past the knee |\n"
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+    "| ---: | ---: | --- |"
+)
+
+
+def markdown(result: Result) -> str:
+    plan = result.plan
+    lines = [HEADER]
+    lines += [step_row(result, step) for step in result.steps]
+    if result.busy is not None:
+        lines.append(step_row(result, result.busy))
+    lines += ["", "moto's raw capacity, requests per second (before / after the steps):", ""]
+    lines += ["| request | before | after |", "| --- | ---: | ---: |"]
+    for before, after in zip(result.probes[0], result.probes[-1], strict=True):
+        lines.append(f"| {before.operation} | {before.per_second:.0f} | {after.per_second:.0f} |")
+    mixes: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    by_function: dict[str, Counter[str]] = {}
+    for step in [*result.steps, *([result.busy] if result.busy else [])]:
+        mixes.update(step.mix)
+        errors.update(step.errors)
+        for key, n in step.requests.items():
+            who, operation = key.split("|", 1)
+            by_function.setdefault(who, Counter())[operation] += n
+    lines += ["", "Requests by sender over the steps (server-side, where moto serves them):", ""]
+    lines += ["| sender | requests |", "| --- | --- |"]
+    for who, counts in sorted(by_function.items(), key=lambda item: -sum(item[1].values())):
+        listed = ", ".join(f"{op} {n}" for op, n in counts.most_common())
+        lines.append(f"| {who} | {sum(counts.values())}: {listed} |")
+    lines += [
+        "",
+        f"Table items during the run: {result.table_items:,}. Agents: {result.agents} "
+        f"(2-3 session slots each) plus the busy one ({plan.busy_sessions} slots). "
+        f"Load average at each step's start: {'; '.join(result.loads)}.",
+        "",
+        "The routes' requests over the whole run: "
+        + (", ".join(f"{op} {n}" for op, n in mixes.most_common()) or "none")
+        + ". Error answers: "
+        + (", ".join(f"{op} {n}" for op, n in errors.most_common()) or "none")
+        + ".",
+        "",
+        "Invariants while held: "
+        + (
+            "held"
+            if not result.held_violations
+            else "VIOLATED: " + "; ".join(result.held_violations[:10])
+        )
+        + ". After every socket closed: "
+        + (
+            "held"
+            if not result.closed_violations
+            else "VIOLATED: " + "; ".join(result.closed_violations[:10])
+        )
+        + ".",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--rates", type=float, nargs="+", default=list(Plan.rates))
+    parser.add_argument("--step-seconds", type=float, default=Plan.step_seconds)
+    parser.add_argument("--lifetime", type=float, nargs=2, default=list(Plan.lifetime))
+    parser.add_argument("--busy-sessions", type=int, default=Plan.busy_sessions)
+    parser.add_argument("--serve", type=int, nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        return serve(*args.serve)
+    plan = Plan(
+        rates=tuple(args.rates),
+        step_seconds=args.step_seconds,
+        lifetime=(args.lifetime[0], args.lifetime[1]),
+        busy_sessions=args.busy_sessions,
+    )
+    print(markdown(run(plan)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""Server-side accounting for a local stack under load, in the stack's own process.
+
+The handlers run in worker processes, so nothing the load driver's process hooks
+sees their requests. What every request does pass through is the stack process:
+each DynamoDB, Scheduler or EventBridge request is one call of the embedded moto
+server (``moto_server.OneRequestAtATime``), and each invocation is one
+``Functions.invoke``. This module wraps both, in the child process that runs
+``agent-channel dev`` for a benchmark, and serves what it counted as JSON on a
+loopback port of its own:
+
+- moto: requests by (function, operation), error answers by (operation, code),
+  the wall time moto held its one-request lock (busy time) and the CPU time its
+  thread spent inside it. Which function sent a request is read from the SigV4
+  access key in its ``Authorization`` header: the local stack gives every function
+  a key of its own (``stack.LocalStack.build``); the stack's own calls (its
+  schedule loop, the task-event pipe) sign with ``local``.
+- invocations: by function, with their outcome and duration (queueing for a free
+  worker included: it is part of what a client waits for), and how many are in
+  flight, so a driver can wait until the stack is idle.
+- CPU seconds of the stack process and of its worker processes.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import json
+import multiprocessing
+import os
+import re
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+CREDENTIAL = re.compile(r"Credential=([^/]+)/[^/]+/[^/]+/([^/]+)/")
+STACK_KEY = "local"
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+class Accounting:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.keys: dict[str, str] = {STACK_KEY: "stack"}
+        self.requests: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.moto_busy = 0.0
+        self.busy_by_operation: dict[str, float] = {}
+        self.moto_cpu = 0.0
+        self.invocations: Counter[str] = Counter()
+        self.durations: dict[str, list[float]] = {}
+        self.in_flight = 0
+        self.open_sockets: Any = None
+        self.table_items: Any = None
+        self.profile: cProfile.Profile | None = None
+        self.profile_operation = ""
+        """``BENCH_PROFILE=Operation``: moto's handling of that operation is profiled
+        (cProfile) and printed when the stack stops."""
+
+    # -- moto -----------------------------------------------------------------
+
+    def describe(self, environ: dict[str, Any]) -> tuple[str, str]:
+        """(who sent it, ``service:Operation``) for one moto request."""
+        match = CREDENTIAL.search(environ.get("HTTP_AUTHORIZATION", ""))
+        key, service = (match.group(1), match.group(2)) if match else ("?", "?")
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        if target:
+            operation = target.rsplit(".", 1)[-1]
+        else:
+            # REST-JSON services (Scheduler): the method and the resource name it
+            # acts on stand for the operation.
+            method = environ.get("REQUEST_METHOD", "")
+            resource = environ.get("PATH_INFO", "").strip("/").split("/", 1)[0]
+            if service == "scheduler" and resource == "schedules":
+                verbs = {"POST": "Create", "DELETE": "Delete", "PUT": "Update", "GET": "Get"}
+                operation = verbs.get(method, method) + "Schedule"
+            else:
+                operation = f"{method} /{resource}"
+        return self.keys.get(key, key), f"{service}:{operation}"
+
+    def moto(
+        self, who: str, operation: str, status: str, body: list[bytes], busy: float, cpu: float
+    ) -> None:
+        code = ""
+        if status[:1] in ("4", "5"):
+            try:
+                answer = json.loads(b"".join(body) or b"{}")
+                code = str(answer.get("__type") or answer.get("Code") or "").rsplit("#", 1)[-1]
+            except ValueError:
+                code = ""
+            code = code or status.split(" ", 1)[0]
+        with self._lock:
+            self.requests[f"{who}|{operation}"] += 1
+            if code:
+                self.errors[f"{operation}:{code}"] += 1
+            self.moto_busy += busy
+            self.busy_by_operation[operation] = self.busy_by_operation.get(operation, 0.0) + busy
+            self.moto_cpu += cpu
+
+    # -- invocations ----------------------------------------------------------
+
+    def started(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+
+    def finished(self, function: str, outcome: str, seconds: float) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            self.invocations[f"{function}|{outcome}"] += 1
+            self.durations.setdefault(function, []).append(seconds)
+
+    # -- the snapshot -----------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            found: dict[str, Any] = {
+                "at": time.monotonic(),
+                "requests": dict(self.requests),
+                "errors": dict(self.errors),
+                "moto_busy": self.moto_busy,
+                "busy_by_operation": dict(self.busy_by_operation),
+                "moto_cpu": self.moto_cpu,
+                "invocations": dict(self.invocations),
+                "durations": {name: list(values) for name, values in self.durations.items()},
+                "in_flight": self.in_flight,
+            }
+        found["open_sockets"] = self.open_sockets() if self.open_sockets else None
+        found["table_items"] = self.table_items() if self.table_items else None
+        found["stack_cpu"] = time.process_time()
+        found["worker_cpu"] = _workers_cpu()
+        return found
+
+
+def _workers_cpu() -> float:
+    """CPU seconds of the live worker processes (utime + stime from /proc)."""
+    total = 0
+    for child in multiprocessing.active_children():
+        try:
+            with open(f"/proc/{child.pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / _TICKS
+
+
+def install(accounting: Accounting) -> None:
+    """Wrap the local stack's moto server and invocations (before the stack starts)."""
+    from agent_channel_dev.local import moto_server, stack, workers
+
+    def counted_call(
+        self: moto_server.OneRequestAtATime, environ: dict[str, Any], start_response: Any
+    ) -> list[bytes]:
+        who, operation = accounting.describe(environ)
+        status: list[str] = []
+
+        def capture(code: str, headers: Any, *rest: Any) -> Any:
+            status.append(code)
+            return start_response(code, headers, *rest)
+
+        # The same one-at-a-time section as the original, timed inside the lock:
+        # the busy time is moto's, not the wait for it.
+        with self._lock:
+            wall, cpu = time.perf_counter(), time.thread_time()
+            if accounting.profile is not None and operation.endswith(accounting.profile_operation):
+                # Profiled here, in moto's thread: cProfile sees only this thread.
+                accounting.profile.enable()
+                body = list(self._app(environ, capture))
+                accounting.profile.disable()
+            else:
+                body = list(self._app(environ, capture))
+            busy, spent = time.perf_counter() - wall, time.thread_time() - cpu
+        accounting.moto(who, operation, status[0] if status else "", body, busy, spent)
+        return body
+
+    moto_server.OneRequestAtATime.__call__ = counted_call  # type: ignore[method-assign]
+
+    invoke = workers.Functions.invoke
+
+    async def timed_invoke(self: workers.Functions, logical_id: str, event: Any) -> Any:
+        accounting.started()
+        started = time.perf_counter()
+        try:
+            result = await invoke(self, logical_id, event)
+        except BaseException as error:
+            accounting.finished(logical_id, type(error).__name__, time.perf_counter() - started)
+            raise
+        outcome = "ok"
+        status = result.get("statusCode") if isinstance(result, dict) else None
+        if isinstance(status, int) and not 200 <= status < 300:
+            outcome = f"status {status}"
+        accounting.finished(logical_id, outcome, time.perf_counter() - started)
+        return result
+
+    workers.Functions.invoke = timed_invoke  # type: ignore[method-assign]
+
+    build = stack.LocalStack.build.__func__  # type: ignore[attr-defined]
+
+    def adopting_build(cls: type[stack.LocalStack], *args: Any, **kwargs: Any) -> Any:
+        built = build(cls, *args, **kwargs)
+        for logical_id, pool in built.functions._pools.items():
+            accounting.keys[pool.worker_spec.environment["AWS_ACCESS_KEY_ID"]] = logical_id
+        accounting.open_sockets = lambda: len(built.gateway._sockets)
+        tables = [table.create_kwargs["TableName"] for table in built.app.tables]
+        accounting.table_items = lambda: _table_items(tables)
+        return built
+
+    stack.LocalStack.build = classmethod(adopting_build)  # type: ignore[method-assign, assignment]
+
+
+def _table_items(names: list[str]) -> dict[str, int] | None:
+    """Items in the app's tables, read from moto's backend in this process."""
+    try:
+        from moto.core.models import DEFAULT_ACCOUNT_ID
+        from moto.dynamodb.models import dynamodb_backends
+
+        backend = dynamodb_backends[DEFAULT_ACCOUNT_ID]["us-east-1"]
+        tables = [backend.tables[name] for name in names if name in backend.tables]
+        # Items, and the stream records moto still keeps (each transaction copies both).
+        return {
+            "items": sum(len(table) for table in tables),
+            "stream_records": sum(
+                len(table.stream_shard.items) for table in tables if table.stream_shard
+            ),
+        }
+    except Exception:
+        return None
+
+
+def serve_stats(accounting: Accounting) -> str:
+    """Serve ``GET /`` -> the snapshot as JSON on a free loopback port; its URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(accounting.snapshot()).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, name="stats", daemon=True).start()
+    host, port = server.server_address[:2]
+    return f"http://{host!s}:{port}/"
