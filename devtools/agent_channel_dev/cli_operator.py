@@ -133,12 +133,14 @@ def add_operator_commands(commands: argparse._SubParsersAction[argparse.Argument
                 "request_id": a.request,
                 "behavior": a.behavior,
                 "decided_by": a.by,
+                "reason": a.reason,
             }
         ],
     )
     p.add_argument("--agent", type=int, required=True)
     p.add_argument("--request", required=True, help="the permission request id")
     p.add_argument("--by", type=int, required=True, help="the deciding user")
+    p.add_argument("--reason", default=None, help="why (sent to the agent with the decision)")
     behavior = p.add_mutually_exclusive_group(required=True)
     behavior.add_argument("--allow", dest="behavior", action="store_const", const="allow")
     behavior.add_argument("--deny", dest="behavior", action="store_const", const="deny")

@@ -97,6 +97,7 @@ def test_decide_permission_first_wins_and_strangers_are_refused(
     assert first["ok"] is True
     assert first["behavior"] == "allow"
     assert first["decided_by"] == world.owner_id
+    assert first["reason"] is None
     assert first["delivered"] == [socket]
     assert again == {
         "ok": False,
@@ -199,3 +200,35 @@ def test_new_ops_plug_into_the_table(
     assert invoke({"op": "echo", "n": "4"})["error"] == "invalid_command"
     with pytest.raises(ValueError, match="already registered"):
         router.op("echo", "again")(echo)
+
+
+def test_decide_permission_takes_a_reason(world: World, management: ManagementApi) -> None:
+    gateway, sink = Gateway(), management.sink
+    socket = connect_agent(gateway, sink, world, "a1=")
+
+    answer = invoke(
+        {
+            "op": "decide_permission",
+            "agent_id": world.agent_id,
+            "request_id": "r1",
+            "behavior": "deny",
+            "decided_by": world.owner_id,
+            "reason": "too broad",
+        }
+    )
+    bad = invoke(
+        {
+            "op": "decide_permission",
+            "agent_id": world.agent_id,
+            "request_id": "r2",
+            "behavior": "deny",
+            "decided_by": world.owner_id,
+            "reason": 7,
+        }
+    )
+
+    assert answer["ok"] is True
+    assert answer["reason"] == "too broad"
+    assert sink.json_messages(socket)[0]["reason"] == "too broad"
+    assert bad["ok"] is False
+    assert bad["error"] == "invalid_command"

@@ -145,6 +145,7 @@ class DecisionRecord(Record, discriminator="decision"):
     behavior = UnicodeAttribute()
     decided_at = NumberAttribute()
     decided_by = NumberAttribute()
+    reason = UnicodeAttribute(null=True)
 
 
 class SlotRecord(Record, discriminator="slot"):
