@@ -130,8 +130,30 @@ def test_dispatch_and_claim_reply(world: World, management: ManagementApi) -> No
     claimed = invoke({"op": "claim_reply", "task_id": task_id, "agent_id": world.agent_id})
     twice = invoke({"op": "claim_reply", "task_id": task_id})
     assert claimed == {"ok": True, "op": "claim_reply", "task_id": task_id, "status": "done"}
-    assert twice["ok"] is False
-    assert twice["error"] == "reply_not_claimable"
+    assert twice == {
+        "ok": False,
+        "error": "reply_duplicate",
+        "message": twice["message"],
+        "task_id": task_id,
+        "status": "done",
+    }
+
+
+def test_a_reply_to_work_taken_away_says_so(world: World, management: ManagementApi) -> None:
+    gateway, sink = Gateway(), management.sink
+    connect_agent(gateway, sink, world, "a1=")
+    task_id = running_task_id(world)
+    assert invoke({"op": "dispatch", "task_id": task_id})["ok"]
+    task = tasks.get(task_id)
+    assert task is not None
+    tasks.cancel_delegated(task)  # as a grace cancellation would
+
+    answer = invoke({"op": "claim_reply", "task_id": task_id, "agent_id": world.agent_id})
+
+    assert answer["ok"] is False
+    assert answer["error"] == "reply_not_delegated"
+    assert answer["status"] == "cancelled"
+    assert answer["task_id"] == task_id
 
 
 def test_dispatch_to_an_unroutable_agent_is_an_error(

@@ -656,7 +656,7 @@ def test_backend_commands_delivered_twice_take_effect_once(
     for command, second_error in (
         (decide, "already_decided"),
         ({"op": "dispatch", "task_id": task_id}, "invalid_transition"),
-        ({"op": "claim_reply", "task_id": task_id}, "reply_not_claimable"),
+        ({"op": "claim_reply", "task_id": task_id}, "reply_duplicate"),
     ):
         assert backend(command)["ok"], command
         after_first = table_items()

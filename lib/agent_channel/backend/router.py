@@ -224,7 +224,8 @@ def execute(command: Any, context: CommandContext | None = None) -> dict[str, An
     except EXPECTED_ERRORS as error:
         code = str(getattr(error, "code", "refused"))
         logger.info("command refused", extra={"op": name, "code": code})
-        return {"ok": False, "error": code, "message": str(error)}
+        details = getattr(error, "details", None) or {}
+        return {**details, "ok": False, "error": code, "message": str(error)}
     except Exception:
         logger.exception("command failed", extra={"op": name})
         return {"ok": False, "error": "internal_error", "message": "internal error"}

@@ -7,8 +7,10 @@ legacy listeners). ``session_topic`` in the message is the topic's
 ``session_id`` when the topic is private to one session of the agent, else
 null: the session it names is the one that should take the work.
 
-Claiming the reply: ``delegated -> done`` at most once; a second claim, or a
-claim after a grace cancellation won, is refused.
+Claiming the reply: ``delegated -> done`` at most once. A refusal says why, with
+the task's status: ``reply_duplicate`` (already done: drop the copy) or
+``reply_not_delegated`` (taken away, e.g. by a grace cancellation: the reply may be
+the only copy of an answer, keep it or route it elsewhere).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from agent_channel.delivery.members import stream_connections
 from agent_channel.delivery.streams import agent_stream, topic_stream
 from agent_channel.errors import Refusal
 from agent_channel.observability import logger
-from agent_channel.tasks.model import Task, TransitionRefused
+from agent_channel.tasks.model import Status, Task, TransitionRefused
 from agent_channel.tasks.store import TaskStore
 
 if TYPE_CHECKING:
@@ -51,8 +53,35 @@ class InvalidComment(DispatchError):
     code = "invalid_comment"
 
 
-class ReplyAlreadyClaimed(DispatchError):
+class ReplyRefused(DispatchError):
+    """A reply to a task that is not delegated; ``status`` says what it is now."""
+
     code = "reply_not_claimable"
+
+    def __init__(self, message: str, *, task_id: int, status: Status | None) -> None:
+        details = {"task_id": task_id, "status": None if status is None else status.value}
+        super().__init__(message, details=details)
+        self.status = status
+
+
+class ReplyDuplicate(ReplyRefused):
+    """The task is already done: this reply is a second copy, safe to drop."""
+
+    code = "reply_duplicate"
+
+
+class ReplyNotDelegated(ReplyRefused):
+    """The task was taken away (cancelled by a grace or an unregister, failed, or
+    never handed over): this reply may be the only copy of an answer, so the
+    backend keeps it or routes it elsewhere."""
+
+    code = "reply_not_delegated"
+
+
+class ReplyConflict(ReplyRefused):
+    """The task is still delegated but the claim met a concurrent write: try again."""
+
+    code = "reply_conflict"
 
 
 @dataclass(frozen=True)
@@ -203,4 +232,29 @@ def claim_reply(tasks: TaskStore, task_id: int, *, agent_id: int | None = None) 
     except TransitionRefused as error:
         # The status condition is the guard: a second claim, or a grace
         # cancellation that got there first, leaves nothing to claim.
-        raise ReplyAlreadyClaimed(f"task {task_id} is not delegated") from error
+        raise _refusal(task_id, error.current or _status_now(tasks, task_id)) from error
+
+
+def _status_now(tasks: TaskStore, task_id: int) -> Status | None:
+    current = tasks.get(task_id)
+    return None if current is None else current.status
+
+
+def _refusal(task_id: int, status: Status | None) -> ReplyRefused:
+    """Why a reply was refused, told by the task's status at the refusal."""
+    if status is Status.DONE:
+        return ReplyDuplicate(
+            f"task {task_id} is already done: a duplicate reply", task_id=task_id, status=status
+        )
+    if status is Status.DELEGATED:
+        return ReplyConflict(
+            f"task {task_id} is delegated, but the claim met a concurrent write; retry",
+            task_id=task_id,
+            status=status,
+        )
+    shown = "gone" if status is None else status.value
+    return ReplyNotDelegated(
+        f"task {task_id} is not delegated (it is {shown}): the reply was not taken",
+        task_id=task_id,
+        status=status,
+    )

@@ -47,6 +47,17 @@ def task_from(record: TaskRecord) -> Task:
     )
 
 
+def _refused_status(error: TransactWriteError, task_id: int) -> Status | None:
+    """The task's status as a refused transition found it, from the item its failed
+    condition returned; None when no condition on the task failed."""
+    task_pk = schema.task_key(task_id)[0]
+    for reason in error.cancellation_reasons or []:
+        item = reason.raw_item if reason else None
+        if item and item.get("pk", {}).get("S") == task_pk and "status" in item:
+            return Status(item["status"]["S"])
+    return None
+
+
 class DynamoTaskStore:
     def create(
         self,
@@ -175,7 +186,12 @@ class DynamoTaskStore:
                 # The status condition is the whole race guard: a reply and a grace
                 # cancellation both start from delegated, and only the first commits.
                 writes.update(
-                    TaskRecord(*schema.task_key(task.task_id)), actions=actions, condition=condition
+                    TaskRecord(*schema.task_key(task.task_id)),
+                    actions=actions,
+                    condition=condition,
+                    # A refusal then carries the task as it is, so the caller can say
+                    # why (done already, cancelled, ...) without another read.
+                    return_values="ALL_OLD",
                 )
                 if take_slot:
                     writes.save(
@@ -193,7 +209,10 @@ class DynamoTaskStore:
                 for guard in guards:
                     writes.condition_check(guard.model, *guard.key, guard.condition)
         except TransactWriteError as error:
-            raise TransitionRefused(f"task {task.task_id} is not {sorted(allowed_from)}") from error
+            raise TransitionRefused(
+                f"task {task.task_id} is not {sorted(allowed_from)}",
+                current=_refused_status(error, task.task_id),
+            ) from error
         refreshed = self.get(task.task_id)
         assert refreshed is not None
         return refreshed

@@ -18,7 +18,14 @@ class Status(enum.StrEnum):
 
 class TransitionRefused(Exception):
     """The task is not in the status the transition starts from (someone else won),
-    or a condition the transition was made under no longer holds."""
+    or a condition the transition was made under no longer holds.
+
+    ``current`` is the task's status when the store could tell it from the refusal
+    itself (None: unknown, e.g. the transaction met a concurrent one)."""
+
+    def __init__(self, message: str, *, current: Status | None = None) -> None:
+        super().__init__(message)
+        self.current = current
 
 
 @dataclass(frozen=True)
