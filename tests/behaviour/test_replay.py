@@ -310,9 +310,7 @@ def test_ids_are_normalized_strings_only_blanks_dropped_duplicates_removed_order
         decisions.normalize_request_ids(["a", True], limit=5)
 
 
-def test_replay_carries_the_reason_and_the_decider(
-    world: World, management: ManagementApi
-) -> None:
+def test_replay_carries_the_reason_and_the_decider(world: World, management: ManagementApi) -> None:
     gateway, sink = Gateway(), management.sink
     socket = connect_agent(gateway, sink, world, "a1=")
     decisions.record_decision(

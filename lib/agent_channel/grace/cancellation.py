@@ -9,6 +9,7 @@ run, or a run after the agent came back, changes nothing.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent_channel import clock
@@ -150,20 +151,44 @@ def _cancel_all(
     reason: str,
     result: Result,
 ) -> bool:
-    """Cancel every delegated task in scope; True if presence changed on the way
-    (the caller must recheck before going on)."""
-    if go.topics is None:
-        tasks = book.delegated(agent_id)
+    """Cancel every task in scope; True if presence changed on the way (the caller
+    must recheck before going on).
+
+    A session's own topics are drained first: their queued, pending and running
+    tasks are cancelled before any delegated one. Otherwise the backend, told that
+    the delegated task was cancelled, could promote the next task of the queue and
+    hand it to the session that is gone, where it would hold its slot forever.
+    """
+    if go.topics is not None:
+        queue = [task for topic in go.topics for task in book.queue(agent_id, topic)]
+        if _cancel_each(queue, book.cancel_queued, events, go, reason, result):
+            return True
+        delegated = [task for topic in go.topics for task in book.delegated(agent_id, topic)]
     else:
-        tasks = [task for topic in go.topics for task in book.delegated(agent_id, topic)]
+        delegated = book.delegated(agent_id)
+    return _cancel_each(delegated, book.cancel, events, go, reason, result)
+
+
+def _cancel_each(
+    tasks: list[DelegatedTask],
+    cancel: Callable[[DelegatedTask, Presence], CancelVerdict],
+    events: TaskEvents,
+    go: Proceed,
+    reason: str,
+    result: Result,
+) -> bool:
+    """Cancel each task under the presence the rechecks read; True if it changed."""
     for task in tasks:
-        verdict = book.cancel(task, go.seen)
+        verdict = cancel(task, go.seen)
         if verdict is CancelVerdict.PRESENCE_CHANGED:
             return True
         if verdict is CancelVerdict.LOST:
             if task.task_id not in result.lost:
                 result.lost.append(task.task_id)
             continue
+        if task.task_id in result.lost:
+            # Listed again after a recheck, and this time it was ours.
+            result.lost.remove(task.task_id)
         result.cancelled.append(task.task_id)
         count("Cancellations")
         _announce(events, task, reason, result)
@@ -171,7 +196,9 @@ def _cancel_all(
 
 
 def _announce(events: TaskEvents, task: DelegatedTask, reason: str, result: Result) -> None:
-    event = TaskCancelled(task.task_id, task.agent_id, task.topic_id, reason, clock.now())
+    event = TaskCancelled(
+        task.task_id, task.agent_id, task.topic_id, reason, clock.now(), task.status.value
+    )
     try:
         events.task_cancelled(event)
     except Exception:

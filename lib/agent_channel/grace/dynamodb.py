@@ -3,11 +3,13 @@ delegated tasks and a session's own topics, and the guarded delegated -> cancell
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from agent_channel.grace.task_book import CancelVerdict, DelegatedTask
 from agent_channel.presence.model import Presence
 from agent_channel.storage import schema
 from agent_channel.storage.records import Record, TopicRecord
-from agent_channel.tasks.model import Status, Task, TransitionRefused
+from agent_channel.tasks.model import BEFORE_DELEGATION, Status, Task, TransitionRefused
 from agent_channel.tasks.store import TaskStore
 
 
@@ -28,16 +30,35 @@ class DynamoTaskBook:
             if isinstance(record, TopicRecord)
         ]
 
+    def queue(self, agent_id: int, topic_id: int) -> list[DelegatedTask]:
+        return [
+            DelegatedTask(task.task_id, task.agent_id, task.topic_id, task.status)
+            for status in sorted(BEFORE_DELEGATION)
+            for task in self._tasks.by_status(agent_id, status, topic_id=topic_id)
+        ]
+
     def cancel(self, task: DelegatedTask, seen: Presence) -> CancelVerdict:
-        target = Task(task.task_id, task.topic_id, task.agent_id, Status.DELEGATED)
+        return self._cancel(task, seen, {Status.DELEGATED})
+
+    def cancel_queued(self, task: DelegatedTask, seen: Presence) -> CancelVerdict:
+        return self._cancel(task, seen, BEFORE_DELEGATION)
+
+    def _cancel(
+        self, task: DelegatedTask, seen: Presence, from_statuses: Collection[Status]
+    ) -> CancelVerdict:
+        target = Task(task.task_id, task.topic_id, task.agent_id, task.status)
         try:
-            self._tasks.cancel_delegated(target, presence_version=seen.version)
-        except TransitionRefused:
-            # Refused: either the task left delegated (a reply claimed it first, or an
-            # earlier run cancelled it), or the guard failed (the agent came back), or
-            # the transaction met a concurrent one. A consistent read tells which.
-            current = self._tasks.get(task.task_id)
-            if current is None or current.status is not Status.DELEGATED:
+            self._tasks.cancel(target, from_statuses=from_statuses, presence_version=seen.version)
+        except TransitionRefused as error:
+            # Refused: either the task left the statuses cancelled from (a reply
+            # claimed it first, or an earlier run cancelled it), or the guard failed
+            # (the agent came back), or the transaction met a concurrent one. The
+            # refusal's own copy of the task (else a consistent read) tells which.
+            current = error.current
+            if current is None:
+                found = self._tasks.get(task.task_id)
+                current = None if found is None else found.status
+            if current is None or current not in from_statuses:
                 return CancelVerdict.LOST
             return CancelVerdict.PRESENCE_CHANGED
         return CancelVerdict.CANCELLED

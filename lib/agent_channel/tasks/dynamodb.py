@@ -6,7 +6,7 @@ it starts from, the slot taken or freed beside it, and any guard on another item
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from pynamodb.exceptions import TransactWriteError
@@ -140,6 +140,17 @@ class DynamoTaskStore:
         )
 
     def cancel_delegated(self, task: Task, *, presence_version: int | None = None) -> Task:
+        return self.cancel(
+            task, from_statuses={Status.DELEGATED}, presence_version=presence_version
+        )
+
+    def cancel(
+        self,
+        task: Task,
+        *,
+        from_statuses: Collection[Status],
+        presence_version: int | None = None,
+    ) -> Task:
         guards = []
         if presence_version is not None:
             # A grace cancellation decided on this presence: an agent (or session)
@@ -153,7 +164,7 @@ class DynamoTaskStore:
             )
         return self._transition(
             task,
-            {Status.DELEGATED},
+            set(from_statuses),
             Status.CANCELLED,
             extra_actions=[TaskRecord.pending_tool_call.remove()],
             free_slot=True,

@@ -1,8 +1,9 @@
 """Task events for the backend, published to an EventBridge bus.
 
 The backend (not necessarily Python) subscribes with a rule on the bus; a
-``task.cancelled`` event lets it fail a parent workflow and start the next queued
-task of the topic.
+``task.cancelled`` event lets it fail a parent workflow. Whether it may then start
+the next queued task of the topic depends on the ``reason`` (docs/GRACE.md, "After
+a task.cancelled"): never for ``session_offline`` or ``agent_unregistered``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class TaskCancelled:
     topic_id: int
     reason: str
     cancelled_at: float
+    previous_status: str = "delegated"
+    """What the task was when it was cancelled (queued, pending, running, delegated)."""
 
     def detail(self) -> dict[str, object]:
         return {
@@ -45,6 +48,7 @@ class TaskCancelled:
             "topic_id": self.topic_id,
             "reason": self.reason,
             "cancelled_at": self.cancelled_at,
+            "previous_status": self.previous_status,
         }
 
 

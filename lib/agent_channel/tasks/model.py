@@ -16,6 +16,13 @@ class Status(enum.StrEnum):
     FAILED = "failed"
 
 
+BEFORE_DELEGATION = frozenset({Status.QUEUED, Status.PENDING, Status.RUNNING})
+"""Open work not (yet) handed to a channel agent: a topic's queue, and what runs."""
+
+OPEN_STATUSES = BEFORE_DELEGATION | {Status.DELEGATED}
+"""Every status a task can still be cancelled from."""
+
+
 class TransitionRefused(Exception):
     """The task is not in the status the transition starts from (someone else won),
     or a condition the transition was made under no longer holds.

@@ -7,6 +7,7 @@ and the other changes nothing: it raises TransitionRefused.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Protocol
 
 from agent_channel.tasks.model import DispatchContext, Status, Task
@@ -44,6 +45,18 @@ class TaskStore(Protocol):
         """delegated -> cancelled, at most once; clears the pending tool call, frees
         the slot. With ``presence_version``, only while the agent's presence version
         is still that one (no subscribe or restore since it was read)."""
+
+    def cancel(
+        self,
+        task: Task,
+        *,
+        from_statuses: Collection[Status],
+        presence_version: int | None = None,
+    ) -> Task:
+        """Any of ``from_statuses`` -> cancelled, at most once; clears the pending
+        tool call and frees the slot (a no-op for a task that held none). With
+        ``presence_version``, only while the agent's presence version is still that
+        one, as for cancel_delegated."""
 
     def release_slot(self, agent_id: int, task_id: int) -> None:
         """Free a slot; idempotent."""
