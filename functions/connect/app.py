@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent_channel import clock
+from agent_channel.config import settings
 from agent_channel.identity.authorizer import BadConnectRequest, parse_connect_query
 from agent_channel.identity.caller import Target
 from agent_channel.lambda_kit import wiring
@@ -35,6 +36,11 @@ def handler(event: SocketEvent) -> dict[str, Any]:
         subscription = caller.subscription(event.connection_id)
         if subscription is not None:
             rules.subscribe(store, scheduler, subscription)
+            if caller.siblings:
+                # Only when the authorizer saw routing on: with no sibling there is
+                # nothing to reap, and the first session's $connect keeps its two
+                # requests (docs/ARCHITECTURE.md, "Reaping on subscribe").
+                rules.reap_on_subscribe(store, scheduler, settings(), subscription)
         else:
             attachment = Attachment(
                 event.connection_id, caller.user_id, caller.stream, caller.agent_id, caller.topic_id

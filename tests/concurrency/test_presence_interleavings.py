@@ -160,6 +160,44 @@ def sweep_races_disconnect_of_stale_lease(world: PresenceWorld) -> tuple[list, C
     return actors, check
 
 
+def subscribe_reaps_while_the_stale_sibling_heartbeats(
+    world: PresenceWorld,
+) -> tuple[list, Callable]:
+    """A new session reaps a sibling's stale lease on subscribe while that sibling's
+    plugin, only slow, heartbeats: the heartbeat wins (refreshed, or restored after
+    the reap), and the crashed-looking row never outlives its connection."""
+    world.open("a", session_id="sa")
+    world.make_stale("a")
+    actors = [("sub_b", world.subscribe("b", "sb")), ("beat_a", world.heartbeat("a"))]
+
+    def check(world: PresenceWorld, run: Run) -> None:
+        presence = world.presence()
+        assert presence.routing_on
+        assert {lease.connection_id for lease in presence.leases} == {"a=", "b="}, run.trace
+        cutoff = world.clock() - 45
+        assert all(lease.is_live(cutoff) for lease in presence.leases), presence
+
+    return actors, check
+
+
+def subscribe_reaps_while_the_stale_sibling_disconnects(
+    world: PresenceWorld,
+) -> tuple[list, Callable]:
+    """The reap on subscribe and the crashed sibling's late $disconnect both go for
+    the same lease: exactly one takes it, and routing stays on for the new session."""
+    world.open("a", session_id="sa")
+    world.make_stale("a")
+    actors = [("sub_b", world.subscribe("b", "sb")), ("dis_a", world.disconnect("a"))]
+
+    def check(world: PresenceWorld, run: Run) -> None:
+        presence = world.presence()
+        assert presence.routing_on
+        assert [lease.connection_id for lease in presence.leases] == ["b="], run.trace
+        check_no_stale_disconnect_acted(run, ["dis_a"])
+
+    return actors, check
+
+
 SMALL_SCENARIOS = [
     two_subscribes_and_a_disconnect,
     two_disconnects,
@@ -168,6 +206,8 @@ SMALL_SCENARIOS = [
     heartbeat_races_own_disconnect,
     duplicate_disconnect_with_sibling,
     sweep_races_disconnect_of_stale_lease,
+    subscribe_reaps_while_the_stale_sibling_heartbeats,
+    subscribe_reaps_while_the_stale_sibling_disconnects,
 ]
 
 

@@ -73,10 +73,11 @@ DISCONNECT_PATH = {
 GONE_PATH = DISCONNECT_PATH | {("dynamodb:GetItem", "table")}
 CALLS: dict[str, set[tuple[str, str]]] = {
     "authorize": {("dynamodb:BatchGetItem", "table")},
-    "connect": {
+    # Reaping on subscribe deletes stale leases and schedules session graces.
+    "connect": DISCONNECT_PATH
+    | {
         ("dynamodb:ConditionCheckItem", "table"),
         ("dynamodb:PutItem", "table"),
-        ("dynamodb:UpdateItem", "table"),
         ("scheduler:DeleteSchedule", "group"),
     },
     "disconnect": DISCONNECT_PATH,

@@ -23,6 +23,8 @@ class User:
     name: str
     created_by: int | None = None
     model: str | None = None
+    unregistered: bool = False
+    """An agent closed for work by unregister_agent: no connect, no new task."""
 
     @property
     def is_agent(self) -> bool:
@@ -54,6 +56,7 @@ def user_from(record: UserRecord) -> User:
         name=record.name,
         created_by=None if record.created_by is None else int(record.created_by),
         model=record.model,
+        unregistered=record.unregistered_at is not None,
     )
 
 
