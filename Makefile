@@ -4,7 +4,7 @@ VENV   := .venv
 SAMENV := .venv-sam
 BIN    := $(VENV)/bin
 
-.PHONY: setup dev test lint typecheck check bench clean
+.PHONY: setup dev test lint typecheck check bench interleavings clean
 
 # A project venv with the package and its dev tools; AWS SAM CLI in a venv of its
 # own, because it pins versions of boto3 and others that the project must not inherit.
@@ -38,6 +38,11 @@ test: setup lint typecheck
 
 bench: setup
 	$(BIN)/python -m bench
+
+# Every interleaving of the scenarios the default suite only samples (minutes).
+interleavings: setup
+	AGENT_CHANNEL_EXHAUSTIVE=1 $(BIN)/pytest -s -p no:cacheprovider --timeout 3600 \
+		tests/concurrency/test_presence_interleavings.py -k exhaustively_on_demand
 
 clean:
 	rm -rf $(VENV) $(SAMENV) .pytest_cache .mypy_cache .ruff_cache

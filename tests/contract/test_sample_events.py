@@ -39,8 +39,6 @@ from agent_channel.tasks.dynamodb import DynamoTaskStore
 from agent_channel.tasks.model import Status
 from agent_channel_dev.instruments.lambda_context import LocalContext
 from agent_channel_dev.local import apigw_events, stack_template
-from tests.support.clock import FakeClock
-from tests.support.fixtures import World
 from tests.contract.test_template import (
     FUNCTION_IDS,
     as_list,
@@ -49,6 +47,8 @@ from tests.contract.test_template import (
     policy_statements,
     translated,
 )
+from tests.support.clock import FakeClock
+from tests.support.fixtures import World
 
 tasks = DynamoTaskStore()
 
@@ -77,6 +77,7 @@ EVENT_FUNCTIONS = {
     "cancel_offline_session.json": "cancel_offline",
     "backend_decide_permission.json": "backend",
     "backend_dispatch.json": "backend",
+    "backend_unregister_agent.json": "backend",
 }
 
 
@@ -525,8 +526,15 @@ def test_replay_event_resends_only_recorded_decisions(sample: Sample) -> None:
             "request_id": "perm-1",
             "behavior": "allow",
             "agent_id": 42,
+            "decided_by": 7,
         },
-        {"type": "permission_decision", "request_id": "perm-2", "behavior": "deny", "agent_id": 42},
+        {
+            "type": "permission_decision",
+            "request_id": "perm-2",
+            "behavior": "deny",
+            "agent_id": 42,
+            "decided_by": 7,
+        },
     ]
 
 
@@ -622,8 +630,25 @@ def test_backend_decide_permission_event_records_and_pushes(sample: Sample) -> N
     result = sample.run("backend_decide_permission.json")
     assert result["ok"] is True
     assert sample.posted() == [
-        {"type": "permission_decision", "request_id": "perm-3", "behavior": "allow", "agent_id": 42}
+        {
+            "type": "permission_decision",
+            "request_id": "perm-3",
+            "behavior": "allow",
+            "agent_id": 42,
+            "decided_by": 7,
+        }
     ]
+
+
+def test_backend_unregister_agent_event_closes_the_agent(sample: Sample) -> None:
+    sample.run("connect.json")
+    delegated = sample.delegated_task(sample.other_topic_id)
+    result = sample.run("backend_unregister_agent.json")
+    assert result["ok"] is True, result
+    assert result["cancelled"] == [delegated]
+    assert len(result["closed_connections"]) == 1
+    closes = [c for c in sample.recorder.calls if c.operation == "DeleteConnection"]
+    assert len(closes) == 1
 
 
 def test_backend_dispatch_event_delegates_to_the_routed_agent(sample: Sample) -> None:

@@ -114,6 +114,9 @@ CALLS: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:Query", "index:gsi1"),
         ("execute-api:ManageConnections", "connections"),
         ("events:PutEvents", "bus"),
+        # unregister_agent
+        ("execute-api:ManageConnections", "connections-delete"),
+        ("scheduler:DeleteSchedule", "group"),
     },
 }
 
@@ -131,7 +134,7 @@ CALL_MARKERS = {
     "scheduler:DeleteSchedule": r"\.delete_schedule\(",
     "iam:PassRole": r"\"RoleArn\"",
     "events:PutEvents": r"\.put_events\(",
-    "execute-api:ManageConnections": r"\.post_to_connection\(",
+    "execute-api:ManageConnections": r"\.post_to_connection\(|\.delete_connection\(",
 }
 INDEX_QUERY_MARKER = r"\.gsi1\.query\("
 
@@ -258,6 +261,12 @@ SYMBOLIC_RESOURCES = {
             ":${WebSocketApi}/${StageName}/POST/@connections/*"
         }
     ): "connections",
+    json.dumps(
+        {
+            "Fn::Sub": "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}"
+            ":${WebSocketApi}/${StageName}/DELETE/@connections/*"
+        }
+    ): "connections-delete",
     json.dumps({"Fn::GetAtt": ["TaskEventBus", "Arn"]}): "bus",
     json.dumps({"Fn::GetAtt": ["GraceDeadLetterQueue", "Arn"]}): "dead-letter-queue",
 }

@@ -460,6 +460,7 @@ OPS = [
     "create_task",
     "presence",
     "list_tasks",
+    "unregister_agent",
 ]
 
 backend_commands = st.one_of(
@@ -477,6 +478,8 @@ backend_commands = st.one_of(
                     "request_id",
                     "behavior",
                     "decided_by",
+                    "reason",
+                    "acting_user_id",
                     "payload",
                     "comment",
                     "owner",

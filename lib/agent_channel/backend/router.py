@@ -30,7 +30,9 @@ if TYPE_CHECKING:
 
     from agent_channel.delivery.decision_store import DecisionStore
     from agent_channel.delivery.fanout import GoneHandler
+    from agent_channel.grace.scheduler import GraceScheduler
     from agent_channel.presence.store import PresenceStore
+    from agent_channel.tasks.events import TaskEvents
     from agent_channel.tasks.store import TaskStore
 
 MAX_ID = 10**18
@@ -154,6 +156,10 @@ class CommandContext:
     presence_factory: Callable[[], PresenceStore] = field(
         default=lambda: _wiring().presence_store()
     )
+    scheduler_factory: Callable[[], GraceScheduler] = field(
+        default=lambda: _wiring().grace_scheduler()
+    )
+    events_factory: Callable[[], TaskEvents] = field(default=lambda: _wiring().task_events())
 
     def management(self) -> ApiGatewayManagementApiClient:
         return self.management_factory()
@@ -169,6 +175,12 @@ class CommandContext:
 
     def presence(self) -> PresenceStore:
         return self.presence_factory()
+
+    def scheduler(self) -> GraceScheduler:
+        return self.scheduler_factory()
+
+    def events(self) -> TaskEvents:
+        return self.events_factory()
 
 
 Handler = Callable[[Args, CommandContext], dict[str, Any]]

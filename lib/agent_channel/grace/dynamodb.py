@@ -26,7 +26,10 @@ class DynamoTaskBook:
     def session_topics(self, agent_id: int, session_id: str) -> list[int]:
         return [
             int(record.topic_id)
-            for record in Record.gsi1.query(schema.session_topic_index(agent_id, session_id))
+            for record in Record.gsi1.query(
+                schema.session_topics_index(agent_id),
+                Record.gsi1sk == schema.session_topic_sort(session_id),
+            )
             if isinstance(record, TopicRecord)
         ]
 

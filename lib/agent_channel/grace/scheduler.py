@@ -7,6 +7,7 @@ it when the agent comes back; ``cancel_offline`` receives the cancellation.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -35,6 +36,10 @@ class GraceScheduler(Protocol):
 
     def withdraw(self, agent_id: int, session_id: str | None) -> None:
         """Delete pending schedules for the agent (and session); best effort."""
+
+    def withdraw_all(self, agent_id: int, session_ids: Iterable[str]) -> int:
+        """Delete the agent-wide schedule and those of the given sessions; how many
+        were there to delete."""
 
 
 def schedule_name(agent_id: int, session_id: str | None) -> str:

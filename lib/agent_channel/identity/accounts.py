@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from pynamodb.exceptions import DeleteError
+from pynamodb.exceptions import DeleteError, UpdateError
 
 from agent_channel import clock
 from agent_channel.config import CHANNEL_AGENT_MODEL
@@ -13,6 +13,7 @@ from agent_channel.identity.tokens import mint_bearer_token, token_digest
 from agent_channel.storage import schema
 from agent_channel.storage.counters import next_id
 from agent_channel.storage.records import TokenRecord, TopicRecord, UserRecord
+from agent_channel.storage.transactions import condition_failed
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class Topic:
     reader_ids: frozenset[int] = frozenset()
     primary_agent_id: int | None = None
     session_id: str | None = None
+    archived: bool = False
+    """Archived when its agent was unregistered: it takes no new task."""
 
     def readable_by(self, user_id: int) -> bool:
         return self.owner_id == user_id or user_id in self.reader_ids
@@ -70,6 +73,7 @@ def topic_from(record: TopicRecord) -> Topic:
             None if record.primary_agent_id is None else int(record.primary_agent_id)
         ),
         session_id=record.session_id,
+        archived=record.archived_at is not None,
     )
 
 
@@ -154,8 +158,8 @@ def create_topic(
     )
     if session_id and primary_agent_id is not None:
         # Grace cancellation finds a session's own topic through this index entry.
-        record.gsi1pk = schema.session_topic_index(primary_agent_id, session_id)
-        record.gsi1sk = schema.session_topic_sort(topic_id)
+        record.gsi1pk = schema.session_topics_index(primary_agent_id)
+        record.gsi1sk = schema.session_topic_sort(session_id)
     record.save(condition=TopicRecord.pk.does_not_exist())
     return topic_from(record)
 
@@ -166,3 +170,33 @@ def get_topic(topic_id: int) -> Topic | None:
     except TopicRecord.DoesNotExist:
         return None
     return topic_from(record)
+
+
+def session_topics(agent_id: int) -> list[Topic]:
+    """Every session topic of the agent not yet archived, from the index (may lag a
+    topic created a moment ago)."""
+    return [
+        topic_from(record)
+        for record in TopicRecord.gsi1.query(schema.session_topics_index(agent_id))
+        if isinstance(record, TopicRecord)
+    ]
+
+
+def archive_topic(topic_id: int, now: float) -> bool:
+    """Archive a topic: stamped (the first stamp stays) and out of the session index,
+    so no grace finds it again. False if there is no such topic."""
+    try:
+        TopicRecord(*schema.topic_key(topic_id)).update(
+            actions=[
+                TopicRecord.archived_at.set(TopicRecord.archived_at | now),
+                TopicRecord.gsi1pk.remove(),
+                TopicRecord.gsi1sk.remove(),
+            ],
+            # Never create a topic item by archiving one that is gone.
+            condition=TopicRecord.pk.exists(),
+        )
+    except UpdateError as error:
+        if condition_failed(error):
+            return False
+        raise
+    return True
