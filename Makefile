@@ -4,7 +4,7 @@ VENV   := .venv
 SAMENV := .venv-sam
 BIN    := $(VENV)/bin
 
-.PHONY: setup dev test lint typecheck check bench interleavings clean
+.PHONY: setup dev test lint typecheck check bench bench-local interleavings clean
 
 # A project venv with the package and its dev tools; AWS SAM CLI in a venv of its
 # own, because it pins versions of boto3 and others that the project must not inherit.
@@ -38,6 +38,10 @@ test: setup lint typecheck
 
 bench: setup
 	$(BIN)/python -m bench
+
+# The local stack's own cost: launch to ready, a message's round trip (docs/LOCAL_STACK.md).
+bench-local: setup
+	$(BIN)/python -m bench.local_stack --repeat 3 --round-trips 200
 
 # Every interleaving of the scenarios the default suite only samples (minutes).
 interleavings: setup

@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from agent_channel_dev.cli_agent import add_agent_command
 from agent_channel_dev.cli_operator import add_operator_commands, run_operator
@@ -32,15 +33,77 @@ def _port(raw: str) -> int:
     return value
 
 
+def _seconds(raw: str) -> float:
+    value = float(raw)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    return value
+
+
+def _parameter(raw: str) -> tuple[str, str]:
+    name, equals, value = raw.partition("=")
+    if not equals or not name:
+        raise argparse.ArgumentTypeError("must be NAME=VALUE")
+    return name, value
+
+
+def _close_code(raw: str) -> int:
+    value = int(raw)
+    if not (
+        value == 1000 or 1001 <= value <= 1003 or 1007 <= value <= 1014 or 3000 <= value <= 4999
+    ):
+        raise argparse.ArgumentTypeError("must be a close code a server may send")
+    return value
+
+
 def add_dev_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    summary = "run the whole stack locally: WebSocket gateway, @connections, moto, schedules"
+    summary = "serve a SAM WebSocket app locally: gateway, @connections, moto, schedules"
     p = commands.add_parser("dev", help=summary, description=summary)
     p.add_argument("--port", type=_port, default=8765, help="0 picks a free port (printed)")
-    p.add_argument("--stage", default="local")
+    p.add_argument(
+        "--template",
+        type=Path,
+        default=None,
+        help="a SAM template to serve instead of this project's (no demo accounts, no /_backend)",
+    )
+    p.add_argument(
+        "--parameter",
+        type=_parameter,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a template parameter (repeatable)",
+    )
+    p.add_argument(
+        "--stack-name", default="agent-channel", help="names resources as CloudFormation would"
+    )
+    p.add_argument(
+        "--stage", default=None, help="the stage (default: local, or the --template's own)"
+    )
     p.add_argument("--heartbeat-seconds", type=_positive, default=15)
     p.add_argument("--stale-after-seconds", type=_positive, default=45)
     p.add_argument("--grace-seconds", type=_positive, default=30)
     p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument(
+        "--idle-timeout-seconds", type=_seconds, default=600.0, help="API Gateway: 10 minutes"
+    )
+    p.add_argument(
+        "--max-connection-seconds", type=_seconds, default=7200.0, help="API Gateway: 2 hours"
+    )
+    p.add_argument(
+        "--ordered-frames",
+        action="store_true",
+        help="run the frames of one socket one after another (AWS promises no order)",
+    )
+    p.add_argument(
+        "--delete-close-code",
+        type=_close_code,
+        default=1001,
+        help="the close code a DELETE on @connections sends (undocumented by AWS)",
+    )
+    p.add_argument(
+        "--max-concurrency", type=_positive, default=8, help="worker processes per function"
+    )
     p.set_defaults(run=_run_dev)
 
 
@@ -52,6 +115,14 @@ def _run_dev(args: argparse.Namespace) -> int:
         DevOptions(
             port=args.port,
             stage=args.stage,
+            template=args.template,
+            parameters=dict(args.parameter),
+            stack_name=args.stack_name,
+            idle_timeout_seconds=args.idle_timeout_seconds,
+            max_connection_seconds=args.max_connection_seconds,
+            ordered_frames=args.ordered_frames,
+            delete_close_code=args.delete_close_code,
+            max_concurrency=args.max_concurrency,
             heartbeat_seconds=args.heartbeat_seconds,
             stale_after_seconds=args.stale_after_seconds,
             grace_seconds=args.grace_seconds,

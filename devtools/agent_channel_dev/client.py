@@ -23,11 +23,42 @@ from urllib.parse import urlencode
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from agent_channel.config import API_GATEWAY_FRAME_LIMIT, MAX_REPLAY_IDS
+
 Message = dict[str, Any]
 Callback = Callable[[Message], Awaitable[None] | None]
 
 PERMANENT_REFUSALS = frozenset({400, 401, 403})
 """Upgrade answers that retrying cannot fix: bad parameters, token, or agent."""
+
+
+def replay_frames(
+    request_ids: list[str],
+    *,
+    max_ids: int = MAX_REPLAY_IDS,
+    frame_limit: int = API_GATEWAY_FRAME_LIMIT,
+) -> list[str]:
+    """``replay_permissions`` frames for ``request_ids``: as few as possible, each
+    with at most ``max_ids`` ids and at most ``frame_limit`` bytes (API Gateway
+    closes the socket with 1009 on a bigger frame, and the client would reconnect
+    and resend it forever)."""
+    frames: list[str] = []
+    batch: list[str] = []
+
+    def encoded(ids: list[str]) -> str:
+        return json.dumps({"action": "replay_permissions", "request_ids": ids})
+
+    for request_id in request_ids:
+        candidate = [*batch, request_id]
+        if batch and (
+            len(candidate) > max_ids or len(encoded(candidate).encode("utf-8")) > frame_limit
+        ):
+            frames.append(encoded(batch))
+            candidate = [request_id]
+        batch = candidate
+    if batch:
+        frames.append(encoded(batch))
+    return frames
 
 
 class ConnectRefused(Exception):
@@ -191,9 +222,8 @@ class AgentClient:
     async def _replay(self, socket: ClientConnection) -> None:
         # After every (re)connect: a decision pushed while the socket was down
         # comes back only if asked for.
-        if self._pending:
-            ids = sorted(self._pending)
-            await socket.send(json.dumps({"action": "replay_permissions", "request_ids": ids}))
+        for frame in replay_frames(sorted(self._pending)):
+            await socket.send(frame)
 
     async def _heartbeat(self, socket: ClientConnection) -> None:
         while True:

@@ -10,7 +10,15 @@ CHANNEL_AGENT_MODEL = "claude-code"
 """The model that marks a channel agent: one served through this channel, with presence."""
 
 API_GATEWAY_MESSAGE_LIMIT = 128 * 1024
-"""API Gateway refuses a WebSocket frame over 128 KB."""
+"""API Gateway refuses a WebSocket message over 128 KB (a frame and its continuations)."""
+
+API_GATEWAY_FRAME_LIMIT = 32 * 1024
+"""API Gateway closes the socket with 1009 on a client frame over 32 KB."""
+
+MAX_REPLAY_IDS = 100
+"""Ids per replay_permissions frame. Sized to the frame limit: 100 ids of the
+longest allowed (256 ASCII characters) encode to about 26 KB, so a client that
+fills a frame to this limit never needs a frame over 32 KB."""
 
 
 def _int(name: str, default: int) -> int:
@@ -49,7 +57,7 @@ class Settings:
             grace_dead_letter_arn=os.environ.get("GRACE_DLQ_ARN", ""),
             event_bus_name=os.environ.get("EVENT_BUS_NAME", "default"),
             callback_url=os.environ.get("CALLBACK_URL", ""),
-            max_replay_ids=_int("MAX_REPLAY_IDS", 500),
+            max_replay_ids=_int("MAX_REPLAY_IDS", MAX_REPLAY_IDS),
             fanout_workers=_int("FANOUT_WORKERS", 64),
         )
 

@@ -10,6 +10,7 @@ import pytest
 
 from agent_channel.config import CHANNEL_AGENT_MODEL, settings
 from agent_channel.delivery import decisions
+from agent_channel.delivery.dynamodb import BATCH_GET_LIMIT
 from agent_channel.identity import accounts
 from agent_channel.lambda_kit import wiring
 from agent_channel.storage import schema
@@ -173,14 +174,20 @@ def test_too_many_ids_is_an_error_but_duplicates_do_not_count(
     assert sink.json_messages(socket)[1:] == [decision(world, "r0")]
 
 
-def test_many_ids_are_read_in_batches_of_a_hundred(world: World, management: ManagementApi) -> None:
+def test_many_ids_are_replayed_over_frames_of_at_most_the_limit(
+    world: World, management: ManagementApi
+) -> None:
     gateway, sink = Gateway(), management.sink
     socket = connect_agent(gateway, sink, world, "a1=")
     ids = [f"req-{i:03d}" for i in range(250)]
     for request_id in ids[::2]:  # every other one decided
         decided(world.agent_id, request_id, "deny")
 
-    replay(gateway, socket, ids)
+    # A frame holds at most MAX_REPLAY_IDS ids: one BatchGetItem of 100 keys.
+    limit = settings().max_replay_ids
+    assert limit <= BATCH_GET_LIMIT
+    for start in range(0, len(ids), limit):
+        replay(gateway, socket, ids[start : start + limit])
 
     assert [m["request_id"] for m in sink.json_messages(socket)] == ids[::2]
 

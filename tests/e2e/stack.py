@@ -25,6 +25,8 @@ COMMAND_TIMEOUT = 30.0
 HEARTBEAT_SECONDS = 1
 STALE_AFTER_SECONDS = 3
 GRACE_SECONDS = 3
+IDLE_TIMEOUT_SECONDS = 8
+"""API Gateway's 10 minutes, shortened: after staleness and a sweep, before a test ends."""
 READY = re.compile(r"^READY (ws://\S+) (\{.*\})$")
 TOKEN_LINE = re.compile(r"^\s+token\s+(\S+)$")
 
@@ -169,6 +171,8 @@ def start_dev_server(*extra: str) -> DevServer:
             str(STALE_AFTER_SECONDS),
             "--grace-seconds",
             str(GRACE_SECONDS),
+            "--idle-timeout-seconds",
+            str(IDLE_TIMEOUT_SECONDS),
             *extra,
         ),
         stdout=subprocess.PIPE,
@@ -262,3 +266,50 @@ def start_agent(dev: DevServer, agent_id: int, session_id: str, *extra: str) -> 
     agent = AgentProcess(process, LineReader(process.stdout), LineReader(process.stderr))
     agent.connected()
     return agent
+
+
+@dataclass
+class AppServer:
+    """``agent-channel dev --template PATH``: another SAM app, served locally."""
+
+    process: subprocess.Popen[str]
+    ws_url: str
+    moto_url: str
+    output: LineReader
+
+    @property
+    def callback_url(self) -> str:
+        return "http" + self.ws_url.removeprefix("ws")
+
+    @property
+    def origin(self) -> str:
+        return self.callback_url.rsplit("/", 1)[0]
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                return self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+                raise
+        return int(self.process.returncode)
+
+
+def start_app_server(template: Path, *extra: str) -> AppServer:
+    process = subprocess.Popen(
+        command_line("dev", "--port", "0", "--template", str(template), *extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=clean_environment(),
+    )
+    output = LineReader(process.stdout)
+    try:
+        ready = output.next_matching(READY, START_TIMEOUT)
+    except AssertionError:
+        process.kill()
+        process.wait(timeout=5)
+        raise
+    return AppServer(process, ready.group(1), json.loads(ready.group(2))["moto"], output)

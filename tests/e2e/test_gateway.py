@@ -14,7 +14,14 @@ import pytest
 import websockets
 from botocore.exceptions import ClientError
 
-from tests.e2e.stack import GRACE_SECONDS, STALE_AFTER_SECONDS, AgentProcess, DevServer, wait_until
+from tests.e2e.stack import (
+    GRACE_SECONDS,
+    IDLE_TIMEOUT_SECONDS,
+    STALE_AFTER_SECONDS,
+    AgentProcess,
+    DevServer,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -123,7 +130,7 @@ def test_a_frozen_plugin_is_reaped_by_staleness_and_the_sweeper(
         "the grace cancellation",
     )
 
-    # Later the gateway's pings go unanswered and it drops the socket: a stale
+    # Later the idle timeout closes the socket (API Gateway never pings): a stale
     # $disconnect that changes nothing.
     def gone() -> bool:
         try:
@@ -132,7 +139,7 @@ def test_a_frozen_plugin_is_reaped_by_staleness_and_the_sweeper(
             return error.response["Error"]["Code"] == "GoneException"
         return False
 
-    wait_until(gone, 4 * STALE_AFTER_SECONDS + 5, "the gateway to drop the dead socket")
+    wait_until(gone, IDLE_TIMEOUT_SECONDS + 5, "the idle timeout to close the socket")
     assert dev.presence(agent_id)["routing"] is False
     session.kill()
 

@@ -5,13 +5,20 @@ connection is cut through the real @connections API, as a backend would cut it."
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
 import boto3
 import pytest
 
-from agent_channel_dev.client import AgentClient, Backoff, ClientConfig, ConnectRefused
+from agent_channel_dev.client import (
+    AgentClient,
+    Backoff,
+    ClientConfig,
+    ConnectRefused,
+    replay_frames,
+)
 from tests.e2e.stack import HEARTBEAT_SECONDS, STALE_AFTER_SECONDS, DevServer
 
 pytestmark = pytest.mark.e2e
@@ -154,3 +161,49 @@ def test_backoff_doubles_from_one_second_to_a_minute_with_jitter() -> None:
         delays = [backoff.delay(failures) for _ in range(50)]
         assert all(ceiling / 2 <= delay <= ceiling for delay in delays)
         assert len(set(delays)) > 1
+
+
+def test_a_long_replay_is_split_into_frames_the_gateway_accepts(dev: DevServer) -> None:
+    """500 pending ids of 64 characters are one 34 KB frame: API Gateway would close
+    the socket with 1009 and the client would reconnect and resend forever."""
+    agent_id, _ = dev.new_agent("many-pending")
+    held = [f"perm-{index:04d}-" + "x" * 54 for index in range(500)]
+    assert all(len(request_id) == 64 for request_id in held)
+    assert len(json.dumps({"action": "replay_permissions", "request_ids": held})) > 32 * 1024
+    frames = replay_frames(held)
+    assert len(frames) == 5  # MAX_REPLAY_IDS (100) per frame
+    assert all(len(frame.encode()) <= 32 * 1024 for frame in frames)
+    assert [i for frame in frames for i in json.loads(frame)["request_ids"]] == held
+
+    decided_last = held[-1]
+    dev.cli(
+        "decide", "--agent", str(agent_id), "--request", decided_last, "--allow",
+        "--by", str(dev.owner_id),
+    )  # fmt: skip
+    decisions: list[dict[str, Any]] = []
+    client = AgentClient(config(dev, agent_id), on_decision=decisions.append)
+    for request_id in held:
+        client.hold(request_id)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        running = asyncio.create_task(client.run(stop))
+        try:
+            await eventually(lambda: bool(decisions), "the replayed decision")
+            await asyncio.sleep(HEARTBEAT_SECONDS + 1)
+        finally:
+            stop.set()
+            await asyncio.wait_for(running, STEP_TIMEOUT)
+
+    asyncio.run(scenario())
+    assert [d["request_id"] for d in decisions] == [decided_last]
+    assert client.connections == 1  # never closed with 1009, never reconnected
+
+
+def test_replay_frames_respect_both_limits_for_long_and_non_ascii_ids() -> None:
+    longest = ["é" * 256 + str(i) for i in range(300)]
+    frames = replay_frames(longest)
+    assert all(len(frame.encode()) <= 32 * 1024 for frame in frames)
+    assert all(len(json.loads(frame)["request_ids"]) <= 100 for frame in frames)
+    assert [i for frame in frames for i in json.loads(frame)["request_ids"]] == longest
+    assert replay_frames([]) == []

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,9 +26,10 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from agent_channel.config import API_GATEWAY_MESSAGE_LIMIT
+from agent_channel_dev.local import sigv4
 
 MESSAGE_LIMIT = API_GATEWAY_MESSAGE_LIMIT
-"""API Gateway refuses a WebSocket frame over 128 KB (413 PayloadTooLargeException)."""
+"""API Gateway refuses to post a message over 128 KB (413 PayloadTooLargeException)."""
 
 
 class ConnectionSink(Protocol):
@@ -61,23 +62,68 @@ def _gone() -> web.Response:
     return _error(410, "GoneException", "GoneException")
 
 
+@dataclass(frozen=True)
+class Signing:
+    """Who may call the API: requests must be SigV4-signed by one of ``principals``
+    and allowed by its statements (see sigv4)."""
+
+    principals: Mapping[str, sigv4.Principal]
+    api_id: str
+    region: str = "us-east-1"
+    account: str = "000000000000"
+
+    def resource(self, stage: str, method: str, connection_id: str) -> str:
+        return (
+            f"arn:aws:execute-api:{self.region}:{self.account}:{self.api_id}/{stage}/"
+            f"{method}/@connections/{connection_id}"
+        )
+
+
 def add_connection_routes(
     app: web.Application,
     sink: ConnectionSink,
     *,
     stage: str,
     latency_seconds: float = 0.0,
+    signing: Signing | None = None,
 ) -> None:
     """Mount ``POST|GET|DELETE /{stage}/@connections/{connection_id}`` on ``app``.
 
     ``latency_seconds`` is added to every request, to stand in for the round trip
-    to API Gateway (the fan-out benchmark uses it).
+    to API Gateway (the fan-out benchmark uses it). With ``signing``, a request
+    that is unsigned, wrongly signed or not allowed is answered 403
+    ``ForbiddenException`` and does nothing, as on AWS.
     """
     path = f"/{stage}/@connections/{{connection_id}}"
 
     async def pause() -> None:
         if latency_seconds > 0:
             await asyncio.sleep(latency_seconds)
+
+    @web.middleware
+    async def check_signature(request: web.Request, handler: Any) -> web.StreamResponse:
+        marker = f"/{stage}/@connections/"
+        if signing is None or not request.path.startswith(marker):
+            response: web.StreamResponse = await handler(request)
+            return response
+        body = await request.read()
+        host = request.headers.get("Host", request.host)
+        try:
+            sigv4.verify(
+                method=request.method,
+                url=f"{request.scheme}://{host}{request.raw_path}",
+                headers=request.headers,
+                body=body,
+                principals=signing.principals,
+                region=signing.region,
+                resource=signing.resource(stage, request.method, request.path.removeprefix(marker)),
+            )
+        except sigv4.Refused as refused:
+            return _error(403, "ForbiddenException", str(refused))
+        signed: web.StreamResponse = await handler(request)
+        return signed
+
+    app.middlewares.append(check_signature)
 
     async def post(request: web.Request) -> web.Response:
         connection_id = request.match_info["connection_id"]

@@ -1,9 +1,11 @@
-"""``agent-channel dev``: the whole stack in one process, on a laptop.
+"""``agent-channel dev``: a SAM WebSocket app served locally, from its template.
 
-An embedded moto server holds DynamoDB, Scheduler and EventBridge; an aiohttp
-server on one port is the WebSocket gateway, the ``@connections`` API and the
-backend command endpoint; a loop fires due schedules and the sweeper. The
-functions are the unchanged ``functions/*/app.py``, called in worker threads.
+An embedded moto server holds the tables, queues, buses and schedule groups the
+template declares; an aiohttp server on one port is the WebSocket gateway and
+the ``@connections`` API; each function runs in warm worker processes of its
+own with exactly its template environment; a loop fires due schedules and rate
+schedules. Without ``--template`` it serves this project's own template.yaml,
+plus the demo accounts and the ``/_backend`` command endpoint.
 """
 
 from __future__ import annotations
@@ -12,28 +14,38 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import socket
 import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, TextIO
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
 
-from agent_channel_dev.local.environment import Constants, LocalEndpoints, apply, local_environment
+from agent_channel_dev.local.gateway import (
+    GOING_AWAY,
+    IDLE_TIMEOUT_SECONDS,
+    MAX_CONNECTION_SECONDS,
+    GatewayOptions,
+)
+from agent_channel_dev.local.intrinsics import REGION
 
 if TYPE_CHECKING:
     from agent_channel_dev.local.demo import DemoAccounts
     from agent_channel_dev.local.moto_server import MotoServer
+    from agent_channel_dev.local.sam_app import SamApp
+    from agent_channel_dev.local.stack import LocalStack
+
+PROJECT_TEMPLATE = Path(__file__).resolve().parents[3] / "template.yaml"
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 DEFAULT_STAGE = "local"
-DEFAULT_TABLE = "agent-channel"
-DEFAULT_SCHEDULE_GROUP = "agent-channel"
-DEFAULT_EVENT_BUS = "agent-channel"
+DEFAULT_STACK_NAME = "agent-channel"
 WORKER_THREADS = 64
-"""Handlers block on HTTP calls (some to this very server): plenty of threads."""
+"""Threads that wait on worker processes' answers (one per running invocation)."""
 STOP_TIMEOUT_SECONDS = 10.0
 READY_PREFIX = "READY"
 
@@ -41,25 +53,46 @@ READY_PREFIX = "READY"
 @dataclass(frozen=True)
 class DevOptions:
     port: int = DEFAULT_PORT
-    stage: str = DEFAULT_STAGE
+    stage: str | None = None
+    """None: ``local`` for this project, the template's own for another app."""
+    template: Path | None = None
+    """None: this project's template.yaml, with demo accounts and /_backend."""
+    parameters: dict[str, str] = field(default_factory=dict)
+    """Template parameter overrides; they win over the flags below."""
+    stack_name: str = DEFAULT_STACK_NAME
     heartbeat_seconds: int = 15
     stale_after_seconds: int = 45
     grace_seconds: int = 30
     log_level: str = "WARNING"
+    idle_timeout_seconds: float = IDLE_TIMEOUT_SECONDS
+    max_connection_seconds: float = MAX_CONNECTION_SECONDS
+    ordered_frames: bool = False
+    delete_close_code: int = GOING_AWAY
+    max_concurrency: int = 8
 
     @property
-    def constants(self) -> Constants:
-        return Constants(self.heartbeat_seconds, self.stale_after_seconds, self.grace_seconds)
+    def template_path(self) -> Path:
+        return self.template or PROJECT_TEMPLATE
 
+    def template_parameters(self, declared: dict[str, Any]) -> dict[str, str]:
+        """The flags, for the template parameters of those names it declares."""
+        from_flags = {
+            "HeartbeatSeconds": str(self.heartbeat_seconds),
+            "StaleAfterSeconds": str(self.stale_after_seconds),
+            "GraceSeconds": str(self.grace_seconds),
+            "LogLevel": self.log_level,
+        }
+        chosen = {name: value for name, value in from_flags.items() if name in declared}
+        chosen.update(self.parameters)
+        return chosen
 
-def ping_seconds(stale_after_seconds: int) -> float:
-    """How often the gateway pings a quiet socket.
-
-    Later than staleness on purpose: a plugin frozen with its TCP connection open
-    must be reaped by staleness and the sweeper (as on AWS, where nothing pings),
-    and only afterwards does the gateway drop the socket and send $disconnect.
-    """
-    return float(max(2 * stale_after_seconds, 4))
+    def gateway_options(self) -> GatewayOptions:
+        return GatewayOptions(
+            idle_timeout_seconds=self.idle_timeout_seconds,
+            max_connection_seconds=self.max_connection_seconds,
+            ordered_frames=self.ordered_frames,
+            delete_close_code=self.delete_close_code,
+        )
 
 
 def bind(port: int) -> socket.socket:
@@ -71,14 +104,28 @@ def bind(port: int) -> socket.socket:
     return sock
 
 
-def banner(options: DevOptions, port: int, moto_url: str, demo: DemoAccounts) -> str:
-    ws_url = f"ws://{HOST}:{port}/{options.stage}"
+def app_banner(app: SamApp, port: int, moto_url: str) -> str:
+    ws_url = f"ws://{HOST}:{port}/{app.api.stage}"
+    lines = [
+        f"local stack of {app.path}",
+        f"  websocket     {ws_url}",
+        f"  @connections  http://{HOST}:{port}/{app.api.stage}/@connections/{{connection_id}}",
+        f"  moto          {moto_url}",
+        f"  routes        {', '.join(sorted(app.api.routes))}",
+        "",
+        "Ctrl-C stops it.",
+    ]
+    return "\n".join(lines)
+
+
+def banner(stage: str, options: DevOptions, port: int, moto_url: str, demo: DemoAccounts) -> str:
+    ws_url = f"ws://{HOST}:{port}/{stage}"
     http_url = f"http://{HOST}:{port}"
     connect = f"{ws_url}?agent_id={demo.agent_id}&session_id=demo&token={demo.token}"
     lines = [
         "agent-channel local stack",
         f"  websocket     {ws_url}",
-        f"  @connections  {http_url}/{options.stage}/@connections/{{connection_id}}",
+        f"  @connections  {http_url}/{stage}/@connections/{{connection_id}}",
         f"  backend       {http_url}/_backend",
         f"  moto          {moto_url}",
         f"  constants     heartbeat {options.heartbeat_seconds}s, "
@@ -108,90 +155,162 @@ def banner(options: DevOptions, port: int, moto_url: str, demo: DemoAccounts) ->
     return "\n".join(lines)
 
 
-def ready_line(options: DevOptions, port: int, demo: DemoAccounts) -> str:
+def ready_line(stage: str, port: int, moto_url: str, demo: DemoAccounts | None) -> str:
     """One machine-readable line for scripts and tests (no secret in it)."""
-    details = {
-        "backend": f"http://{HOST}:{port}",
-        "owner_id": demo.owner_id,
-        "agent_id": demo.agent_id,
-        "topic_id": demo.topic_id,
-    }
-    return f"{READY_PREFIX} ws://{HOST}:{port}/{options.stage} {json.dumps(details)}"
+    details: dict[str, Any] = {"moto": moto_url}
+    if demo is not None:
+        details.update(
+            backend=f"http://{HOST}:{port}",
+            owner_id=demo.owner_id,
+            agent_id=demo.agent_id,
+            topic_id=demo.topic_id,
+        )
+    return f"{READY_PREFIX} ws://{HOST}:{port}/{stage} {json.dumps(details)}"
 
 
 def _quiet_libraries() -> None:
     # moto's werkzeug server logs every request; the banner must stay readable.
     for name in ("werkzeug", "moto", "botocore", "aiohttp.access"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    # Metrics are off locally (no CloudWatch); Powertools still warns on each flush.
     warnings.filterwarnings("ignore", message="No application metrics to publish")
 
 
+def _point_at_moto(moto_url: str, extra: dict[str, str] | None = None) -> None:
+    """This process's own AWS calls (creating resources, seeding) go to moto; a
+    developer's AWS profile or session must never leak into the local stack."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        os.environ.pop(name, None)
+    os.environ.update(
+        {
+            "AWS_ENDPOINT_URL": moto_url,
+            "AWS_ACCESS_KEY_ID": "local",
+            "AWS_SECRET_ACCESS_KEY": "local",
+            "AWS_REGION": REGION,
+            "AWS_DEFAULT_REGION": REGION,
+            **(extra or {}),
+        }
+    )
+
+
+def load_app(options: DevOptions) -> SamApp:
+    """The app to serve, read from its template; TemplateError or OSError if it
+    cannot be served (the reason is in the message)."""
+    from agent_channel_dev.local import sam_app
+    from agent_channel_dev.local.stack_template import load_template_text
+
+    path = options.template_path
+    project = options.template is None
+    declared = load_template_text(path.read_text(encoding="utf-8")).get("Parameters") or {}
+    return sam_app.load(
+        path,
+        stack_name=options.stack_name,
+        parameters=options.template_parameters(declared),
+        stage=options.stage or (DEFAULT_STAGE if project else None),
+    )
+
+
 def run(options: DevOptions, out: TextIO = sys.stdout) -> int:
+    from agent_channel_dev.local.stack_template import TemplateError
+
+    try:
+        app = load_app(options)
+    except (TemplateError, OSError, ValueError) as error:
+        print(f"cannot serve {options.template_path}: {error}", file=sys.stderr)
+        return 2
     try:
         sock = bind(options.port)
     except OSError as error:
         print(f"cannot listen on {HOST}:{options.port}: {error.strerror}", file=sys.stderr)
         return 2
-    return asyncio.run(_serve(options, sock, out))
+    return asyncio.run(_serve(options, app, sock, out))
 
 
-async def _serve(options: DevOptions, sock: socket.socket, out: TextIO) -> int:
+async def _serve(options: DevOptions, app: SamApp, sock: socket.socket, out: TextIO) -> int:
     from agent_channel_dev.local.moto_server import MotoServer
 
     loop = asyncio.get_running_loop()
-    loop.set_default_executor(ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="lambda"))
+    loop.set_default_executor(ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="invoke"))
     _quiet_libraries()
     moto = MotoServer(HOST)
     moto.start()
     try:
-        return await _serve_with_moto(options, sock, out, moto)
+        return await _serve_with_moto(options, app, sock, out, moto)
     finally:
         moto.stop()
 
 
 async def _serve_with_moto(
-    options: DevOptions, sock: socket.socket, out: TextIO, moto: MotoServer
+    options: DevOptions, app: SamApp, sock: socket.socket, out: TextIO, moto: MotoServer
 ) -> int:
+    from agent_channel_dev.local.stack import LocalStack, create_resources
+    from agent_channel_dev.local.workers import FunctionError
+
     moto_url = moto.url
     port = int(sock.getsockname()[1])
-
-    # Imported only from here on: the stack reads settings, once, at import.
-    from agent_channel_dev.local import resources
-
-    schedule_group = resources.schedule_group_name(DEFAULT_SCHEDULE_GROUP)
-    apply(
-        local_environment(
-            LocalEndpoints(moto_url, f"http://{HOST}:{port}/{options.stage}"),
-            options.constants,
-            table_name=DEFAULT_TABLE,
-            schedule_group=schedule_group,
-            event_bus=DEFAULT_EVENT_BUS,
-            log_level=options.log_level,
-        )
+    project = options.template is None
+    _point_at_moto(moto_url)
+    await asyncio.to_thread(create_resources, app)
+    stack = LocalStack.build(
+        app,
+        moto_url=moto_url,
+        local_origin=f"http://{HOST}:{port}",
+        options=options.gateway_options(),
+        # A shortened staleness needs the sweeper more often than every minute.
+        rate_seconds=sweep_interval(options.stale_after_seconds) if project else None,
+        max_concurrency=options.max_concurrency,
     )
-    from agent_channel_dev.local.stack import LocalStack
-
-    stack = await asyncio.to_thread(
-        LocalStack.build,
-        stage=options.stage,
-        table_name=DEFAULT_TABLE,
-        schedule_group=schedule_group,
-        event_bus=DEFAULT_EVENT_BUS,
-        ping_seconds=ping_seconds(options.stale_after_seconds),
-        stale_after_seconds=options.stale_after_seconds,
-    )
+    demo = await asyncio.to_thread(_project_extras, app, stack) if project else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    await stack.start(sock)
     try:
-        print(banner(options, port, moto_url, stack.demo), file=out)
-        print(ready_line(options, port, stack.demo), file=out, flush=True)
+        await stack.start(sock)
+    except FunctionError as error:
+        # A function that cannot even start fails the launch, with Lambda's report.
+        stack.functions.close()
+        print(f"a function failed to start: {json.dumps(error.payload)}", file=sys.stderr)
+        return 1
+    try:
+        if demo is not None:
+            print(banner(app.api.stage, options, port, moto_url, demo), file=out)
+        else:
+            print(app_banner(app, port, moto_url), file=out)
+        print(ready_line(app.api.stage, port, moto_url, demo), file=out, flush=True)
         await stop.wait()
         print("stopping", file=out, flush=True)
     finally:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stack.stop(), STOP_TIMEOUT_SECONDS)
     return 0
+
+
+def sweep_interval(stale_after_seconds: int) -> float | None:
+    """The template's rate as deployed; every few seconds when staleness is
+    shortened for a demo or a test, so a crashed plugin is still reaped within a
+    few heartbeats."""
+    if stale_after_seconds >= 45:
+        return None
+    return float(max(1, stale_after_seconds // 2))
+
+
+def _project_extras(app: SamApp, stack: LocalStack) -> DemoAccounts:
+    """This project's own additions: the /_backend endpoint (the BackendFunction,
+    invoked directly) and demo accounts seeded in its table (blocking)."""
+    from agent_channel_dev.local.backend_endpoint import BACKEND_FOLDER, mount_backend
+
+    backend = app.function_by_code_folder(BACKEND_FOLDER)
+    if backend is None:
+        raise RuntimeError("the project template has no backend function")
+
+    async def invoke(command: Any) -> Any:
+        return await stack.functions.invoke(backend.logical_id, command)
+
+    mount_backend(stack.web_app, invoke)
+    # Seeded from this process: it needs the table the functions use.
+    _point_at_moto(
+        os.environ["AWS_ENDPOINT_URL"], {"TABLE_NAME": backend.environment["TABLE_NAME"]}
+    )
+    from agent_channel_dev.local import demo
+
+    return demo.seed()

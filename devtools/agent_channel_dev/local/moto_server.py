@@ -2,7 +2,7 @@
 
 DynamoDB applies each request atomically (a transaction all or nothing, a
 conditional write against the item as it is). moto's in-memory backends take
-no locks, so under the local stack's many handler threads two requests could
+no locks, so with the local stack's many concurrent workers two requests could
 interleave inside moto and break that promise: conditions checked against an
 item half-written by another request, transactions answered with 500. The
 local stack would then show races AWS never has. Serving moto's requests one

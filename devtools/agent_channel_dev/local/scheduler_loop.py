@@ -4,7 +4,8 @@ Schedules live in the embedded moto server, created by the unchanged
 grace_scheduler. Moto stores them but never fires them, so this loop lists the
 group, fires each ``at()`` schedule whose time has come by invoking its target
 function with its recorded input, and deletes it (``ActionAfterCompletion:
-DELETE``). The sweeper, a ``rate(1 minute)`` schedule on AWS, runs on a timer.
+DELETE``). Functions with a ``rate(...)`` schedule event (the sweeper) run on a
+timer.
 """
 
 from __future__ import annotations
@@ -12,25 +13,23 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from agent_channel.observability import logger
 from agent_channel_dev.local.apigw_events import scheduled_event
-from agent_channel_dev.local.functions import (
-    FunctionMissing,
-    FunctionRunner,
-    folder_for_function_name,
-    function_name_from_arn,
-)
+from agent_channel_dev.local.stack_template import TemplateError
+
+Invoke = Callable[[str, Any], Awaitable[Any]]
+"""Invoke a function by name or ARN with an event."""
 
 if TYPE_CHECKING:
     from mypy_boto3_scheduler import EventBridgeSchedulerClient
 
 TICK_SECONDS = 1.0
 """How often due schedules are looked for (AWS fires with one-minute precision)."""
-SWEEPER_FOLDER = "sweeper"
 
 
 def parse_at(expression: str) -> float | None:
@@ -54,6 +53,7 @@ def sweep_interval(stale_after_seconds: int) -> float:
 
 @dataclass(frozen=True)
 class DueSchedule:
+    group: str
     name: str
     expression: str
     target_arn: str
@@ -65,24 +65,28 @@ class SchedulerLoop:
     def __init__(
         self,
         client: EventBridgeSchedulerClient,
-        runner: FunctionRunner,
+        invoke: Invoke,
         *,
-        group: str,
-        sweep_seconds: float,
+        groups: list[str],
+        rates: dict[str, float],
     ) -> None:
         self._client = client
-        self._runner = runner
-        self._group = group
-        self._sweep_seconds = sweep_seconds
+        self._invoke = invoke
+        self._groups = groups
+        self._rates = rates
+        """Function name -> seconds between runs of its rate() schedule."""
         self._fired: set[tuple[str, str]] = set()
 
     def due(self, now: float) -> list[DueSchedule]:
+        return [found for group in self._groups for found in self._due_in(group, now)]
+
+    def _due_in(self, group: str, now: float) -> list[DueSchedule]:
         found: list[DueSchedule] = []
-        summaries = self._client.list_schedules(GroupName=self._group).get("Schedules", [])
+        summaries = self._client.list_schedules(GroupName=group).get("Schedules", [])
         for summary in summaries:
             name = summary.get("Name", "")
             try:
-                schedule = self._client.get_schedule(Name=name, GroupName=self._group)
+                schedule = self._client.get_schedule(Name=name, GroupName=group)
             except self._client.exceptions.ResourceNotFoundException:
                 continue  # deleted since the listing (a reconnect withdrew it)
             expression = schedule.get("ScheduleExpression", "")
@@ -93,6 +97,7 @@ class SchedulerLoop:
             raw = target.get("Input")
             found.append(
                 DueSchedule(
+                    group=group,
                     name=name,
                     expression=expression,
                     target_arn=target.get("Arn", ""),
@@ -102,56 +107,57 @@ class SchedulerLoop:
             )
         return found
 
-    def fire(self, schedule: DueSchedule) -> None:
+    async def fire(self, schedule: DueSchedule) -> None:
         try:
-            folder = folder_for_function_name(function_name_from_arn(schedule.target_arn))
-            result = self._runner.invoke_sync(folder, schedule.payload)
+            result = await self._invoke(schedule.target_arn, schedule.payload)
             logger.info("schedule fired", extra={"schedule": schedule.name, "result": result})
-        except FunctionMissing:
+        except TemplateError:
             logger.error("schedule target has no function", extra={"schedule": schedule.name})
         except Exception:
             # On AWS this would be retried, then dead-lettered; locally it is logged.
             logger.exception("schedule target failed", extra={"schedule": schedule.name})
-        self._retire(schedule)
+        await asyncio.to_thread(self._retire, schedule)
 
     def _retire(self, schedule: DueSchedule) -> None:
         if not schedule.delete_after:
             self._fired.add((schedule.name, schedule.expression))
             return
+        group = schedule.group
         try:
-            current = self._client.get_schedule(Name=schedule.name, GroupName=self._group)
+            current = self._client.get_schedule(Name=schedule.name, GroupName=group)
         except self._client.exceptions.ResourceNotFoundException:
             return
         if current.get("ScheduleExpression") != schedule.expression:
             return  # a newer disconnect re-armed the same name while it ran: keep it
         try:
-            self._client.delete_schedule(Name=schedule.name, GroupName=self._group)
+            self._client.delete_schedule(Name=schedule.name, GroupName=group)
         except self._client.exceptions.ResourceNotFoundException:
             return
 
-    def tick(self) -> int:
+    async def tick(self) -> int:
         """Fire every due schedule once; how many fired."""
-        due = self.due(time.time())
-        for schedule in due:
-            self.fire(schedule)
+        due = await asyncio.to_thread(self.due, time.time())
+        await asyncio.gather(*(self.fire(schedule) for schedule in due))
         return len(due)
 
-    def sweep(self) -> None:
+    async def _rate(self, name: str) -> None:
         try:
-            self._runner.invoke_sync(SWEEPER_FOLDER, scheduled_event())
+            await self._invoke(name, scheduled_event())
         except Exception:
-            logger.exception("sweeper failed")
+            logger.exception("rate schedule failed", extra={"function": name})
 
     async def run(self, stop: asyncio.Event) -> None:
-        next_sweep = time.monotonic() + self._sweep_seconds
+        next_run = {name: time.monotonic() + seconds for name, seconds in self._rates.items()}
         while not stop.is_set():
-            try:
-                await asyncio.to_thread(self.tick)
-            except Exception:
-                logger.exception("scheduler tick failed")
-            if time.monotonic() >= next_sweep:
-                await asyncio.to_thread(self.sweep)
-                next_sweep = time.monotonic() + self._sweep_seconds
+            if self._groups:
+                try:
+                    await self.tick()
+                except Exception:
+                    logger.exception("scheduler tick failed")
+            for name, when in next_run.items():
+                if time.monotonic() >= when:
+                    await self._rate(name)
+                    next_run[name] = time.monotonic() + self._rates[name]
             try:
                 await asyncio.wait_for(stop.wait(), TICK_SECONDS)
             except TimeoutError:

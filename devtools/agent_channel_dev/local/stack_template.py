@@ -177,7 +177,11 @@ def _table(path: Path | None) -> dict[str, Any]:
 
 def table_create_kwargs(table_name: str, path: Path | None = None) -> dict[str, Any]:
     """The table as boto3's ``create_table`` takes it (keys, attributes, indexes, billing)."""
-    table = _table(path)
+    return create_table_kwargs(table_name, _table(path))
+
+
+def create_table_kwargs(table_name: str, table: dict[str, Any]) -> dict[str, Any]:
+    """``create_table`` arguments for the properties of an ``AWS::DynamoDB::Table``."""
     billing_mode = table.get("BillingMode", "PROVISIONED")
     kwargs: dict[str, Any] = {
         "TableName": table_name,

@@ -3,13 +3,15 @@ broadcasts. Registered into the command router on import."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent_channel.backend.router import Args, CommandContext, CommandError, op
 from agent_channel.delivery import decisions, dispatch
 from agent_channel.delivery.broadcast import broadcast_to_stream
-from agent_channel.delivery.fanout import BroadcastResult
 from agent_channel.delivery.streams import agent_stream, topic_stream
+
+if TYPE_CHECKING:
+    from agent_channel.delivery.fanout import BroadcastResult
 
 
 def _delivery(result: BroadcastResult) -> dict[str, Any]:

@@ -19,13 +19,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from agent_channel.errors import Refusal
 from agent_channel.observability import logger
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
 
     from agent_channel.delivery.decision_store import DecisionStore

@@ -6,7 +6,6 @@ partition (``delivery.members``); the posts go out through ``delivery.fanout``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from agent_channel.config import settings
@@ -23,6 +22,8 @@ from agent_channel.delivery.streams import agent_stream, topic_stream
 from agent_channel.observability import logger
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +30,8 @@ from agent_channel.identity.caller import Caller, Target
 from agent_channel.observability import logger
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
 
 __all__ = [

@@ -15,7 +15,6 @@ the only copy of an answer, keep it or route it elsewhere).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -27,10 +26,13 @@ from agent_channel.delivery.streams import agent_stream, topic_stream
 from agent_channel.errors import Refusal
 from agent_channel.observability import logger
 from agent_channel.tasks.model import Status, Task, TransitionRefused
-from agent_channel.tasks.store import TaskStore
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
+
+    from agent_channel.tasks.store import TaskStore
 
 
 class DispatchError(Refusal):

@@ -8,7 +8,7 @@ while the agent had no socket is still there for the next replay.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from pynamodb.exceptions import TransactWriteError
 
@@ -26,6 +26,9 @@ from agent_channel.storage.transactions import (
     cancellation_codes,
     transaction,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
 
 MAX_CONFLICT_RETRIES = 3
 

@@ -6,13 +6,17 @@ by a post is removed at once, exactly as its ``$disconnect`` would remove it.
 
 from __future__ import annotations
 
-from agent_channel.config import Settings
-from agent_channel.delivery.fanout import GoneHandler
+from typing import TYPE_CHECKING
+
 from agent_channel.delivery.members import get_connection
-from agent_channel.grace.scheduler import GraceScheduler
 from agent_channel.observability import logger
 from agent_channel.presence.rules import Settled, disconnect
-from agent_channel.presence.store import PresenceStore
+
+if TYPE_CHECKING:
+    from agent_channel.config import Settings
+    from agent_channel.delivery.fanout import GoneHandler
+    from agent_channel.grace.scheduler import GraceScheduler
+    from agent_channel.presence.store import PresenceStore
 
 
 def forget_gone(

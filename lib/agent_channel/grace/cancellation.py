@@ -11,15 +11,18 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from agent_channel import clock
-from agent_channel.config import Settings
-from agent_channel.grace.scheduler import GraceCancellation
 from agent_channel.grace.task_book import CancelVerdict, DelegatedTask, TaskBook
 from agent_channel.observability import count, logger
-from agent_channel.presence.model import Presence
-from agent_channel.presence.store import PresenceStore
 from agent_channel.tasks.events import TaskCancelled, TaskEvents
+
+if TYPE_CHECKING:
+    from agent_channel.config import Settings
+    from agent_channel.grace.scheduler import GraceCancellation
+    from agent_channel.presence.model import Presence
+    from agent_channel.presence.store import PresenceStore
 
 MAX_ATTEMPTS = 5
 """Rechecks before giving up when presence keeps changing under the cancellation."""

@@ -3,14 +3,18 @@ delegated tasks and a session's own topics, and the guarded delegated -> cancell
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from typing import TYPE_CHECKING
 
 from agent_channel.grace.task_book import CancelVerdict, DelegatedTask
-from agent_channel.presence.model import Presence
 from agent_channel.storage import schema
 from agent_channel.storage.records import Record, TopicRecord
 from agent_channel.tasks.model import BEFORE_DELEGATION, Status, Task, TransitionRefused
-from agent_channel.tasks.store import TaskStore
+
+if TYPE_CHECKING:
+    from collections.abc import Collection
+
+    from agent_channel.presence.model import Presence
+    from agent_channel.tasks.store import TaskStore
 
 
 class DynamoTaskBook:

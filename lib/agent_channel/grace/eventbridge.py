@@ -7,12 +7,13 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from agent_channel.config import Settings
 from agent_channel.grace.scheduler import GraceCancellation, schedule_name
 from agent_channel.observability import logger
 
 if TYPE_CHECKING:
     from mypy_boto3_scheduler import EventBridgeSchedulerClient
+
+    from agent_channel.config import Settings
 
 MAX_RETRY_ATTEMPTS = 3
 MAX_EVENT_AGE_SECONDS = 3600

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from agent_channel.presence.model import Presence
 from agent_channel.tasks.model import Status
+
+if TYPE_CHECKING:
+    from agent_channel.presence.model import Presence
 
 
 class CancelVerdict(enum.StrEnum):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pynamodb.exceptions import DeleteError, UpdateError
 
@@ -14,6 +14,9 @@ from agent_channel.storage import schema
 from agent_channel.storage.counters import next_id
 from agent_channel.storage.records import TokenRecord, TopicRecord, UserRecord
 from agent_channel.storage.transactions import condition_failed
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,10 @@ Each condition names the race it guards against.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from pynamodb.exceptions import DeleteError, TransactWriteError, UpdateError
-from pynamodb.expressions.condition import Condition
-from pynamodb.transactions import TransactWrite
 
 from agent_channel.config import CHANNEL_AGENT_MODEL
 from agent_channel.delivery.streams import agent_stream
@@ -28,6 +26,12 @@ from agent_channel.storage.records import (
     UserRecord,
 )
 from agent_channel.storage.transactions import condition_failed, failed_positions, transaction
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from pynamodb.expressions.condition import Condition
+    from pynamodb.transactions import TransactWrite
 
 GARBAGE_AFTER = timedelta(days=1)
 

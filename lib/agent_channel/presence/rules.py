@@ -7,14 +7,17 @@ the storage conditions that make these rules race-free live in the store.
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING
 
 from agent_channel import clock
-from agent_channel.config import Settings
 from agent_channel.grace.scheduler import GraceCancellation, GraceScheduler
 from agent_channel.identity.tokens import mint_lease_token
 from agent_channel.observability import count, logger
-from agent_channel.presence.model import Lease, Presence, Subscription
 from agent_channel.presence.store import MAX_STALE_PER_CLEAR, PresenceStore
+
+if TYPE_CHECKING:
+    from agent_channel.config import Settings
+    from agent_channel.presence.model import Lease, Presence, Subscription
 
 MAX_SETTLE_ATTEMPTS = 5
 """Retries of the read-decide-write loop before leaving the rest to the sweeper."""

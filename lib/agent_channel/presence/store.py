@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from agent_channel.grace.scheduler import GraceCancellation
-from agent_channel.presence.model import Attachment, Lease, Presence, Subscription
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from agent_channel.grace.scheduler import GraceCancellation
+    from agent_channel.presence.model import Attachment, Lease, Presence, Subscription
 
 MAX_STALE_PER_CLEAR = 99
 """How many stale leases one clear_routing may delete along with routing (a

@@ -32,9 +32,12 @@ so a key's shape and a race guard used by two stores are each written once.
 
 from __future__ import annotations
 
-from pynamodb.expressions.condition import Condition
+from typing import TYPE_CHECKING
 
 from agent_channel.storage.records import UserRecord
+
+if TYPE_CHECKING:
+    from pynamodb.expressions.condition import Condition
 
 Key = tuple[str, str]
 """A (partition key, sort key) pair."""

@@ -8,10 +8,13 @@ everywhere from a failure of the request itself.
 from __future__ import annotations
 
 from functools import cache
+from typing import TYPE_CHECKING
 
 from pynamodb.connection import Connection
-from pynamodb.exceptions import DeleteError, PutError, TransactWriteError, UpdateError
 from pynamodb.transactions import TransactWrite
+
+if TYPE_CHECKING:
+    from pynamodb.exceptions import DeleteError, PutError, TransactWriteError, UpdateError
 
 CONDITION_FAILED = "ConditionalCheckFailed"
 TRANSACTION_CONFLICT = "TransactionConflict"

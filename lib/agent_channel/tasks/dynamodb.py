@@ -6,12 +6,10 @@ it starts from, the slot taken or freed beside it, and any guard on another item
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pynamodb.exceptions import TransactWriteError
-from pynamodb.expressions.condition import Condition
-from pynamodb.expressions.update import Action
 
 from agent_channel import clock
 from agent_channel.storage import schema
@@ -19,6 +17,12 @@ from agent_channel.storage.counters import next_id
 from agent_channel.storage.records import Record, SlotRecord, TaskRecord, TopicRecord, UserRecord
 from agent_channel.storage.transactions import transaction
 from agent_channel.tasks.model import DispatchContext, Status, Task, TransitionRefused
+
+if TYPE_CHECKING:
+    from collections.abc import Collection, Sequence
+
+    from pynamodb.expressions.condition import Condition
+    from pynamodb.expressions.update import Action
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,189 @@
+"""The parts of the local stack that carry API Gateway's and CloudFormation's
+rules: frame counting, a template read as deployed, IAM evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent_channel_dev.local import frames, sam_app, sigv4
+from agent_channel_dev.local.stack_template import TemplateError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def feed_data(self, data: bytes) -> Any:
+        self.data += data
+        return False, b""
+
+    def feed_eof(self) -> Any:
+        return None
+
+
+def client_frame(payload: bytes, opcode: int, *, fin: bool = True) -> bytes:
+    """A masked client frame (mask of zeros: the payload reads as is)."""
+    header = frames.frame(payload, opcode, fin=fin)
+    first, second, rest = header[0], header[1], header[2 : len(header) - len(payload)]
+    return bytes([first, second | 0x80]) + rest + b"\0\0\0\0" + payload
+
+
+def guard() -> tuple[frames.FrameGuard, Collect, list[tuple[int, str]]]:
+    violations: list[tuple[int, str]] = []
+    inner = Collect()
+    return frames.FrameGuard(inner, lambda c, r: violations.append((c, r))), inner, violations
+
+
+def feed_bytewise(g: frames.FrameGuard, data: bytes) -> None:
+    for index in range(len(data)):
+        g.feed_data(data[index : index + 1])
+
+
+def test_frames_within_the_limits_pass_untouched_even_split_byte_by_byte() -> None:
+    g, inner, violations = guard()
+    stream = (
+        client_frame(b"a" * frames.FRAME_LIMIT, frames.OP_TEXT, fin=False)
+        + client_frame(b"b" * 100, frames.OP_CONTINUATION)
+        + client_frame(b"", frames.OP_CLOSE)
+    )
+    feed_bytewise(g, stream)
+    assert violations == []
+    assert bytes(inner.data) == stream
+    assert g.closed_without_status
+
+
+def test_an_oversized_frame_is_refused_by_its_header_and_never_forwarded() -> None:
+    g, inner, violations = guard()
+    big = client_frame(b"x" * (frames.FRAME_LIMIT + 1), frames.OP_TEXT)
+    close = client_frame(b"\x03\xe8", frames.OP_CLOSE)
+    g.feed_data(big[:20])
+    assert violations == [(1009, "Frame too big")]
+    g.feed_data(big[20:] + client_frame(b"later", frames.OP_TEXT) + close)
+    assert bytes(inner.data) == close  # only the closing handshake goes on
+    assert violations == [(1009, "Frame too big")]
+
+
+def test_a_message_over_128_kb_in_small_frames_and_a_binary_frame_are_refused() -> None:
+    g, _, violations = guard()
+    chunk = b"x" * frames.FRAME_LIMIT
+    for index in range(5):
+        opcode = frames.OP_TEXT if index == 0 else frames.OP_CONTINUATION
+        g.feed_data(client_frame(chunk, opcode, fin=index == 4))
+    assert violations == [(1009, "Message too big")]
+    g, _, violations = guard()
+    g.feed_data(client_frame(b"\x00\x01", frames.OP_BINARY))
+    assert violations == [(1003, "Binary frames are not supported")]
+
+
+def test_fragments_split_a_post_into_frames_of_at_most_32_kb() -> None:
+    data = b"y" * (2 * frames.FRAME_LIMIT + 5)
+    written = frames.fragments(data)
+    first = frames.frame(data[: frames.FRAME_LIMIT], frames.OP_TEXT, fin=False)
+    assert written.startswith(first)
+    assert written.endswith(frames.frame(b"y" * 5, frames.OP_CONTINUATION, fin=True))
+    assert frames.fragments(b"short") == frames.frame(b"short", frames.OP_TEXT, fin=True)
+
+
+def test_the_project_template_reads_as_deployed() -> None:
+    app = sam_app.load(ROOT / "template.yaml", stack_name="s", stage="local")
+    assert app.api.stage == "local"
+    assert app.api.routes["replay_permissions"] == "ReplayFunction"
+    assert app.api.authorizer == sam_app.Authorizer("AuthorizeFunction", ())
+    replay, connect = app.functions["ReplayFunction"], app.functions["ConnectFunction"]
+    assert replay.environment["CALLBACK_URL"].endswith(f"{app.api.domain_name}/local")
+    assert replay.environment["MAX_REPLAY_IDS"] == "100"
+    assert "MAX_REPLAY_IDS" not in connect.environment  # exactly its own variables
+    assert connect.environment["TABLE_NAME"] == "s-Table"  # Globals merged
+    assert app.functions["SweeperFunction"].timeout_seconds == 60
+    assert app.functions["SweeperFunction"].rate_seconds == 60
+    assert app.functions["BackendFunction"].memory_mb == 512
+    assert connect.timeout_seconds == 15 and connect.memory_mb == 256
+    assert connect.layer_dirs == ((ROOT / "lib").resolve(),)
+
+
+def test_another_apps_template_reads_as_deployed() -> None:
+    app = sam_app.load(ROOT / "tests/apps/chat/template.yaml", stack_name="chat")
+    assert app.api.stage == "Prod"
+    assert app.api.authorizer is None
+    assert set(app.api.routes) == {"$connect", "$disconnect", "sendmessage"}
+    (table,) = app.tables
+    assert table.create_kwargs["TableName"] == "simplechat_connections"
+    assert app.functions["SendMessageFunction"].timeout_seconds == 3  # Lambda's default
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "template.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+MINIMAL = """
+Parameters:
+  Name: {Type: String, Default: n}
+Globals:
+  Function:
+    Runtime: RUNTIME
+    Handler: app.handler
+    Environment: {Variables: {A: "1"}}
+Resources:
+  Api: {Type: AWS::ApiGatewayV2::Api, Properties: {ProtocolType: WEBSOCKET}}
+  F:
+    Type: AWS::Serverless::Function
+    Properties:
+      CodeUri: f/
+      Environment: {Variables: {B: !Ref Name}}
+"""
+
+
+def test_globals_merge_and_parameters_resolve(tmp_path: Path) -> None:
+    app = sam_app.load(
+        write(tmp_path, MINIMAL.replace("RUNTIME", "python3.12")),
+        stack_name="x",
+        parameters={"Name": "given"},
+    )
+    assert app.functions["F"].environment == {"A": "1", "B": "given"}
+    assert app.api.route_selection_expression == "$request.body.action"
+
+
+def test_what_cannot_be_served_is_refused_with_a_reason(tmp_path: Path) -> None:
+    with pytest.raises(TemplateError, match="only Python runtimes"):
+        sam_app.load(write(tmp_path, MINIMAL.replace("RUNTIME", "nodejs20.x")), stack_name="x")
+    with pytest.raises(TemplateError, match="unknown template parameters: Nope"):
+        sam_app.load(
+            write(tmp_path, MINIMAL.replace("RUNTIME", "python3.12")),
+            stack_name="x",
+            parameters={"Nope": "1"},
+        )
+    no_api = MINIMAL.replace("RUNTIME", "python3.12").replace("WEBSOCKET", "HTTP")
+    with pytest.raises(TemplateError, match="one WebSocket API"):
+        sam_app.load(write(tmp_path, no_api), stack_name="x")
+
+
+def test_iam_evaluation_allows_by_pattern_and_an_explicit_deny_wins() -> None:
+    resource = "arn:aws:execute-api:us-east-1:000000000000:abc/prod/POST/@connections/c1="
+    allow = {
+        "Effect": "Allow",
+        "Action": "execute-api:ManageConnections",
+        "Resource": "arn:aws:execute-api:us-east-1:000000000000:abc/prod/POST/@connections/*",
+    }
+    deny = {"Effect": "Deny", "Action": ["execute-api:*"], "Resource": ["*"]}
+    action = "execute-api:ManageConnections"
+    assert sigv4.allows((allow,), action, resource)
+    assert not sigv4.allows((allow,), action, resource.replace("POST", "DELETE"))
+    assert not sigv4.allows((allow, deny), action, resource)
+    assert not sigv4.allows((), action, resource)
+
+
+@pytest.mark.parametrize("app_name", ["chat", "probe"])
+def test_the_test_apps_are_valid_sam_templates(app_name: str) -> None:
+    # The apps the local stack is proven on must be deployable as they are.
+    from cfnlint.api import ManualArgs, lint
+
+    template = ROOT / "tests" / "apps" / app_name / "template.yaml"
+    matches = lint(template.read_text(encoding="utf-8"), config=ManualArgs(regions=["us-east-1"]))
+    assert [str(match) for match in matches] == []
