@@ -19,7 +19,6 @@ half-way) finishes what the first began and changes nothing else:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -27,11 +26,8 @@ from agent_channel import clock
 from agent_channel.delivery.members import stream_connections
 from agent_channel.delivery.streams import agent_stream
 from agent_channel.errors import Refusal
-from agent_channel.grace.scheduler import GraceScheduler
 from agent_channel.identity import accounts
 from agent_channel.observability import count, logger
-from agent_channel.presence.model import Presence
-from agent_channel.presence.store import PresenceStore
 from agent_channel.tasks.events import TaskCancelled, TaskEvents
 from agent_channel.tasks.model import (
     BEFORE_DELEGATION,
@@ -40,10 +36,16 @@ from agent_channel.tasks.model import (
     Task,
     TransitionRefused,
 )
-from agent_channel.tasks.store import TaskStore
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
+
+    from agent_channel.grace.scheduler import GraceScheduler
+    from agent_channel.presence.model import Presence
+    from agent_channel.presence.store import PresenceStore
+    from agent_channel.tasks.store import TaskStore
 
 REASON_UNREGISTERED = "agent_unregistered"
 

@@ -9,7 +9,6 @@ run, or a run after the agent came back, changes nothing.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -19,6 +18,8 @@ from agent_channel.observability import count, logger
 from agent_channel.tasks.events import TaskCancelled, TaskEvents
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from agent_channel.config import Settings
     from agent_channel.grace.scheduler import GraceCancellation
     from agent_channel.presence.model import Presence

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +10,8 @@ from agent_channel.grace.scheduler import GraceCancellation, schedule_name
 from agent_channel.observability import logger
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from mypy_boto3_scheduler import EventBridgeSchedulerClient
 
     from agent_channel.config import Settings

@@ -7,10 +7,12 @@ and the other changes nothing: it raises TransitionRefused.
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from agent_channel.tasks.model import DispatchContext, Status, Task
+
+if TYPE_CHECKING:
+    from collections.abc import Collection
 
 
 class TaskStore(Protocol):
