@@ -28,7 +28,7 @@ from agent_channel.delivery.streams import agent_stream
 from agent_channel.errors import Refusal
 from agent_channel.identity import accounts
 from agent_channel.observability import count, logger
-from agent_channel.tasks.events import TaskCancelled, TaskEvents
+from agent_channel.tasks.events import TaskCancelled, TaskEvents, announce
 from agent_channel.tasks.model import (
     BEFORE_DELEGATION,
     OPEN_STATUSES,
@@ -186,12 +186,7 @@ def _announce(events: TaskEvents, task: Task, result: Unregistered) -> None:
         clock.now(),
         task.status.value,
     )
-    try:
-        events.task_cancelled(event)
-    except Exception:
-        # As in a grace cancellation: the cancel has committed; say so loudly.
-        count("CancelEventFailures")
-        logger.exception("task.cancelled event not published", extra={"task_id": task.task_id})
+    if not announce(events, event):
         result.unannounced.append(task.task_id)
 
 

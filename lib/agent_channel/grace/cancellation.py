@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from agent_channel import clock
 from agent_channel.grace.task_book import CancelVerdict, DelegatedTask, TaskBook
 from agent_channel.observability import count, logger
-from agent_channel.tasks.events import TaskCancelled, TaskEvents
+from agent_channel.tasks.events import TaskCancelled, TaskEvents, announce
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -203,12 +203,6 @@ def _announce(events: TaskEvents, task: DelegatedTask, reason: str, result: Resu
     event = TaskCancelled(
         task.task_id, task.agent_id, task.topic_id, reason, clock.now(), task.status.value
     )
-    try:
-        events.task_cancelled(event)
-    except Exception:
-        # The cancellation has committed and a retry would not find the task
-        # delegated again, so failing the invocation would not bring the event back.
-        # Make it loud instead, and carry on with the other tasks.
-        count("CancelEventFailures")
-        logger.exception("task.cancelled event not published", extra={"task_id": task.task_id})
+    if not announce(events, event):
+        # The cancellation stands; the result says the backend was not told.
         result.unannounced.append(task.task_id)

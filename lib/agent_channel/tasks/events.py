@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from agent_channel.observability import count, logger
+
 if TYPE_CHECKING:
     from mypy_boto3_events import EventBridgeClient
     from mypy_boto3_events.type_defs import PutEventsRequestEntryTypeDef
@@ -55,6 +57,22 @@ class TaskCancelled:
 class TaskEvents(Protocol):
     def task_cancelled(self, event: TaskCancelled) -> None:
         """Tell the backend a task was cancelled; raises EventNotPublished."""
+
+
+def announce(events: TaskEvents, event: TaskCancelled) -> bool:
+    """Publish a cancellation that has committed; False if it could not be.
+
+    A retry of the caller would not find the task open again, so failing it would
+    not bring the event back: the failure is made loud (logged, counted as
+    ``CancelEventFailures``) and the caller reports the task as unannounced.
+    """
+    try:
+        events.task_cancelled(event)
+    except Exception:
+        count("CancelEventFailures")
+        logger.exception("task.cancelled event not published", extra={"task_id": event.task_id})
+        return False
+    return True
 
 
 class EventBridgeTaskEvents:
