@@ -1,8 +1,22 @@
-"""Cold start: a fresh process's time to import a function's handler module (which
-builds its AWS clients at import), against the floor of ``import boto3`` plus
-creating the same clients. Each sample is a new interpreter.
+"""Cold start: the CPU time a fresh interpreter spends importing a function's
+handler module (which builds its AWS clients at import), against the floor of
+``import boto3`` plus creating the same clients. Each sample is a new interpreter.
 
     .venv/bin/python -m bench.cold_start [--repeat N]
+
+It runs what Lambda runs: the layer is built by the layer's own Makefile (the
+target ``sam build`` invokes) into a temporary folder, and each function's
+``app.py`` is imported from a folder of its own, as in ``/var/task``. Python
+writes no bytecode (``PYTHONDONTWRITEBYTECODE``: ``/opt`` and ``/var/task`` are
+read-only on Lambda), and the interpreter runs without site-packages (``-S``), so
+nothing comes from the development venv. Two layers are measured: as built (with
+its unchecked-hash ``.pyc``), and the same files with every ``__pycache__``
+removed (what the ``python3.12`` build method shipped).
+
+CPU time (``time.process_time``), not wall-clock: on a shared machine the
+wall-clock of one import swings by tens of percent between runs, its CPU time far
+less. Function, floor and no-bytecode samples alternate, so drifting load hits
+every side of a ratio alike.
 """
 
 from __future__ import annotations
@@ -10,10 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,14 +49,19 @@ FUNCTIONS = (
     "backend",
 )
 
-AIM = 1.25
+AIM = 1.15
 
 _MODULE = """
+import sys
 import time
-started = time.perf_counter()
-import importlib
-importlib.import_module({module!r})
-print(time.perf_counter() - started)
+started = time.process_time()
+import app
+# PynamoDB builds its DynamoDB client on a function's first request: built here,
+# so that the function pays what the floor (which builds it at once) pays.
+if "pynamodb.models" in sys.modules:
+    from agent_channel.storage.records import Record
+    Record._get_connection().connection.client
+print(time.process_time() - started)
 """
 
 _CLIENTS = """
@@ -50,109 +73,171 @@ def recording(self, service_name, *args, **kwargs):
     built.append(service_name)
     return create(self, service_name, *args, **kwargs)
 botocore.session.Session.create_client = recording
-import importlib
-importlib.import_module({module!r})
+import sys
+import app
+# PynamoDB builds its DynamoDB client on a function's first request: built here,
+# so that the function pays what the floor (which builds it at once) pays.
+if "pynamodb.models" in sys.modules:
+    from agent_channel.storage.records import Record
+    Record._get_connection().connection.client
 print(json.dumps(built))
 """
-"""Which clients a function's app.py builds at import (PynamoDB builds its own
-DynamoDB client lazily, on the first request, in every function alike)."""
+"""Which clients a function builds before its first request is sent: at import,
+and PynamoDB's DynamoDB client (built on the first request)."""
 
 _FLOOR = """
 import time
-started = time.perf_counter()
+started = time.process_time()
 import boto3
 for service in {services!r}:
     if service == "apigatewaymanagementapi":
         boto3.client(service, endpoint_url="https://example.execute-api.us-east-1.amazonaws.com/p")
     else:
         boto3.client(service)
-print(time.perf_counter() - started)
+print(time.process_time() - started)
 """
 
 
-def environment() -> dict[str, str]:
+@dataclass(frozen=True)
+class Layers:
+    """A built layer with bytecode, the same without, and the functions' folders."""
+
+    compiled: Path
+    source_only: Path
+    functions: Path
+
+
+def build_layer(artifacts: Path) -> None:
+    """Run the layer Makefile's target, as ``sam build`` does, with this interpreter
+    (bytecode is per interpreter version) and its own architecture's wheels."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            "-C",
+            str(ROOT / "lib"),
+            "build-SharedLayer",
+            f"ARTIFACTS_DIR={artifacts}",
+            f"PYTHON={sys.executable}",
+            f"RUNTIME={version}",
+            f"PLATFORM={platform_tag()}",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def platform_tag() -> str:
+    """The wheel platform of this machine (the layer must import here)."""
+    import platform
+
+    machine = platform.machine()
+    return f"manylinux2014_{'aarch64' if machine in ('aarch64', 'arm64') else machine}"
+
+
+@contextmanager
+def built_layers() -> Iterator[Layers]:
+    with tempfile.TemporaryDirectory(prefix="cold-start-") as tmp:
+        base = Path(tmp)
+        build_layer(base / "compiled")
+        shutil.copytree(base / "compiled", base / "source-only")
+        for cache in list((base / "source-only").rglob("__pycache__")):
+            shutil.rmtree(cache)
+        for name in FUNCTIONS:
+            (base / "functions" / name).mkdir(parents=True)
+            shutil.copy(ROOT / "functions" / name / "app.py", base / "functions" / name)
+        yield Layers(
+            base / "compiled" / "python", base / "source-only" / "python", base / "functions"
+        )
+
+
+def environment(layer: Path, function_dir: Path) -> dict[str, str]:
     """What Lambda would give the function, with fake credentials: nothing is sent."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "POWERTOOLS_"))}
+    env.pop("PYTHONPATH", None)
     env.update(
         {
             "AWS_ACCESS_KEY_ID": "bench",
             "AWS_SECRET_ACCESS_KEY": "bench",
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_REGION": "us-east-1",
+            "AWS_LAMBDA_FUNCTION_NAME": "bench",
             "TABLE_NAME": "agent-channel-bench",
             "CALLBACK_URL": "https://example.execute-api.us-east-1.amazonaws.com/prod",
             "POWERTOOLS_SERVICE_NAME": "agent-channel",
-            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "lib")]),
-            "PYTHONDONTWRITEBYTECODE": "0",
+            "PYTHONPATH": os.pathsep.join([str(function_dir), str(layer)]),
+            "PYTHONDONTWRITEBYTECODE": "1",
         }
     )
     return env
 
 
-def _sample(code: str, *flags: str) -> tuple[float, str]:
-    done = subprocess.run(
-        [sys.executable, *flags, "-c", code],
+def _run(code: str, env: dict[str, str], *flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-S", *flags, "-c", code],
         capture_output=True,
         text=True,
-        env=environment(),
-        cwd=ROOT,
+        env=env,
+        cwd=env["PYTHONPATH"].split(os.pathsep)[0],
         timeout=120,
         check=True,
     )
-    return float(done.stdout.strip().splitlines()[-1]), done.stderr
+
+
+def _sample(code: str, env: dict[str, str]) -> float:
+    return float(_run(code, env).stdout.strip().splitlines()[-1])
 
 
 @dataclass
 class ColdStart:
     function: str
     clients: tuple[str, ...]
-    module_seconds: float
-    floor_seconds: float
+    compiled: list[float]
+    source_only: list[float]
+    floor: list[float]
 
     @property
     def ratio(self) -> float:
-        return self.module_seconds / self.floor_seconds
+        return statistics.median(self.compiled) / statistics.median(self.floor)
+
+    @property
+    def ratio_range(self) -> tuple[float, float]:
+        """The pairwise ratios' range (each function sample over the floor sample
+        taken right after it)."""
+        ratios = [c / f for c, f in zip(self.compiled, self.floor, strict=True)]
+        return min(ratios), max(ratios)
+
+    @property
+    def bytecode_saves(self) -> float:
+        return statistics.median(self.source_only) - statistics.median(self.compiled)
 
 
-def clients_built(function: str) -> tuple[str, ...]:
-    done = subprocess.run(
-        [sys.executable, "-c", _CLIENTS.format(module=f"functions.{function}.app")],
-        capture_output=True,
-        text=True,
-        env=environment(),
-        cwd=ROOT,
-        timeout=120,
-        check=True,
-    )
-    return tuple(json.loads(done.stdout.strip().splitlines()[-1]))
+def clients_built(layers: Layers, function: str) -> tuple[str, ...]:
+    env = environment(layers.compiled, layers.functions / function)
+    return tuple(json.loads(_run(_CLIENTS, env).stdout.strip().splitlines()[-1]))
 
 
-def measure(repeat: int) -> list[ColdStart]:
-    # Also warms the disk cache and the .pyc files, as a Lambda image has them.
-    clients = {name: clients_built(name) for name in FUNCTIONS}
-    samples: dict[str, list[float]] = defaultdict(list)
-    floors: dict[str, list[float]] = defaultdict(list)
-    # Interleaved (function, floor, function, floor...) so that drifting machine
-    # load hits both sides of each ratio alike.
+def measure(repeat: int, layers: Layers) -> list[ColdStart]:
+    rows = {name: ColdStart(name, clients_built(layers, name), [], [], []) for name in FUNCTIONS}
     for _ in range(repeat):
-        for name in FUNCTIONS:
-            samples[name].append(_sample(_MODULE.format(module=f"functions.{name}.app"))[0])
-            floors[name].append(_sample(_FLOOR.format(services=list(clients[name])))[0])
-    return [
-        ColdStart(
-            name,
-            clients[name],
-            statistics.median(samples[name]),
-            statistics.median(floors[name]),
-        )
-        for name in FUNCTIONS
-    ]
+        for name, row in rows.items():
+            here = layers.functions / name
+            compiled = environment(layers.compiled, here)
+            row.compiled.append(_sample(_MODULE, compiled))
+            row.floor.append(_sample(_FLOOR.format(services=list(row.clients)), compiled))
+            row.source_only.append(_sample(_MODULE, environment(layers.source_only, here)))
+    return list(rows.values())
 
 
-def import_profile(function: str, top: int = 10) -> list[tuple[str, float]]:
+def import_profile(layers: Layers, function: str, top: int = 10) -> list[tuple[str, float]]:
     """Where the import's time goes, from ``-X importtime``: each module's own
-    (self) time, summed by top-level package, largest first."""
-    _, stderr = _sample(_MODULE.format(module=f"functions.{function}.app"), "-X", "importtime")
+    (self) time, summed by top-level package, largest first (wall-clock: the only
+    clock ``-X importtime`` has)."""
+    env = environment(layers.compiled, layers.functions / function)
+    stderr = _run(_MODULE, env, "-X", "importtime").stderr
     totals: dict[str, float] = defaultdict(float)
     for line in stderr.splitlines():
         if not line.startswith("import time:") or line.count("|") != 2:
@@ -167,9 +252,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args(argv)
-    rows = measure(args.repeat)
-    print(json.dumps([row.__dict__ | {"ratio": row.ratio} for row in rows], indent=2))
-    print(json.dumps(import_profile("backend"), indent=2))
+    with built_layers() as layers:
+        rows = measure(args.repeat, layers)
+        for row in rows:
+            low, high = row.ratio_range
+            print(
+                f"{row.function:15} floor {statistics.median(row.floor) * 1000:6.1f} ms  "
+                f"function {statistics.median(row.compiled) * 1000:6.1f} ms  "
+                f"ratio {row.ratio:.2f} ({low:.2f}-{high:.2f})  "
+                f"without bytecode {statistics.median(row.source_only) * 1000:6.1f} ms"
+            )
+        worst = max(rows, key=lambda row: row.ratio)
+        print(json.dumps(import_profile(layers, worst.function), indent=2))
     return 0
 
 

@@ -1,17 +1,22 @@
-"""Fan-out benchmark: one stream of 1,000 connections, 20 ms per post_to_connection.
+"""Fan-out benchmark: one stream of N connections, 20 ms per post_to_connection,
+boto3's client and the lean poster (``delivery.poster``) side by side.
 
-    .venv/bin/python -m bench.fanout [--connections N] [--latency-ms L] [--workers W]
+    .venv/bin/python -m bench.fanout [--sizes N...] [--latency-ms L] [--workers W] [--repeat R]
 
 The @connections API is the project's local server (real HTTP on 127.0.0.1,
-latency injected per request, run in a child process so that its event loop
-does not compete with the posting threads for the interpreter lock); the
-stream's membership lives in an in-process moto DynamoDB. It reports, in one
-run:
+latency injected per request, in a child process so that its event loop does not
+compete with the posting threads for the interpreter lock). For each size, in one
+run, interleaved (boto3, poster, boto3, poster...):
 
-- a sequential loop of post_to_connection (what fan-out must not be),
-- ``deliver`` (the concurrent posting alone) and ``broadcast_to_agent`` (the
-  consistent Query of the stream plus the posting),
-- the ideal ``N x latency / workers``,
+- ``deliver`` (the concurrent posting, FANOUT_WORKERS threads) through each
+  client: wall-clock, and this process's CPU time per post (the server's is not
+  in it);
+- a sequential loop of posts through the poster, timed on the first 200
+  connections and scaled to N (each post waits for the one before: linear);
+- the ideal ``N x latency / workers``, and the projection to Lambda: a function
+  gets CPU in proportion to its memory (1,769 MB = one vCPU), so N posts need at
+  least ``N x CPU per post / (memory / 1769)`` seconds there, whatever the
+  worker count, and at least ``N / POSTS_PER_SECOND`` (the rate budget).
 
 and checks that every connection received every message. Not a test: timings
 depend on the machine.
@@ -26,16 +31,21 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "lib") not in sys.path:
     sys.path.insert(0, str(ROOT / "lib"))
 
 STAGE = "bench"
-AGENT_ID = 42
+SEQUENTIAL_SAMPLE = 200
+LAMBDA_MB_PER_VCPU = 1769
+DEPLOYED_MEMORY_MB = {"replay": 256, "backend": 1024}
+"""The template's default MemorySize of the functions that fan out
+(ReplayMemorySize, BackendMemorySize)."""
 
 
 def _fake_aws_environment() -> None:
@@ -73,136 +83,169 @@ def _serve(connection_ids: list[str], latency: float, pipe: Connection) -> None:
 @dataclass
 class Timing:
     label: str
-    seconds: list[float]
-
-    @property
-    def best(self) -> float:
-        return min(self.seconds)
+    seconds: list[float] = field(default_factory=list)
+    cpu_per_post: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
         return statistics.median(self.seconds)
 
-
-def _timed(label: str, repeat: int, action: Callable[[], object]) -> Timing:
-    seconds = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        action()
-        seconds.append(time.perf_counter() - started)
-    return Timing(label, seconds)
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu_per_post)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--connections", type=int, default=1000)
-    parser.add_argument("--latency-ms", type=float, default=20.0)
-    parser.add_argument(
-        "--workers", type=int, nargs="+", default=[64], help="FANOUT_WORKERS (one or more)"
+@dataclass
+class SizeResult:
+    connections: int
+    latency: float
+    workers: int
+    sequential_seconds: float
+    timings: list[Timing]
+
+    @property
+    def ideal(self) -> float:
+        return max(self.latency, self.connections * self.latency / self.workers)
+
+    def projected(self, timing: Timing, memory_mb: int) -> float:
+        """The bound on Lambda: latency (the ideal), CPU at the function's share of
+        a vCPU, and the process's post rate budget (POSTS_PER_SECOND)."""
+        from agent_channel.config import settings
+
+        share = memory_mb / LAMBDA_MB_PER_VCPU
+        return max(
+            self.ideal,
+            self.connections * timing.cpu_median / share,
+            self.connections / settings().posts_per_second,
+        )
+
+
+def _measure(timing: Timing, posts: int, action: Callable[[], object]) -> None:
+    wall, cpu = time.perf_counter(), time.process_time()
+    action()
+    timing.seconds.append(time.perf_counter() - wall)
+    timing.cpu_per_post.append((time.process_time() - cpu) / posts)
+
+
+def boto3_client(endpoint: str, workers: int) -> Any:
+    """The client fan-out used before the poster, configured as it was."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "apigatewaymanagementapi",
+        endpoint_url=endpoint,
+        config=Config(
+            max_pool_connections=max(10, workers),
+            retries={"mode": "standard", "total_max_attempts": 1},
+            parameter_validation=False,
+        ),
     )
-    parser.add_argument("--repeat", type=int, default=5, help="concurrent runs to time")
-    args = parser.parse_args(argv)
+
+
+def run_size(connections: int, latency: float, workers: int, repeat: int) -> SizeResult:
+    from agent_channel.config import settings
+    from agent_channel.delivery import fanout
+    from agent_channel.delivery.poster import ConnectionsPoster, default_credentials
+    from agent_channel.delivery.rate import RateBudget
 
     _fake_aws_environment()
-    os.environ["FANOUT_WORKERS"] = str(max(args.workers))
-    from moto import mock_aws
-    from moto.core.config import DefaultConfig
-
-    from agent_channel.delivery import broadcast, fanout
-    from agent_channel.delivery.streams import agent_stream
-    from agent_channel.lambda_kit import wiring
-    from agent_channel.storage import schema
-    from agent_channel.storage.records import Record, StreamMemberRecord
-
-    n, latency = args.connections, args.latency_ms / 1000
-    ids = [f"conn-{i:05d}=" for i in range(n)]
-    stream = agent_stream(AGENT_ID)
-    data = broadcast.encode({"type": "bench", "n": 1})
-
+    ids = [f"conn-{i:05d}=" for i in range(connections)]
+    data = fanout.encode({"type": "bench", "n": 1})
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
     server = context.Process(target=_serve, args=(ids, latency, child), daemon=True)
     server.start()
     endpoint = parent.recv()
-    moto_config: DefaultConfig = {
-        "core": {"passthrough": {"urls": [r"http://127\.0\.0\.1:\d+/"], "services": []}}
-    }
+    sent = 0
     try:
-        with mock_aws(config=moto_config):
-            Record.create_table(billing_mode="PAY_PER_REQUEST", wait=False)
-            with StreamMemberRecord.batch_write() as batch:
-                for connection_id in ids:
-                    batch.save(
-                        StreamMemberRecord(
-                            *schema.member_key(stream, connection_id),
-                            stream=stream,
-                            connection_id=connection_id,
-                        )
-                    )
-            client = wiring.management_api(endpoint)
-            # Warm the client's connection pool and the server, as a warm Lambda is.
-            fanout.deliver(
-                stream, ids, data, client=client, workers=max(args.workers), on_gone=None
-            )
+        clients = {
+            "boto3": boto3_client(endpoint, workers),
+            "poster": ConnectionsPoster(
+                endpoint,
+                region="us-east-1",
+                credentials=default_credentials(),
+                max_idle=workers,
+                # As deployed: the process's post rate budget (POSTS_PER_SECOND).
+                budget=RateBudget(settings().posts_per_second, burst=workers),
+            ),
+        }
+        timings = {label: Timing(label) for label in clients}
 
-            def sequential() -> None:
-                for connection_id in ids:
-                    client.post_to_connection(ConnectionId=connection_id, Data=data)
-
-            def concurrent(workers: int) -> Callable[[], None]:
-                def run() -> None:
-                    result = fanout.deliver(
-                        stream, ids, data, client=client, workers=workers, on_gone=None
-                    )
-                    assert len(result.delivered) == n, result
-
-                return run
-
-            def end_to_end(workers: int) -> Callable[[], None]:
-                def run() -> None:
-                    result = broadcast.broadcast_to_agent(
-                        AGENT_ID,
-                        {"type": "bench", "n": 1},
-                        client=client,
-                        on_gone=None,
-                        workers=workers,
-                    )
-                    assert len(result.delivered) == n, result
-
-                return run
-
-            seq = _timed("sequential loop", 1, sequential)
-            rows = [
-                (
-                    workers,
-                    _timed("deliver", args.repeat, concurrent(workers)),
-                    _timed("broadcast_to_agent", args.repeat, end_to_end(workers)),
+        def deliver(client: Any) -> Callable[[], None]:
+            def run() -> None:
+                result = fanout.deliver(
+                    "bench", ids, data, client=client, workers=workers, on_gone=None
                 )
-                for workers in args.workers
-            ]
+                assert len(result.delivered) == connections, result
+
+            return run
+
+        # Warm each client's pool and the server, as a warm Lambda's are.
+        for client in clients.values():
+            deliver(client)()
+            sent += 1
+        for _ in range(repeat):
+            for label, client in clients.items():
+                _measure(timings[label], connections, deliver(client))
+                sent += 1
+        sample = ids[:SEQUENTIAL_SAMPLE]
+        started = time.perf_counter()
+        for connection_id in sample:
+            clients["poster"].post_to_connection(ConnectionId=connection_id, Data=data)
+        sequential = (time.perf_counter() - started) * connections / len(sample)
         parent.send("count")
         least, most = parent.recv()
-        # warm-up, sequential, and each timed run
-        expected = 2 + 2 * args.repeat * len(args.workers)
-        assert least == most == expected, (least, most, expected)
+        # Every connection got every concurrent round; the sample one more.
+        assert least == sent + (1 if connections <= SEQUENTIAL_SAMPLE else 0), (least, sent)
+        assert most == sent + 1, (most, sent)
     finally:
         parent.send("stop")
-        server.join(timeout=10)
+        server.join(timeout=30)
+    return SizeResult(connections, latency, workers, sequential, list(timings.values()))
 
-    print(f"fan-out: {n} connections on one stream, {args.latency_ms:g} ms per post")
-    print(f"every connection received all {expected} messages")
-    print(f"sequential loop: {seq.best:.3f} s")
-    print()
-    print("| workers | what | best | median | vs sequential | ideal | vs ideal |")
-    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
-    for workers, fan, full in rows:
-        ideal = n * latency / workers
-        for timing in (fan, full):
-            print(
-                f"| {workers} | {timing.label} | {timing.best:.3f} s | {timing.median:.3f} s"
-                f" | {seq.best / timing.median:.1f}x | {ideal:.3f} s"
-                f" | {timing.median / ideal:.2f}x |"
+
+def markdown(results: list[SizeResult]) -> str:
+    lines = [
+        "| connections | client | median (range) | vs ideal | vs sequential "
+        "| CPU per post | projected on Lambda |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for result in results:
+        for timing in result.timings:
+            low, high = min(timing.seconds), max(timing.seconds)
+            projections = ", ".join(
+                f"{name} ({mb} MB): {result.projected(timing, mb):.2f} s"
+                for name, mb in DEPLOYED_MEMORY_MB.items()
             )
+            lines.append(
+                f"| {result.connections:,} | {timing.label} "
+                f"| {timing.median:.3f} s ({low:.3f}-{high:.3f}) "
+                f"| {timing.median / result.ideal:.2f}x "
+                f"| {result.sequential_seconds / timing.median:.0f}x "
+                f"| {timing.cpu_median * 1000:.3f} ms | {projections} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--latency-ms", type=float, default=20.0)
+    parser.add_argument("--workers", type=int, default=64)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args(argv)
+    _fake_aws_environment()
+    results = []
+    for size in args.sizes:
+        result = run_size(size, args.latency_ms / 1000, args.workers, args.repeat)
+        results.append(result)
+        print(
+            f"{size}: ideal {result.ideal:.3f} s, sequential {result.sequential_seconds:.1f} s "
+            f"(scaled from {min(size, SEQUENTIAL_SAMPLE)} posts)",
+            flush=True,
+        )
+    print(markdown(results))
     return 0
 
 

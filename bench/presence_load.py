@@ -65,6 +65,8 @@ def serve() -> int:
     original = botocore.client.BaseClient._make_api_call
 
     def counted_call(self: Any, operation: str, params: dict[str, Any]) -> Any:
+        with lock:
+            counts[f"call:{self.meta.service_model.service_name}:{operation}"] += 1
         try:
             return original(self, operation, params)
         except ClientError as error:

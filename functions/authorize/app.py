@@ -6,6 +6,9 @@ Its context reaches every later route of the connection as
 
 from __future__ import annotations
 
+# Before any other import: the garbage collector stays out of init.
+from agent_channel.lambda_kit import cold_start  # isort: split
+
 from typing import Any
 
 from agent_channel.identity.authorizer import AuthVerdict, authorize
@@ -66,3 +69,6 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     principal = str(decision.caller.user_id)
     bind_ids(agent_id=decision.caller.agent_id)
     return {**_policy("Allow", resource, principal), "context": decision.caller.as_context()}
+
+
+cold_start.ready()

@@ -5,6 +5,9 @@ function with a JSON command ({"op": "dispatch" | "decide_permission" |
 
 from __future__ import annotations
 
+# Before any other import: the garbage collector stays out of init.
+from agent_channel.lambda_kit import cold_start  # isort: split
+
 from typing import Any
 
 from agent_channel.backend.commands import CommandContext, execute
@@ -12,6 +15,7 @@ from agent_channel.lambda_kit import wiring
 from agent_channel.observability import logger, metrics
 
 management = wiring.management_api()
+wiring.dynamodb()
 context_for_commands = CommandContext(
     management_factory=lambda: management,
     gone_handler_factory=wiring.gone_handler,
@@ -25,3 +29,6 @@ context_for_commands = CommandContext(
 @metrics.log_metrics
 def handler(event: Any, context: Any) -> dict[str, Any]:
     return execute(event, context_for_commands)
+
+
+cold_start.ready()

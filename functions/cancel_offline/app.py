@@ -9,6 +9,9 @@ raised, so Lambda's asynchronous retries run the (idempotent) cancellation again
 
 from __future__ import annotations
 
+# Before any other import: the garbage collector stays out of init.
+from agent_channel.lambda_kit import cold_start  # isort: split
+
 from typing import Any
 
 from agent_channel.config import settings
@@ -69,3 +72,6 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     summary = {"ok": True, "scope": scope, **result.summary()}
     logger.info("grace cancellation done", extra=summary)
     return summary
+
+
+cold_start.ready()

@@ -3,6 +3,9 @@ routing, in one transaction. A 200 is the client's confirmation."""
 
 from __future__ import annotations
 
+# Before any other import: the garbage collector stays out of init.
+from agent_channel.lambda_kit import cold_start  # isort: split
+
 from typing import Any
 
 from agent_channel import clock
@@ -35,7 +38,7 @@ def handler(event: SocketEvent) -> dict[str, Any]:
     try:
         subscription = caller.subscription(event.connection_id)
         if subscription is not None:
-            rules.subscribe(store, scheduler, subscription)
+            rules.subscribe(store, scheduler, subscription, grace_scheduled=caller.grace_scheduled)
             if caller.siblings:
                 # Only when the authorizer saw routing on: with no sibling there is
                 # nothing to reap, and the first session's $connect keeps its two
@@ -50,3 +53,6 @@ def handler(event: SocketEvent) -> dict[str, Any]:
         return response(403, "forbidden")
     logger.info("connected", extra={"stream": caller.stream, "lease": caller.holds_lease})
     return response(200)
+
+
+cold_start.ready()

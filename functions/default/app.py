@@ -3,6 +3,9 @@ gets an error message back on the socket, never silence."""
 
 from __future__ import annotations
 
+# Before any other import: the garbage collector stays out of init.
+from agent_channel.lambda_kit import cold_start  # isort: split
+
 import json
 from typing import Any
 
@@ -40,3 +43,6 @@ def handler(event: SocketEvent) -> dict[str, Any]:
     logger.info("unroutable frame", extra={"code": refusal["error"]})
     send_to_connection(event.connection_id, refusal, client=management)
     return response(200)
+
+
+cold_start.ready()

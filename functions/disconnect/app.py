@@ -3,6 +3,9 @@ schedules the grace cancellation. Best-effort in API Gateway, so idempotent."""
 
 from __future__ import annotations
 
+# Before any other import: the garbage collector stays out of init.
+from agent_channel.lambda_kit import cold_start  # isort: split
+
 from typing import Any
 
 from agent_channel.config import settings
@@ -40,3 +43,6 @@ def handler(event: SocketEvent) -> dict[str, Any]:
     logger.info("disconnected", extra={"outcome": outcome.value})
     # API Gateway drops a $disconnect answer; the outcome is for logs and tests.
     return response(200, outcome.value)
+
+
+cold_start.ready()

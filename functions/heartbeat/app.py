@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# Before any other import: the garbage collector stays out of init.
+from agent_channel.lambda_kit import cold_start  # isort: split
+
 from typing import Any
 
 from agent_channel.lambda_kit import wiring
@@ -26,3 +29,6 @@ def handler(event: SocketEvent) -> dict[str, Any]:
     if outcome is not rules.Heartbeat.REFRESHED:
         logger.info("heartbeat", extra={"outcome": outcome.value})
     return response(200)
+
+
+cold_start.ready()

@@ -7,6 +7,9 @@ included, goes back through post_to_connection (no route responses exist).
 
 from __future__ import annotations
 
+# Before any other import: the garbage collector stays out of init.
+from agent_channel.lambda_kit import cold_start  # isort: split
+
 from typing import Any
 
 from agent_channel.config import settings
@@ -42,3 +45,6 @@ def handler(event: SocketEvent) -> dict[str, Any]:
         return response(200)
     logger.info("replay", extra={"requested": replayed.requested, "sent": len(replayed.sent)})
     return response(200)
+
+
+cold_start.ready()

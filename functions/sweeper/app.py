@@ -3,6 +3,9 @@ because $disconnect may never come."""
 
 from __future__ import annotations
 
+# Before any other import: the garbage collector stays out of init.
+from agent_channel.lambda_kit import cold_start  # isort: split
+
 from typing import Any
 
 from agent_channel.config import settings
@@ -21,3 +24,6 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     count("SweptAgents", sum(outcomes.values()))
     logger.info("sweep done", extra={"outcomes": outcomes})
     return {"outcomes": outcomes}
+
+
+cold_start.ready()

@@ -44,6 +44,8 @@ class Settings:
     callback_url: str
     max_replay_ids: int
     fanout_workers: int
+    posts_per_second: int
+    """This process's share of the account's @connections request quota."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -59,6 +61,7 @@ class Settings:
             callback_url=os.environ.get("CALLBACK_URL", ""),
             max_replay_ids=_int("MAX_REPLAY_IDS", MAX_REPLAY_IDS),
             fanout_workers=_int("FANOUT_WORKERS", 64),
+            posts_per_second=_int("POSTS_PER_SECOND", 2500),
         )
 
 

@@ -32,6 +32,17 @@ aws = management_server.aws
 management = management_server.management
 
 
+@pytest.fixture(autouse=True)
+def closer_on_the_local_server(management: ManagementApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backend closes sockets with boto3's client, pointed at the running server."""
+    from functions.backend import app
+
+    client = boto3.client(
+        "apigatewaymanagementapi", endpoint_url=management.server.endpoint_url("test")
+    )
+    monkeypatch.setattr(app.context_for_commands, "closer_factory", lambda: client)
+
+
 @pytest.fixture
 def tap(aws: None) -> EventTap:
     return install_event_tap(settings().event_bus_name)

@@ -101,7 +101,11 @@ def test_the_project_template_reads_as_deployed() -> None:
     assert connect.environment["TABLE_NAME"] == "s-Table"  # Globals merged
     assert app.functions["SweeperFunction"].timeout_seconds == 60
     assert app.functions["SweeperFunction"].rate_seconds == 60
-    assert app.functions["BackendFunction"].memory_mb == 512
+    assert app.functions["BackendFunction"].memory_mb == 1024  # !Ref BackendMemorySize
+    resized = sam_app.load(
+        ROOT / "template.yaml", stack_name="s", parameters={"BackendMemorySize": "512"}
+    )
+    assert resized.functions["BackendFunction"].memory_mb == 512
     assert connect.timeout_seconds == 15 and connect.memory_mb == 256
     assert connect.layer_dirs == ((ROOT / "lib").resolve(),)
 

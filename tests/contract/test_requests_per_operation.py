@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from agent_channel.presence.dynamodb import DynamoPresenceStore
 from agent_channel.storage import schema
 from agent_channel.storage.records import LeaseRecord
+from agent_channel.tasks.dynamodb import DynamoTaskStore
+from agent_channel.tasks.model import Status
 from agent_channel_dev.instruments.request_counter import counting_requests
 from tests.support.clock import FakeClock
 from tests.support.fixtures import World
@@ -83,5 +86,65 @@ def test_connect_beside_a_crashed_sibling_reaps_it(world: World, fake_clock: Fak
         "Query",
         "DeleteItem",
     ]
-    # The crashed session's own topics get their session-scoped grace.
-    assert counter.of("scheduler") == ["DeleteSchedule", "DeleteSchedule", "CreateSchedule"]
+    # The crashed session's own topics get their session-scoped grace (and no
+    # courtesy withdraw: no agent-wide grace was recorded as pending).
+    assert counter.of("scheduler") == ["CreateSchedule"]
+
+
+def test_connect_withdraws_the_agent_wide_grace_only_when_one_may_be_pending(
+    world: World,
+) -> None:
+    gateway = Gateway()
+    with counting_requests() as counter:
+        first = connect(gateway, world, "s1")
+    # Nothing was ever scheduled: no courtesy DeleteSchedule.
+    assert counter.of("scheduler") == []
+    gateway.disconnect(first)  # the last one out schedules the agent-wide grace
+    with counting_requests() as counter:
+        connect(gateway, world, "s1")
+    assert counter.of("dynamodb") == ["BatchGetItem", "TransactWriteItems"]
+    assert counter.of("scheduler") == ["DeleteSchedule"]
+    with counting_requests() as counter:
+        connect(gateway, world, "s2")  # that subscribe withdrew it and cleared the record
+    assert counter.of("scheduler") == []
+
+
+def test_task_transitions_take_one_transaction_and_return_what_they_wrote(
+    world: World,
+) -> None:
+    tasks = DynamoTaskStore()
+    task = tasks.start(
+        tasks.create(
+            topic_id=world.topic_id, agent_id=world.agent_id, content="x", author_id=world.owner_id
+        )
+    )
+    with counting_requests() as counter:
+        context = tasks.dispatch_context(task)
+    # Agent, topic and author in one read.
+    assert counter.of("dynamodb") == ["BatchGetItem"]
+    assert context.author_name == "ada"
+    for transition in (
+        lambda t: tasks.delegate(t, "tool-1"),
+        tasks.claim_reply,
+    ):
+        with counting_requests() as counter:
+            task = transition(task)
+        assert counter.of("dynamodb") == ["TransactWriteItems"]
+        # Computed, not re-read: and exactly what a consistent read finds.
+        assert task == tasks.get(task.task_id)
+    assert task.status is Status.DONE
+    assert task.pending_tool_call is None
+
+    other = tasks.delegate(
+        tasks.start(tasks.create(topic_id=world.topic_id, agent_id=world.agent_id, content="y")),
+        "tool-2",
+    )
+    assert other.pending_tool_call == "tool-2"
+    presence = DynamoPresenceStore().read(world.agent_id)
+    assert presence is not None
+    version = presence.version
+    with counting_requests() as counter:
+        cancelled = tasks.cancel_delegated(other, presence_version=version)
+    assert counter.of("dynamodb") == ["TransactWriteItems"]
+    assert cancelled == tasks.get(other.task_id)
+    assert cancelled.status is Status.CANCELLED

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -307,7 +308,19 @@ def assert_environment_matches(folder: str) -> None:
 
 
 def function(folder: str) -> ModuleType:
-    return importlib.import_module(f"functions.{folder}.app")
+    module = importlib.import_module(f"functions.{folder}.app")
+    if hasattr(module, "management"):
+        # moto's @connections backend is reached through botocore, and the lean
+        # poster speaks HTTP itself: the route posts through boto3's client here,
+        # so that moto stores the frames and the IAM check sees each call. That
+        # both send the same signed request is tests/contract/test_poster_signing.py.
+        module.management = boto3_management_client()
+    return module
+
+
+@cache
+def boto3_management_client() -> Any:
+    return boto3.client("apigatewaymanagementapi", endpoint_url=settings().callback_url)
 
 
 def invoke(folder: str, event: Any, recorder: Recorder) -> Any:

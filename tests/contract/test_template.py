@@ -156,7 +156,15 @@ NEEDED_FOR = {
     "execute-api:ManageConnections": {"CALLBACK_URL"},
     "events:PutEvents": {"EVENT_BUS_NAME"},
 }
-OPTIONAL = {"MAX_REPLAY_IDS", "FANOUT_WORKERS"}
+OPTIONAL = {"MAX_REPLAY_IDS", "FANOUT_WORKERS", "POSTS_PER_SECOND"}
+SET_BY_LAMBDA = {
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+}
+"""Lambda's reserved variables (the role's credentials, the region): never in a template."""
 """Their code defaults are right on AWS too; set where they matter, never required."""
 ENV_VALUES: dict[str, Any] = {
     "TABLE_NAME": {"Ref": "Table"},
@@ -434,7 +442,8 @@ def test_every_function_folder_is_deployed_with_the_shared_settings() -> None:
 def test_the_layer_is_built_from_lib_with_its_requirements() -> None:
     source = stack_template.resources()["SharedLayer"]
     assert source["Properties"]["ContentUri"] == "lib/"
-    assert source["Metadata"]["BuildMethod"] == "python3.12"
+    assert source["Metadata"]["BuildMethod"] == "makefile"
+    assert (LIB / "Makefile").is_file()
     assert source["Metadata"]["BuildArchitecture"] == "arm64"
     assert (LIB / "agent_channel" / "__init__.py").is_file()
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
@@ -521,7 +530,7 @@ def test_every_variable_the_code_reads_has_a_rule() -> None:
     names = code_environment_names()
     # The scan works: config.py's variables are found.
     assert {"TABLE_NAME", "STALE_AFTER", "CALLBACK_URL"} <= names
-    ruled = ALWAYS_SET | OPTIONAL | set().union(*NEEDED_FOR.values())
+    ruled = ALWAYS_SET | OPTIONAL | SET_BY_LAMBDA | set().union(*NEEDED_FOR.values())
     assert names - ruled == set(), "a new environment variable needs a rule in this test"
 
 
@@ -696,3 +705,16 @@ def test_samconfig_has_sane_defaults() -> None:
     assert samconfig["default"]["global"]["parameters"]["stack_name"]
     overrides = dict(re.findall(r'(\w+)="([^"]*)"', deploy["parameter_overrides"]))
     assert set(overrides) <= set(translated()["Parameters"])
+
+
+def test_each_fan_out_function_has_its_memory_as_a_parameter() -> None:
+    # CPU follows memory on Lambda, and fan-out is CPU-bound: sized per function.
+    parameters = stack_template.template()["Parameters"]
+    for logical_id, parameter in (
+        ("BackendFunction", "BackendMemorySize"),
+        ("ReplayFunction", "ReplayMemorySize"),
+        ("DefaultFunction", "DefaultMemorySize"),
+    ):
+        assert properties(logical_id)["MemorySize"] == {"Ref": parameter}
+        assert 128 <= parameters[parameter]["Default"] <= 10240
+    assert parameters["BackendMemorySize"]["Default"] >= 1024

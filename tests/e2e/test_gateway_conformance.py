@@ -84,7 +84,7 @@ def disconnect_of(server: AppServer, connection_id: str) -> dict[str, Any]:
         events = [e for e in recorded(server, connection_id) if "requestContext" in e]
         return next((e for e in events if kind(e) == "DISCONNECT"), None)
 
-    return wait_until(found, 10, "the $disconnect event")
+    return wait_until(found, 20, "the $disconnect event")
 
 
 def probe_message(route: str, **fields: Any) -> str:
@@ -99,7 +99,8 @@ async def echo(ws: Any, tag: str = "") -> dict[str, Any]:
 
 def connection_id_of(raw: RawSocket) -> str:
     raw.send_text(probe_message("echo"))
-    raw.wait(10, count=1)
+    raw.wait(20, count=1)
+    assert raw.data_frames(), f"no echo (upgrade {raw.status}, close {raw.close_code})"
     reply = json.loads(b"".join(f.data for f in raw.data_frames()))
     raw.frames.clear()
     return str(reply["event"]["requestContext"]["connectionId"])
@@ -312,6 +313,7 @@ def test_row_8_any_2xx_from_connect_accepts(probe: AppServer) -> None:
     assert upgrade_status(url(probe, "allow-ada", ("status", "299"))) == 101
     assert upgrade_status(url(probe, "allow-ada", ("status", "302"))) == 302
     assert upgrade_status(url(probe, "allow-ada", ("status", "409"))) == 409
+    assert upgrade_status(url(probe, "allow-ada", ("status", "700"))) == 500  # malformed
 
 
 def test_the_authorizer_answers_401_403_and_500_and_identity_sources_are_required(

@@ -19,7 +19,7 @@ from agent_channel_dev.client import (
     ConnectRefused,
     replay_frames,
 )
-from tests.e2e.stack import HEARTBEAT_SECONDS, STALE_AFTER_SECONDS, DevServer
+from tests.e2e.stack import HEARTBEAT_SECONDS, STALE_AFTER_SECONDS, DevServer, start_dev_server
 
 pytestmark = pytest.mark.e2e
 
@@ -207,3 +207,47 @@ def test_replay_frames_respect_both_limits_for_long_and_non_ascii_ids() -> None:
     assert all(len(json.loads(frame)["request_ids"]) <= 100 for frame in frames)
     assert [i for frame in frames for i in json.loads(frame)["request_ids"]] == longest
     assert replay_frames([]) == []
+
+
+def test_the_connection_limit_forces_a_reconnect_that_resumes_the_session() -> None:
+    """API Gateway closes every socket after 2 hours (here: 4 s). The reference
+    client comes back, and routing with it; a decision made while it was away
+    arrives through the replay."""
+    dev = start_dev_server("--max-connection-seconds", "4")
+    try:
+        agent_id, _ = dev.new_agent("forced-close")
+        decisions: list[dict[str, Any]] = []
+        states: list[str] = []
+        client = AgentClient(
+            config(dev, agent_id, backoff=Backoff(first=6.0, cap=6.0)),
+            on_decision=decisions.append,
+            on_state=states.append,
+        )
+        client.hold("r-while-away")
+
+        async def scenario() -> None:
+            stop = asyncio.Event()
+            running = asyncio.create_task(client.run(stop))
+            try:
+                await asyncio.wait_for(client.connected.wait(), STEP_TIMEOUT)
+                await eventually(lambda: not client.connected.is_set(), "the forced close")
+                # Routing is off while it is away, so the decision is only recorded.
+                await eventually(lambda: not dev.presence(agent_id)["routing"], "routing to clear")
+                decided = await asyncio.to_thread(
+                    dev.cli, "decide", "--agent", str(agent_id), "--request", "r-while-away",
+                    "--allow", "--by", str(dev.owner_id),
+                )  # fmt: skip
+                assert decided["delivered"] == []
+                await eventually(lambda: client.connections == 2, "the reconnect")
+                await eventually(lambda: bool(decisions), "the replayed decision")
+                assert (await asyncio.to_thread(dev.presence, agent_id))["routing"] is True
+            finally:
+                stop.set()
+                await asyncio.wait_for(running, STEP_TIMEOUT)
+
+        asyncio.run(scenario())
+        # The server closed it (1001 Going away): a clean close, then a reconnect.
+        assert {"disconnected by the server", "connection lost (ConnectionClosedOK)"} & set(states)
+        assert [d["request_id"] for d in decisions] == ["r-while-away"]
+    finally:
+        assert dev.stop() == 0

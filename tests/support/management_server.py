@@ -29,7 +29,7 @@ from tests.support.fixtures import World, create_table
 from tests.support.gateway import Gateway
 
 if TYPE_CHECKING:
-    from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
+    from agent_channel.delivery.fanout import ConnectionPoster
 
 STAGE = "test"
 LOCAL_URLS = r"https?://127\.0\.0\.1:\d+/"
@@ -59,7 +59,7 @@ def aws() -> Iterator[None]:
 class ManagementApi:
     sink: MemorySink
     server: RunningServer
-    client: ApiGatewayManagementApiClient
+    client: ConnectionPoster
 
 
 @pytest.fixture

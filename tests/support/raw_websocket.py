@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from websockets.client import ClientProtocol
-from websockets.frames import Frame, Opcode
+from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
@@ -37,6 +37,8 @@ class RawSocket:
         raw._flush()
         deadline = time.monotonic() + timeout
         while protocol.state is State.CONNECTING and not raw.status:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no answer to the upgrade of {url} in {timeout}s")
             raw._pump(deadline)
         return raw
 
@@ -106,6 +108,11 @@ class RawSocket:
 
     @property
     def close_code(self) -> int | None:
+        """The code of the server's close frame (what a client's ``onclose`` reports),
+        even when the TCP connection ended before the closing handshake did."""
+        for received in self.frames:
+            if received.opcode is Opcode.CLOSE:
+                return Close.parse(bytes(received.data)).code
         return self.protocol.close_code
 
     def shut(self) -> None:

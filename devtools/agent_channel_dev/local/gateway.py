@@ -207,6 +207,9 @@ class Gateway:
             status = int(result["statusCode"])
         except Exception:
             return _refusal(500, "Internal server error")
+        if not 200 <= status <= 599:
+            # Not an HTTP answer a proxy integration may give: a malformed response.
+            return _refusal(500, "Internal server error")
         if not 200 <= status < 300:
             body = result.get("body") if isinstance(result, dict) else None
             return _refusal(status, str(body or "Forbidden"))

@@ -80,7 +80,10 @@ class LocalStack:
         functions = Functions(
             app,
             environment=lambda spec: lambda_environment(
-                spec, endpoint_url=moto_url, access_key=keys[spec.logical_id]
+                spec,
+                endpoint_url=moto_url,
+                access_key=keys[spec.logical_id],
+                api_endpoint=(app.api.domain_name, local_origin),
             ),
             local_origin=local_origin,
             max_concurrency=max_concurrency,

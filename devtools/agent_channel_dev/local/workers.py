@@ -57,11 +57,26 @@ class FunctionTimedOut(FunctionError):
 
 
 def lambda_environment(
-    spec: FunctionSpec, *, endpoint_url: str, access_key: tuple[str, str]
+    spec: FunctionSpec,
+    *,
+    endpoint_url: str,
+    access_key: tuple[str, str],
+    api_endpoint: tuple[str, str] | None = None,
 ) -> dict[str, str]:
     """The template's variables plus what Lambda's runtime sets, and nothing else
-    of this process (the local endpoint and credentials stand in for AWS's)."""
+    of this process (the local endpoint and credentials stand in for AWS's).
+
+    ``api_endpoint`` is (the API's execute-api domain, the local gateway's
+    ``http://HOST:PORT``): a variable that holds the deployed API's URL (a
+    callback URL) holds the local gateway's instead, as ``AWS_ENDPOINT_URL``
+    stands in for the other services.
+    """
     environment = dict(spec.environment)
+    if api_endpoint is not None:
+        domain, origin = api_endpoint
+        for name, value in environment.items():
+            value = value.replace(f"https://{domain}", origin)
+            environment[name] = value.replace(f"wss://{domain}", "ws" + origin.removeprefix("http"))
     environment.update(
         {
             "AWS_REGION": REGION,

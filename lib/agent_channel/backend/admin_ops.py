@@ -174,7 +174,7 @@ def _unregister_agent(args: Args, context: CommandContext) -> dict[str, Any]:
         tasks=context.tasks(),
         scheduler=context.scheduler(),
         events=context.events(),
-        management=context.management,
+        management=context.closer,
     )
     done = unregister.unregister_agent(
         services, args.integer("agent_id"), acting_user_id=args.optional_integer("acting_user_id")

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
 
     from agent_channel.delivery.decision_store import DecisionStore
-    from agent_channel.delivery.fanout import GoneHandler
+    from agent_channel.delivery.fanout import ConnectionPoster, GoneHandler
     from agent_channel.grace.scheduler import GraceScheduler
     from agent_channel.presence.store import PresenceStore
     from agent_channel.tasks.events import TaskEvents
@@ -144,7 +144,7 @@ class CommandContext:
     the Gone handler. Each is built on first use, so an op that does not post never
     builds a management client, and each defaults to the process's wiring."""
 
-    management_factory: Callable[[], ApiGatewayManagementApiClient] = field(
+    management_factory: Callable[[], ConnectionPoster] = field(
         default=lambda: _wiring().management_api()
     )
     gone_handler_factory: Callable[[], GoneHandler] = field(
@@ -157,12 +157,15 @@ class CommandContext:
     presence_factory: Callable[[], PresenceStore] = field(
         default=lambda: _wiring().presence_store()
     )
+    closer_factory: Callable[[], ApiGatewayManagementApiClient] = field(
+        default=lambda: _wiring().connections_admin()
+    )
     scheduler_factory: Callable[[], GraceScheduler] = field(
         default=lambda: _wiring().grace_scheduler()
     )
     events_factory: Callable[[], TaskEvents] = field(default=lambda: _wiring().task_events())
 
-    def management(self) -> ApiGatewayManagementApiClient:
+    def management(self) -> ConnectionPoster:
         return self.management_factory()
 
     def on_gone(self) -> GoneHandler:
@@ -176,6 +179,10 @@ class CommandContext:
 
     def presence(self) -> PresenceStore:
         return self.presence_factory()
+
+    def closer(self) -> ApiGatewayManagementApiClient:
+        """The @connections client that closes sockets (DELETE)."""
+        return self.closer_factory()
 
     def scheduler(self) -> GraceScheduler:
         return self.scheduler_factory()

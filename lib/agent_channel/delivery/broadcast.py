@@ -24,14 +24,14 @@ from agent_channel.observability import logger
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
+    from agent_channel.delivery.fanout import ConnectionPoster
 
 
 def broadcast_to_stream(
     stream: str,
     payload: Any,
     *,
-    client: ApiGatewayManagementApiClient,
+    client: ConnectionPoster,
     on_gone: GoneHandler | None,
     workers: int | None = None,
     retry: RetryPolicy = DEFAULT_RETRY,
@@ -70,7 +70,7 @@ def broadcast_to_agent(
     agent_id: int,
     payload: Any,
     *,
-    client: ApiGatewayManagementApiClient,
+    client: ConnectionPoster,
     on_gone: GoneHandler | None,
     workers: int | None = None,
     retry: RetryPolicy = DEFAULT_RETRY,
@@ -90,7 +90,7 @@ def broadcast_to_topic(
     topic_id: int,
     payload: Any,
     *,
-    client: ApiGatewayManagementApiClient,
+    client: ConnectionPoster,
     on_gone: GoneHandler | None,
     workers: int | None = None,
     retry: RetryPolicy = DEFAULT_RETRY,

@@ -32,7 +32,7 @@ from agent_channel.observability import logger
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
+    from agent_channel.delivery.fanout import ConnectionPoster
 
 __all__ = [
     "AlreadyDecided",
@@ -152,7 +152,7 @@ def decide(
     request_id: str,
     behavior: str,
     decided_by: int,
-    client: ApiGatewayManagementApiClient,
+    client: ConnectionPoster,
     on_gone: GoneHandler | None,
     reason: str | None = None,
 ) -> Decided:
@@ -231,7 +231,7 @@ def replay(
     caller: Caller | None,
     request_ids: Sequence[str],
     *,
-    client: ApiGatewayManagementApiClient,
+    client: ConnectionPoster,
     on_gone: GoneHandler | None,
 ) -> Replayed:
     """Re-broadcast the recorded decisions among ``request_ids`` to the agent's stream.

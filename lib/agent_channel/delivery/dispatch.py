@@ -30,8 +30,7 @@ from agent_channel.tasks.model import Status, Task, TransitionRefused
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
-
+    from agent_channel.delivery.fanout import ConnectionPoster
     from agent_channel.tasks.store import TaskStore
 
 
@@ -152,7 +151,7 @@ def dispatch(
     tasks: TaskStore,
     task_id: int,
     *,
-    client: ApiGatewayManagementApiClient,
+    client: ConnectionPoster,
     on_gone: GoneHandler | None,
     comment_fields: Mapping[str, Any] | None = None,
     pending_tool_call: str | None = None,

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from botocore.exceptions import ClientError
 
@@ -33,13 +33,17 @@ from agent_channel.config import API_GATEWAY_MESSAGE_LIMIT
 from agent_channel.errors import Refusal
 from agent_channel.observability import count, logger
 
-if TYPE_CHECKING:
-    from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
-
 THROTTLE_CODES = frozenset(
     {"TooManyRequestsException", "LimitExceededException", "ThrottlingException"}
 )
 GONE_CODE = "GoneException"
+
+
+class ConnectionPoster(Protocol):
+    """What fan-out needs of an ``@connections`` client: boto3's
+    ``apigatewaymanagementapi`` client, or the lean ``delivery.poster`` one."""
+
+    def post_to_connection(self, *, ConnectionId: str, Data: bytes) -> object: ...
 
 
 class PayloadTooLarge(Refusal, ValueError):
@@ -123,7 +127,7 @@ def _is_throttle(error: ClientError) -> bool:
 
 
 def _post_one(
-    client: ApiGatewayManagementApiClient,
+    client: ConnectionPoster,
     connection_id: str,
     data: bytes,
     retry: RetryPolicy,
@@ -169,7 +173,7 @@ def deliver(
     connection_ids: Sequence[str],
     data: bytes,
     *,
-    client: ApiGatewayManagementApiClient,
+    client: ConnectionPoster,
     workers: int,
     on_gone: GoneHandler | None,
     retry: RetryPolicy = DEFAULT_RETRY,
@@ -219,7 +223,7 @@ def send_to_connection(
     connection_id: str,
     payload: Any,
     *,
-    client: ApiGatewayManagementApiClient,
+    client: ConnectionPoster,
 ) -> bool:
     """Answer one connection (an error message, say). True if it was delivered.
 

@@ -142,6 +142,7 @@ def authorize(headers: dict[str, str], query: dict[str, str]) -> Authorization:
                 agent_id=request.agent_id,
                 session_id=request.session_id,
                 siblings=kind is Target.CHANNEL_AGENT and routed,
+                grace_scheduled=bool(isinstance(target, UserRecord) and target.grace_scheduled),
             ),
         )
 

@@ -38,6 +38,9 @@ class Caller:
     """A channel agent's routing was on when the authorizer read it: other sessions
     hold leases, and a crashed one's may be stale. Only $connect uses it, to reap
     them without a read of its own when there can be nothing to reap."""
+    grace_scheduled: bool = False
+    """The agent's last departure scheduled an agent-wide grace that no subscribe
+    has withdrawn yet, as the authorizer read it (only $connect acts on it)."""
 
     def __post_init__(self) -> None:
         # A target given as its string value (an authorizer context, a test) is
@@ -70,6 +73,7 @@ class Caller:
             "topic_id": "" if self.topic_id is None else str(self.topic_id),
             "session_id": self.session_id,
             "siblings": "1" if self.siblings else "",
+            "grace_scheduled": "true" if self.grace_scheduled else "",
         }
 
     @classmethod
@@ -88,6 +92,7 @@ class Caller:
                 topic_id=int(topic_raw) if topic_raw else None,
                 session_id=str(context.get("session_id") or ""),
                 siblings=bool(context.get("siblings")),
+                grace_scheduled=str(context.get("grace_scheduled") or "") == "true",
             )
         except (KeyError, TypeError, ValueError):
             return None

@@ -7,10 +7,12 @@ function pays at cold start only for the clients and modules its own route uses.
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from typing import TYPE_CHECKING
 
 import boto3
+import botocore.session
 from botocore.config import Config
 
 from agent_channel.config import settings
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 
     from agent_channel.delivery.dynamodb import DynamoDecisionStore
     from agent_channel.delivery.fanout import GoneHandler
+    from agent_channel.delivery.poster import ConnectionsPoster
     from agent_channel.grace.dynamodb import DynamoTaskBook
     from agent_channel.grace.eventbridge import EventBridgeGraceScheduler
     from agent_channel.presence.dynamodb import DynamoPresenceStore
@@ -32,9 +35,41 @@ RETRYING = Config(retries={"mode": "standard", "max_attempts": 5})
 
 
 @cache
+def botocore_session() -> botocore.session.Session:
+    """One botocore session for every client of the process, PynamoDB's included:
+    each further session loads botocore's endpoint and model data again (about 33
+    ms of CPU per cold start, measured in bench/cold_start.py)."""
+    return botocore.session.get_session()
+
+
+@cache
+def aws() -> boto3.Session:
+    return boto3.Session(botocore_session=botocore_session())
+
+
+@cache
+def dynamodb() -> None:
+    """PynamoDB's DynamoDB client, built now from the shared session.
+
+    PynamoDB builds it on the first request, from a botocore session of its own
+    (kept per thread); handing it the process's session and building it during
+    init also means fan-out threads (which may reach DynamoDB through the Gone
+    handler) never race to build it. Built on the base model: every record class
+    inherits its connection, so no class builds a client of its own.
+    """
+    from agent_channel.storage.records import Record
+
+    connection = Record._get_connection().connection
+    # PynamoDB reads the session from this thread-local slot before making its own.
+    connection._local.session = botocore_session()
+    _ = connection.client
+
+
+@cache
 def presence_store() -> DynamoPresenceStore:
     from agent_channel.presence.dynamodb import DynamoPresenceStore
 
+    dynamodb()
     return DynamoPresenceStore()
 
 
@@ -42,13 +77,14 @@ def presence_store() -> DynamoPresenceStore:
 def grace_scheduler() -> EventBridgeGraceScheduler:
     from agent_channel.grace.eventbridge import EventBridgeGraceScheduler
 
-    return EventBridgeGraceScheduler(boto3.client("scheduler", config=RETRYING), settings())
+    return EventBridgeGraceScheduler(aws().client("scheduler", config=RETRYING), settings())
 
 
 @cache
 def task_store() -> DynamoTaskStore:
     from agent_channel.tasks.dynamodb import DynamoTaskStore
 
+    dynamodb()
     return DynamoTaskStore()
 
 
@@ -63,6 +99,7 @@ def task_book() -> DynamoTaskBook:
 def decision_store() -> DynamoDecisionStore:
     from agent_channel.delivery.dynamodb import DynamoDecisionStore
 
+    dynamodb()
     return DynamoDecisionStore()
 
 
@@ -75,27 +112,38 @@ def gone_handler() -> GoneHandler:
 
 
 @cache
-def management_api(endpoint_url: str | None = None) -> ApiGatewayManagementApiClient:
-    """The @connections client. A large pool, because fan-out posts concurrently."""
+def management_api(endpoint_url: str | None = None) -> ConnectionsPoster:
+    """The @connections client: the lean poster (delivery.poster), because fan-out
+    is bound by client CPU. Its HTTP pool holds as many idle connections as
+    fan-out has workers. Built without a single request: nothing is sent at init."""
+    from agent_channel.delivery.poster import ConnectionsPoster, default_credentials
+    from agent_channel.delivery.rate import RateBudget
+
     url = endpoint_url or settings().callback_url
-    return boto3.client(
+    return ConnectionsPoster(
+        url,
+        region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        credentials=default_credentials(),
+        max_idle=max(10, settings().fanout_workers),
+        # A burst of one worker round, then the steady rate.
+        budget=RateBudget(settings().posts_per_second, burst=settings().fanout_workers),
+    )
+
+
+@cache
+def connections_admin(endpoint_url: str | None = None) -> ApiGatewayManagementApiClient:
+    """boto3's @connections client, for what the lean poster does not do: closing a
+    socket (DELETE), which only unregister_agent needs."""
+    return aws().client(
         "apigatewaymanagementapi",
-        endpoint_url=url,
-        config=Config(
-            max_pool_connections=max(10, settings().fanout_workers),
-            # One attempt: fan-out retries throttling itself (with jitter, counted
-            # as ThrottleRetries); botocore's max_attempts would add a hidden retry.
-            retries={"mode": "standard", "total_max_attempts": 1},
-            # The requests are built here, from typed values: validating each of
-            # a thousand posts costs client CPU that fan-out is bound by.
-            parameter_validation=False,
-        ),
+        endpoint_url=endpoint_url or settings().callback_url,
+        config=RETRYING,
     )
 
 
 @cache
 def events_client() -> EventBridgeClient:
-    return boto3.client("events", config=RETRYING)
+    return aws().client("events", config=RETRYING)
 
 
 @cache

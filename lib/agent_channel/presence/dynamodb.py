@@ -123,6 +123,9 @@ class DynamoPresenceStore:
                 # is moot (cancel_offline would find routing on and do nothing).
                 UserRecord.grace_owed_token.remove(),
                 UserRecord.grace_owed_due.remove(),
+                # Whoever subscribes now withdraws a pending agent-wide grace (the
+                # authorizer read this flag): later connects need not.
+                UserRecord.grace_scheduled.remove(),
             ],
             # The agent may have been deleted, handed to another owner or
             # unregistered since the authorizer read it (a connect racing an
@@ -276,6 +279,8 @@ class DynamoPresenceStore:
                         UserRecord.routing_subscription_token.remove(),
                         UserRecord.gsi1pk.remove(),
                         UserRecord.gsi1sk.remove(),
+                        # The agent-wide grace is scheduled right after this clear.
+                        UserRecord.grace_scheduled.set(True),
                     ],
                     # A subscribe or restore since the read bumped the version: it wins.
                     condition=schema.presence_version_is(seen.version),

@@ -37,11 +37,28 @@ class Settled(enum.StrEnum):
     CONFLICT = "conflict"
 
 
-def subscribe(store: PresenceStore, scheduler: GraceScheduler, subscription: Subscription) -> str:
-    """Attach a channel agent's socket, mint its lease and turn routing on."""
+def subscribe(
+    store: PresenceStore,
+    scheduler: GraceScheduler,
+    subscription: Subscription,
+    *,
+    grace_scheduled: bool = True,
+) -> str:
+    """Attach a channel agent's socket, mint its lease and turn routing on.
+
+    The agent-wide grace is withdrawn only when one may be pending
+    (``grace_scheduled``, recorded on the agent by the last-one-out clear and read
+    by the authorizer). A session-scoped grace is not withdrawn here: it is
+    scheduled while siblings stay, without a write to the agent to record it, and
+    cancel_offline's recheck finds the returning session and cancels nothing.
+    """
     token = mint_lease_token()
     store.subscribe(subscription, token, clock.now())
-    _withdraw_pending_grace(scheduler, subscription)
+    if grace_scheduled:
+        try:
+            scheduler.withdraw(subscription.agent_id, None)
+        except Exception:
+            logger.warning("could not withdraw a pending grace schedule", exc_info=True)
     return token
 
 

@@ -68,6 +68,10 @@ class UserRecord(Record, discriminator="user"):
     # Set once by unregister_agent: the agent is closed for work, and no subscribe
     # or restore may turn its routing on again.
     unregistered_at = NumberAttribute(null=True)
+    # Set by the last-one-out clear (the agent-wide grace may be scheduled), removed
+    # by the subscribe that turns routing back on: $connect withdraws the grace
+    # only when the authorizer saw this set, not on every connect.
+    grace_scheduled = BooleanAttribute(null=True)
     created_at = NumberAttribute()
 
     @property

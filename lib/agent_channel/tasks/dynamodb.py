@@ -6,7 +6,7 @@ it starts from, the slot taken or freed beside it, and any guard on another item
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from pynamodb.exceptions import TransactWriteError
@@ -132,16 +132,18 @@ class DynamoTaskStore:
         extra: list[Action] = (
             [TaskRecord.pending_tool_call.set(pending_tool_call)] if pending_tool_call else []
         )
-        return self._transition(task, {Status.RUNNING}, Status.DELEGATED, extra_actions=extra)
+        delegated = self._transition(task, {Status.RUNNING}, Status.DELEGATED, extra_actions=extra)
+        return replace(delegated, pending_tool_call=pending_tool_call) if extra else delegated
 
     def claim_reply(self, task: Task) -> Task:
-        return self._transition(
+        done = self._transition(
             task,
             {Status.DELEGATED},
             Status.DONE,
             extra_actions=[TaskRecord.pending_tool_call.remove()],
             free_slot=True,
         )
+        return replace(done, pending_tool_call=None)
 
     def cancel_delegated(self, task: Task, *, presence_version: int | None = None) -> Task:
         return self.cancel(
@@ -166,7 +168,7 @@ class DynamoTaskStore:
                     schema.presence_version_is(presence_version),
                 )
             )
-        return self._transition(
+        cancelled = self._transition(
             task,
             set(from_statuses),
             Status.CANCELLED,
@@ -174,6 +176,7 @@ class DynamoTaskStore:
             free_slot=True,
             guards=guards,
         )
+        return replace(cancelled, pending_tool_call=None)
 
     def _transition(
         self,
@@ -187,11 +190,14 @@ class DynamoTaskStore:
         guards: Sequence[_Guard] = (),
     ) -> Task:
         """Move a task between statuses with the slot change in the same transaction, so
-        a crash can neither free a slot of a task still running nor leak one."""
+        a crash can neither free a slot of a task still running nor leak one.
+        The task returned shows the status and time written; a caller whose
+        ``extra_actions`` write other fields shows those itself."""
+        now = clock.now()
         condition = TaskRecord.status.is_in(*(status.value for status in allowed_from))
         actions = [
             TaskRecord.status.set(to.value),
-            TaskRecord.updated_at.set(clock.now()),
+            TaskRecord.updated_at.set(now),
             TaskRecord.gsi1pk.set(schema.task_status_index(task.agent_id, to.value)),
             *extra_actions,
         ]
@@ -215,7 +221,7 @@ class DynamoTaskStore:
                             slot_sk,
                             agent_id=task.agent_id,
                             task_id=task.task_id,
-                            acquired_at=clock.now(),
+                            acquired_at=now,
                         )
                     )
                 if free_slot:
@@ -228,9 +234,10 @@ class DynamoTaskStore:
                 f"task {task.task_id} is not {sorted(allowed_from)}",
                 current=_refused_status(error, task.task_id),
             ) from error
-        refreshed = self.get(task.task_id)
-        assert refreshed is not None
-        return refreshed
+        # A transaction returns no item, and a read after it would cost one more
+        # request: the new task is the old one with what this transaction wrote
+        # (every other field of a task is fixed when it is created).
+        return replace(task, status=to, updated_at=now)
 
     def release_slot(self, agent_id: int, task_id: int) -> None:
         SlotRecord(*schema.slot_key(agent_id, task_id)).delete()

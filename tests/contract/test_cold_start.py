@@ -1,0 +1,89 @@
+"""What a function's initialisation does, checked in a fresh interpreter per
+function: no garbage collection during init, everything built by init frozen out
+of later collections, one botocore session for every client (PynamoDB's
+included), and nothing imported that the route never needs. The timings
+themselves are benchmarks (bench/cold_start.py), not tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent_channel.lambda_kit import wiring
+from agent_channel.storage.records import LeaseRecord, Record, TaskRecord
+
+ROOT = Path(__file__).resolve().parents[2]
+FUNCTIONS = sorted(p.parent.name for p in (ROOT / "functions").glob("*/app.py"))
+
+_PROBE = """
+import gc, json, sys
+collections = []
+def record(phase, info):
+    # Only collections once the function's first import (cold_start) is done count.
+    if phase == "start" and "agent_channel.lambda_kit.cold_start" in sys.modules:
+        collections.append(info["generation"])
+gc.callbacks.append(record)
+import app
+print(json.dumps({
+    "collections": collections,
+    "enabled": gc.isenabled(),
+    "frozen": gc.get_freeze_count(),
+    "modules": sorted(m for m in sys.modules if m.split(".")[0] in ("pynamodb", "agent_channel")),
+}))
+"""
+
+
+def probe(function: str) -> dict[str, Any]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "functions" / function), str(ROOT / "lib")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE],
+        cwd=ROOT / "functions" / function,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_init_runs_no_garbage_collection_and_freezes_what_it_built(function: str) -> None:
+    found = probe(function)
+    # Without cold_start, importing boto3 alone triggers dozens of collections.
+    assert found["collections"] == []
+    assert found["enabled"] is True
+    assert found["frozen"] > 50_000
+
+
+def test_routes_import_only_what_they_use() -> None:
+    # $default answers on its own socket: no DynamoDB, no presence, no grace.
+    modules = set(probe("default")["modules"])
+    assert not {m for m in modules if m.startswith("pynamodb")}
+    assert "agent_channel.presence.dynamodb" not in modules
+    assert "agent_channel.grace.eventbridge" not in modules
+    # Presence routes never post: no fan-out, no @connections client.
+    for function in ("connect", "disconnect", "heartbeat"):
+        modules = set(probe(function)["modules"])
+        assert "agent_channel.delivery.poster" not in modules, function
+        assert "agent_channel.delivery.fanout" not in modules, function
+
+
+def test_every_client_shares_one_botocore_session() -> None:
+    wiring.dynamodb()
+    connection = Record._get_connection().connection
+    assert connection.session is wiring.botocore_session()
+    assert wiring.aws()._session is wiring.botocore_session()
+    # Record classes inherit the base's connection: one DynamoDB client in all.
+    assert LeaseRecord._get_connection() is Record._get_connection()
+    assert TaskRecord._get_connection().connection.client is connection.client
