@@ -4,7 +4,7 @@ VENV   := .venv
 SAMENV := .venv-sam
 BIN    := $(VENV)/bin
 
-.PHONY: setup dev test lint typecheck check bench bench-local interleavings clean
+.PHONY: setup dev test lint typecheck check bench bench-local chaos simulate interleavings clean
 
 # A project venv with the package and its dev tools; AWS SAM CLI in a venv of its
 # own, because it pins versions of boto3 and others that the project must not inherit.
@@ -42,6 +42,18 @@ bench: setup
 # The local stack's own cost: launch to ready, a message's round trip (docs/LOCAL_STACK.md).
 bench-local: setup
 	$(BIN)/python -m bench.local_stack --repeat 3 --round-trips 200
+
+# At-least-once delivery under chaos at full size (the suite runs 40 dispatches).
+CHAOS_DISPATCHES ?= 500
+chaos: setup
+	CHAOS_DISPATCHES=$(CHAOS_DISPATCHES) $(BIN)/pytest -q -s -p no:cacheprovider \
+		tests/e2e/test_chaos.py --timeout=1800
+
+# The scale model at 100,000 and 1,000,000 agents, and the cost per session-month
+# (docs/SCALE.md); CI runs 10,000 in tests/behaviour/test_scale_simulation.py.
+simulate: setup
+	$(BIN)/python -m agent_channel_dev.scale --cost 15 30 33 35
+	$(BIN)/python -m agent_channel_dev.scale --agents 100000 1000000 --storm-at 5
 
 # Every interleaving of the scenarios the default suite only samples (minutes).
 interleavings: setup

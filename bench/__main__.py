@@ -17,7 +17,15 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import cold_start, fanout, moto_capacity, presence_load, report, requests_per_op
+from bench import (
+    cold_start,
+    delivery_requests,
+    fanout,
+    moto_capacity,
+    presence_load,
+    report,
+    requests_per_op,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "BENCHMARKS.md"
@@ -172,6 +180,33 @@ def requests_section() -> str:
             "transaction when it has to be cleared.",
             "- Posts: the lean poster speaks HTTP itself; for this count the routes post "
             "through boto3's client, which sends the same request.",
+        ]
+    )
+
+
+def delivery_section() -> str:
+    rows = delivery_requests.measure()
+    return "\n".join(
+        [
+            f"Command: `{COMMAND}` (alone: `.venv/bin/python -m bench --only delivery`; "
+            "the table only: `.venv/bin/python -m bench.delivery_requests`). "
+            "Machine-independent: requests really sent, counted by hooking botocore, "
+            "against in-process moto. What at-least-once delivery (docs/DELIVERY.md) adds.",
+            "",
+            delivery_requests.markdown(rows),
+            "",
+            "**Reading it.** Keeping a message costs one consistent Query (the newest "
+            "entry, one item) and one conditional PutItem: the write that keeps the "
+            "message is the one that allocates its sequence number, so there is no "
+            "counter item to update besides. A `dispatch` pays exactly that on top of its "
+            "unnumbered cost; so does `decide_permission`. A resume is one Query whatever "
+            "it finds, plus one post per missed message and the `resumed` answer (a "
+            "second Query only when it must tell an unknown sequence from a gap). An ack "
+            "is one conditional UpdateItem of the task; only a refused ack reads the task "
+            "to say why. Redelivery costs its schedule one index Query per routed agent "
+            "per run, and one conditional write per due dispatch before its posts. A "
+            "410 within the connect window is one GetItem and no write (before the rule, "
+            "it ran the whole `$disconnect` path on a live connection).",
         ]
     )
 
@@ -366,10 +401,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
-        "--only", nargs="+", choices=["cold_start", "requests", "fanout", "presence"]
+        "--only",
+        nargs="+",
+        choices=["cold_start", "requests", "fanout", "presence", "delivery"],
     )
     args = parser.parse_args(argv)
-    wanted = set(args.only or ["cold_start", "requests", "fanout", "presence"])
+    wanted = set(args.only or ["cold_start", "requests", "fanout", "presence", "delivery"])
     benchmarks: list[tuple[str, str, Callable[[], str]]] = [
         ("cold_start", "Cold start", lambda: cold_start_section(3 if args.quick else 5)),
         ("fanout", "Fan-out", lambda: fanout_section(1 if args.quick else 3)),
@@ -379,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             "Presence under load",
             lambda: presence_section(50 if args.quick else 200, 5.0 if args.quick else 30.0),
         ),
+        ("delivery", "Reliable agent stream: requests", delivery_section),
     ]
     if args.only is None:
         # The whole document comes from this run: start from the header alone.

@@ -36,7 +36,7 @@ def add_agent_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     p.add_argument(
         "--heartbeat-seconds",
         type=float,
-        default=float(os.environ.get("HEARTBEAT_SECONDS") or 15),
+        default=float(os.environ.get("HEARTBEAT_SECONDS") or 30),
     )
     p.add_argument("--backoff-seconds", type=float, default=1.0, help="first reconnect delay")
     p.add_argument(

@@ -22,6 +22,7 @@ context_for_commands = CommandContext(
     tasks_factory=wiring.task_store,
     decisions_factory=wiring.decision_store,
     presence_factory=wiring.presence_store,
+    history_factory=wiring.history,
 )
 
 

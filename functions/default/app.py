@@ -17,7 +17,7 @@ from agent_channel.observability import logger
 
 management = wiring.management_api()
 
-KNOWN_ACTIONS = ("heartbeat", "replay_permissions")
+KNOWN_ACTIONS = ("heartbeat", "replay_permissions", "resume", "resync", "ack")
 MAX_ECHOED_ACTION = 64
 
 

@@ -20,6 +20,9 @@ MAX_REPLAY_IDS = 100
 longest allowed (256 ASCII characters) encode to about 26 KB, so a client that
 fills a frame to this limit never needs a frame over 32 KB."""
 
+API_GATEWAY_INTEGRATION_TIMEOUT = 29
+"""API Gateway gives up on an integration (so on ``$connect``) after 29 s."""
+
 
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
@@ -44,13 +47,18 @@ class Settings:
     callback_url: str
     max_replay_ids: int
     fanout_workers: int
+    connect_window_seconds: int
+    history_retention_seconds: int
+    redelivery_seconds: int
+    max_delivery_attempts: int
+    sweep_workers: int
     posts_per_second: int
     """This process's share of the account's @connections request quota."""
 
     @classmethod
     def from_env(cls) -> Settings:
         return cls(
-            heartbeat_seconds=_int("HEARTBEAT_SECONDS", 15),
+            heartbeat_seconds=_int("HEARTBEAT_SECONDS", 30),
             stale_after_seconds=_int("STALE_AFTER", 45),
             grace_seconds=_int("GRACE_SECONDS", 30),
             schedule_group=os.environ.get("SCHEDULE_GROUP_NAME", "agent-channel"),
@@ -61,6 +69,21 @@ class Settings:
             callback_url=os.environ.get("CALLBACK_URL", ""),
             max_replay_ids=_int("MAX_REPLAY_IDS", MAX_REPLAY_IDS),
             fanout_workers=_int("FANOUT_WORKERS", 64),
+            # A 410 within this long of $connect proves nothing (the handshake may
+            # still be in progress); longer than API Gateway's integration timeout.
+            connect_window_seconds=_int(
+                "CONNECT_WINDOW_SECONDS", API_GATEWAY_INTEGRATION_TIMEOUT + 1
+            ),
+            # An agent stream's history: stale-after + grace + a sweep is about
+            # 2 minutes; an hour covers that many times over.
+            history_retention_seconds=_int("HISTORY_RETENTION_SECONDS", 3600),
+            # An unacknowledged dispatch is sent again after this, doubling each
+            # time, and given up after this many deliveries in all.
+            redelivery_seconds=_int("REDELIVERY_SECONDS", 30),
+            max_delivery_attempts=_int("MAX_DELIVERY_ATTEMPTS", 8),
+            # 1: the sweep runs in the scheduled invocation itself (local stack,
+            # small deployments); more: it fans out to that many shard workers.
+            sweep_workers=_int("SWEEP_WORKERS", 1),
             posts_per_second=_int("POSTS_PER_SECOND", 2500),
         )
 

@@ -77,6 +77,7 @@ def test_dispatch_delegates_and_tells_both_streams(
         "type": "dispatch",
         "agent_id": world.agent_id,
         "task_id": int(task.task_id),
+        "generation": 1,
         "session_topic": None,
         "comment": {
             "id": 77,

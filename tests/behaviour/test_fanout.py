@@ -19,6 +19,7 @@ from agent_channel.delivery.fanout import PayloadTooLarge, RetryPolicy
 from agent_channel.delivery.members import stream_connections
 from agent_channel.delivery.streams import agent_stream, topic_stream
 from agent_channel.lambda_kit import wiring
+from agent_channel.presence.model import Presence
 from agent_channel.storage import records as models
 from agent_channel.storage import schema
 from agent_channel_dev.local.connections_api import (
@@ -91,12 +92,14 @@ def test_topic_broadcast_reaches_only_the_topic_stream(
 
 
 def test_gone_sibling_is_removed_and_routing_stays_on(
-    world: World, management: ManagementApi
+    world: World, management: ManagementApi, fake_clock: FakeClock
 ) -> None:
     gateway, sink = Gateway(), management.sink
     closed = connect_agent(gateway, sink, world, "a1=", session_id="s1")
     alive = connect_agent(gateway, sink, world, "a2=", session_id="s2")
     sink.hang_up(closed)  # the socket dies; API Gateway's $disconnect never comes
+    # Open longer than the connect window: now a 410 proves the socket gone.
+    fake_clock.advance(settings().connect_window_seconds)
 
     result = broadcast_to_agent(
         world.agent_id, {"n": 1}, client=management.client, on_gone=wiring.gone_handler()
@@ -113,11 +116,13 @@ def test_gone_sibling_is_removed_and_routing_stays_on(
 
 
 def test_gone_last_lease_clears_routing_and_schedules_the_grace(
-    world: World, management: ManagementApi
+    world: World, management: ManagementApi, fake_clock: FakeClock
 ) -> None:
     gateway, sink = Gateway(), management.sink
     only = connect_agent(gateway, sink, world, "a1=")
     sink.hang_up(only)
+    # Open longer than the connect window: now a 410 proves the socket gone.
+    fake_clock.advance(settings().connect_window_seconds)
 
     result = broadcast_to_agent(
         world.agent_id, {"n": 1}, client=management.client, on_gone=wiring.gone_handler()
@@ -138,12 +143,14 @@ def test_gone_last_lease_clears_routing_and_schedules_the_grace(
 
 
 def test_gone_topic_socket_leaves_the_stream_without_touching_presence(
-    world: World, management: ManagementApi
+    world: World, management: ManagementApi, fake_clock: FakeClock
 ) -> None:
     gateway, sink = Gateway(), management.sink
     agent_socket = connect_agent(gateway, sink, world, "a1=")
     watcher = connect_topic(gateway, sink, world, "t1=")
     sink.hang_up(watcher)
+    # Open longer than the connect window: now a 410 proves the socket gone.
+    fake_clock.advance(settings().connect_window_seconds)
 
     result = broadcast_to_topic(
         world.topic_id, {"n": 1}, client=management.client, on_gone=wiring.gone_handler()
@@ -177,13 +184,15 @@ def test_gone_membership_without_its_connection_item_is_dropped(
 
 
 def test_partial_failure_reports_each_connection_and_keeps_the_failed_one(
-    world: World, management: ManagementApi
+    world: World, management: ManagementApi, fake_clock: FakeClock
 ) -> None:
     gateway, sink = Gateway(), management.sink
     ok = connect_agent(gateway, sink, world, "ok=", session_id="s1")
     gone = connect_agent(gateway, sink, world, "gone=", session_id="s2")
     broken = connect_agent(gateway, sink, world, "broken=", session_id="s3")
     sink.hang_up(gone)
+    # Open longer than the connect window: now a 410 proves the socket gone.
+    fake_clock.advance(settings().connect_window_seconds)
     sink.break_connection(broken)
 
     result = broadcast_to_agent(
@@ -397,3 +406,38 @@ def test_answering_one_connection_reports_gone_without_cleaning_up(
     assert sink.json_messages(socket) == [error]
     # Its own route invocation answered it; its $disconnect does the removing.
     assert connections.get_connection(socket) is not None
+
+
+def presence_of(world: World) -> Presence:
+    presence = wiring.presence_store().read(world.agent_id)
+    assert presence is not None
+    return presence
+
+
+def test_a_410_within_the_connect_window_removes_nothing(
+    world: World, management: ManagementApi, fake_clock: FakeClock
+) -> None:
+    # $connect has written the lease and membership, but API Gateway has not
+    # finished the handshake: posts answer 410 for now.
+    gateway, sink = Gateway(), management.sink
+    only = connect_agent(gateway, sink, world, "young=", session_id="s1")
+    sink.hang_up(only)
+    fake_clock.advance(settings().connect_window_seconds - 1)
+
+    result = broadcast_to_agent(
+        world.agent_id, {"n": 1}, client=management.client, on_gone=wiring.gone_handler()
+    )
+
+    assert result.gone == (only,)
+    assert connections.get_connection(only) is not None, "the young connection was kept"
+    assert connections.stream_connections(f"agent:user:{world.agent_id}") == [only]
+    assert presence_of(world).routing_on
+    assert [lease.connection_id for lease in presence_of(world).leases] == [only]
+
+    # Once the window has passed, the same 410 is proof: the $disconnect path runs.
+    fake_clock.advance(1)
+    broadcast_to_agent(
+        world.agent_id, {"n": 2}, client=management.client, on_gone=wiring.gone_handler()
+    )
+    assert connections.get_connection(only) is None
+    assert not presence_of(world).routing_on

@@ -11,6 +11,7 @@ import pytest
 from agent_channel.presence.dynamodb import DynamoPresenceStore
 from agent_channel.presence.model import Lease, Presence
 from agent_channel.storage import schema
+from agent_channel_dev.instruments.request_counter import counting_requests
 from tests.support.clock import FakeClock
 from tests.support.gateway import function
 from tests.support.interleave import (
@@ -181,6 +182,39 @@ def subscribe_reaps_while_the_stale_sibling_heartbeats(
     return actors, check
 
 
+def _beside_a_crashed_lease(world: PresenceWorld) -> None:
+    """Sessions a and b about to leave, c crashed without a $disconnect, d staying."""
+    for name in ("a", "b", "c", "d"):
+        world.open(name, session_id=f"s{name}")
+    world.make_stale("c")
+
+
+def _deletes(run: Run, actor: str) -> int:
+    return sum(1 for who, op in run.trace if who == actor and op == "DeleteItem")
+
+
+def sibling_disconnects_leave_the_reap_to_the_sweep(world: PresenceWorld) -> tuple[list, Callable]:
+    """One reaper per stale lease: siblings leaving together never race for the
+    crashed lease; the next sweep reaps it, once, and schedules its session's grace."""
+    _beside_a_crashed_lease(world)
+    actors = [("dis_a", world.disconnect("a")), ("dis_b", world.disconnect("b"))]
+
+    def check(world: PresenceWorld, run: Run) -> None:
+        for name in ("dis_a", "dis_b"):
+            assert _deletes(run, name) == 1, f"{name} deleted more than its own lease: {run.trace}"
+        assert {lease.connection_id for lease in world.presence().leases} == {"c=", "d="}
+        with counting_requests() as sweep:
+            world.sweep()()
+        assert sweep.by_operation("dynamodb")["DeleteItem"] == 1, "the sweep reaps c, once"
+        graces = sweep.by_operation("scheduler")
+        assert graces["CreateSchedule"] + graces["UpdateSchedule"] == 1, "c's session grace"
+        presence = world.presence()
+        assert presence.routing_on
+        assert [lease.connection_id for lease in presence.leases] == ["d="]
+
+    return actors, check
+
+
 def subscribe_reaps_while_the_stale_sibling_disconnects(
     world: PresenceWorld,
 ) -> tuple[list, Callable]:
@@ -199,6 +233,20 @@ def subscribe_reaps_while_the_stale_sibling_disconnects(
     return actors, check
 
 
+def sweep_races_a_sibling_disconnect(world: PresenceWorld) -> tuple[list, Callable]:
+    _beside_a_crashed_lease(world)
+    actors = [("dis_a", world.disconnect("a")), ("sweep", world.sweep())]
+
+    def check(world: PresenceWorld, run: Run) -> None:
+        assert _deletes(run, "dis_a") == 1, f"the disconnect reaped: {run.trace}"
+        assert _deletes(run, "sweep") == 1, f"the sweep reaps c once: {run.trace}"
+        presence = world.presence()
+        assert presence.routing_on
+        assert {lease.connection_id for lease in presence.leases} == {"b=", "d="}
+
+    return actors, check
+
+
 SMALL_SCENARIOS = [
     two_disconnects,
     disconnect_heartbeat_and_sweep,
@@ -208,6 +256,8 @@ SMALL_SCENARIOS = [
     sweep_races_disconnect_of_stale_lease,
     subscribe_reaps_while_the_stale_sibling_heartbeats,
     subscribe_reaps_while_the_stale_sibling_disconnects,
+    sibling_disconnects_leave_the_reap_to_the_sweep,
+    sweep_races_a_sibling_disconnect,
 ]
 
 

@@ -33,7 +33,6 @@ from tests.support.interleave import (
 from tests.support.presence_world import PresenceWorld, fresh_world
 
 tasks = DynamoTaskStore()
-CLOSE = ("DeleteConnection",)
 
 
 @pytest.fixture(autouse=True)
@@ -41,14 +40,27 @@ def one_sweep_shard(monkeypatch: pytest.MonkeyPatch, fake_clock: FakeClock) -> N
     monkeypatch.setattr(schema, "ROUTED_SHARDS", 1)
 
 
+CLOSED: list[str] = []
+"""Connection ids the unregister closed (DELETE @connections), in this run."""
+
+
+def _record_close(params: dict[str, Any], **_: Any) -> None:
+    CLOSED.append(params["ConnectionId"])
+
+
 @cache
 def _management() -> Any:
-    # moto's @connections (it answers any connection id); the harness records calls.
-    return boto3.client("apigatewaymanagementapi", endpoint_url=settings().callback_url)
+    # moto's @connections (it answers any connection id). Its requests are steps of
+    # the interleaving; the closes are recorded here, with the connection they name.
+    client = boto3.client("apigatewaymanagementapi", endpoint_url=settings().callback_url)
+    client.meta.events.register(
+        "provide-client-params.apigatewaymanagementapi.DeleteConnection", _record_close
+    )
+    return client
 
 
 def unregister(world: PresenceWorld) -> Callable[[], Any]:
-    context = commands.CommandContext(management_factory=_management)
+    context = commands.CommandContext(management_factory=_management, closer_factory=_management)
     command = {"op": "unregister_agent", "agent_id": world.agent_id}
     return lambda: commands.execute(command, context)
 
@@ -70,7 +82,7 @@ def check_closed(world: PresenceWorld, run: Run) -> None:
     assert not presence.routing_on, f"routing on after unregister: {presence}"
     assert presence.leases == (), f"a lease outlived the unregister: {presence}"
     assert stream_connections(agent_stream(world.agent_id)) == [], "a socket left on the stream"
-    closed = {params["ConnectionId"] for params in run.calls("apigatewaymanagementapi", CLOSE)}
+    closed = set(CLOSED)
     for name, connection_id in world.connections.items():
         status = run.results.get(f"sub_{name}")
         if status == 200:
@@ -98,6 +110,7 @@ def unregister_races_a_second_connect(world: PresenceWorld) -> tuple[list, Calla
 
 
 def run_scenario(scenario: Callable, clock: FakeClock, choose: Chooser) -> Run:
+    CLOSED.clear()
     with fresh_world(clock) as world:
         actors, check = scenario(world)
         run = run_once(actors, choose)

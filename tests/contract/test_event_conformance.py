@@ -24,6 +24,9 @@ API_GATEWAY_SAMPLES = [
     "replay_permissions.json",
     "default.json",
     "disconnect.json",
+    "ack.json",
+    "resume.json",
+    "resync.json",
 ]
 
 

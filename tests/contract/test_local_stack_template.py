@@ -45,6 +45,9 @@ def test_routes_and_the_authorizer_come_from_the_template() -> None:
         "heartbeat": "heartbeat",
         "replay_permissions": "replay",
         "$default": "default",
+        "resume": "stream",
+        "resync": "stream",
+        "ack": "stream",
     }
     assert stack_template.authorizer_function() == "authorize"
     assert set(stack_template.functions().values()) >= {"sweeper", "cancel_offline", "backend"}

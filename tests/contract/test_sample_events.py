@@ -79,6 +79,10 @@ EVENT_FUNCTIONS = {
     "backend_decide_permission.json": "backend",
     "backend_dispatch.json": "backend",
     "backend_unregister_agent.json": "backend",
+    "ack.json": "stream",
+    "resume.json": "stream",
+    "resync.json": "stream",
+    "redeliver.json": "redeliver",
 }
 
 
@@ -567,6 +571,8 @@ def test_replay_event_removes_a_gone_sibling_as_disconnect_would(sample: Sample)
         decided_by=7,
     )
     sample.recorder.gone.add("Gone9cOFvHcCIhw=")
+    # Open longer than the connect window: a 410 now proves the socket gone.
+    sample.clock.advance(settings().connect_window_seconds)
     assert sample.run("replay_permissions.json")["statusCode"] == 200
     presence = sample.presence()
     assert presence.routing_on
@@ -642,15 +648,17 @@ def test_backend_decide_permission_event_records_and_pushes(sample: Sample) -> N
     sample.run("connect.json")
     result = sample.run("backend_decide_permission.json")
     assert result["ok"] is True
-    assert sample.posted() == [
-        {
-            "type": "permission_decision",
-            "request_id": "perm-3",
-            "behavior": "allow",
-            "agent_id": 42,
-            "decided_by": 7,
-        }
-    ]
+    (pushed,) = sample.posted()
+    # Numbered in the agent stream's history: the first message of the stream.
+    assert pushed.pop("epoch")
+    assert pushed == {
+        "type": "permission_decision",
+        "request_id": "perm-3",
+        "behavior": "allow",
+        "agent_id": 42,
+        "decided_by": 7,
+        "seq": 1,
+    }
 
 
 def test_backend_unregister_agent_event_closes_the_agent(sample: Sample) -> None:
@@ -688,6 +696,58 @@ def test_backend_dispatch_event_delegates_to_the_routed_agent(sample: Sample) ->
     assert message["type"] == "dispatch"
     assert message["task_id"] == DISPATCH_TASK_ID
     assert message["comment"]["content"] == "Please summarise the design review."
+
+
+def _dispatch_sample_task(sample: Sample) -> None:
+    sample.run("connect.json")
+    now = clock.now()
+    pk, sk = schema.task_key(DISPATCH_TASK_ID)
+    TaskRecord(
+        pk,
+        sk,
+        task_id=DISPATCH_TASK_ID,
+        topic_id=sample.other_topic_id,
+        agent_id=AGENT_ID,
+        status=Status.RUNNING.value,
+        content="Please summarise the design review.",
+        created_at=now,
+        updated_at=now,
+        gsi1pk=schema.task_status_index(AGENT_ID, Status.RUNNING.value),
+        gsi1sk=schema.task_status_sort(sample.other_topic_id, DISPATCH_TASK_ID),
+    ).save()
+    assert sample.run("backend_dispatch.json")["ok"] is True
+
+
+def test_ack_event_acknowledges_the_dispatch(sample: Sample) -> None:
+    _dispatch_sample_task(sample)
+    assert sample.run("ack.json")["statusCode"] == 200
+    assert sample.posted()[-1] == {"type": "acked", "task_id": DISPATCH_TASK_ID, "generation": 1}
+    task = tasks.get(DISPATCH_TASK_ID)
+    assert task is not None and task.acknowledged
+
+
+def test_resume_event_of_another_epoch_answers_a_history_gap(sample: Sample) -> None:
+    _dispatch_sample_task(sample)
+    assert sample.run("resume.json")["statusCode"] == 200
+    assert sample.posted()[-1] == {"type": "history_gap", "after": 1, "epoch": "5e1f2a3b"}
+
+
+def test_resync_event_sends_the_delegated_tasks_and_the_offset(sample: Sample) -> None:
+    _dispatch_sample_task(sample)
+    assert sample.run("resync.json")["statusCode"] == 200
+    *dispatches, answer = sample.posted()[1:]
+    assert [m["task_id"] for m in dispatches] == [DISPATCH_TASK_ID]
+    assert answer["type"] == "resynced" and answer["seq"] == 1
+    assert answer["task_ids"] == [DISPATCH_TASK_ID]
+
+
+def test_redeliver_event_sends_an_unacknowledged_dispatch_again(sample: Sample) -> None:
+    _dispatch_sample_task(sample)
+    sample.clock.advance(settings().redelivery_seconds)
+    assert sample.run("heartbeat.json")["statusCode"] == 200
+    assert sample.run("redeliver.json") == {"redelivered": 1, "given_up": 0}
+    again = sample.posted()[-1]
+    assert again["task_id"] == DISPATCH_TASK_ID and again["redelivery"] == 1
 
 
 def test_the_iam_check_refuses_what_a_policy_does_not_grant() -> None:

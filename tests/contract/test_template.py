@@ -44,6 +44,8 @@ FUNCTION_IDS = {
     "sweeper": "SweeperFunction",
     "cancel_offline": "CancelOfflineFunction",
     "backend": "BackendFunction",
+    "stream": "StreamFunction",
+    "redeliver": "RedeliveryFunction",
 }
 """Folder -> logical id, as docs/ARCHITECTURE.md lists them."""
 
@@ -53,6 +55,9 @@ ROUTES = {
     "heartbeat": "heartbeat",
     "replay_permissions": "replay",
     "$default": "default",
+    "resume": "stream",
+    "resync": "stream",
+    "ack": "stream",
 }
 
 # What each function calls, as (IAM action, resource) with symbolic resources:
@@ -93,7 +98,21 @@ CALLS: dict[str, set[tuple[str, str]]] = {
         ("execute-api:ManageConnections", "connections"),
     },
     "default": {("execute-api:ManageConnections", "connections")},
-    "sweeper": DISCONNECT_PATH | {("dynamodb:Query", "index:gsi1")},
+    "sweeper": DISCONNECT_PATH
+    | {("dynamodb:Query", "index:gsi1"), ("lambda:InvokeFunction", "sweeper-itself")},
+    "redeliver": GONE_PATH
+    | {
+        ("dynamodb:Query", "index:gsi1"),
+        ("execute-api:ManageConnections", "connections"),
+        ("events:PutEvents", "bus"),
+    },
+    "stream": {
+        ("dynamodb:GetItem", "table"),
+        ("dynamodb:Query", "table"),
+        ("dynamodb:Query", "index:gsi1"),
+        ("dynamodb:UpdateItem", "table"),
+        ("execute-api:ManageConnections", "connections"),
+    },
     "cancel_offline": {
         ("dynamodb:ConditionCheckItem", "table"),
         ("dynamodb:DeleteItem", "table"),
@@ -135,6 +154,7 @@ CALL_MARKERS = {
     "iam:PassRole": r"\"RoleArn\"",
     "events:PutEvents": r"\.put_events\(",
     "execute-api:ManageConnections": r"\.post_to_connection\(|\.delete_connection\(",
+    "lambda:InvokeFunction": r"\.invoke\(\s*FunctionName=",
 }
 INDEX_QUERY_MARKER = r"\.gsi1\.query\("
 
@@ -156,7 +176,17 @@ NEEDED_FOR = {
     "execute-api:ManageConnections": {"CALLBACK_URL"},
     "events:PutEvents": {"EVENT_BUS_NAME"},
 }
-OPTIONAL = {"MAX_REPLAY_IDS", "FANOUT_WORKERS", "POSTS_PER_SECOND"}
+OPTIONAL = {
+    "MAX_REPLAY_IDS",
+    "FANOUT_WORKERS",
+    "POSTS_PER_SECOND",
+    "CONNECT_WINDOW_SECONDS",
+    "HISTORY_RETENTION_SECONDS",
+    "REDELIVERY_SECONDS",
+    "MAX_DELIVERY_ATTEMPTS",
+    "SWEEP_WORKERS",
+    "AWS_ENDPOINT_URL",
+}
 SET_BY_LAMBDA = {
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
@@ -177,6 +207,9 @@ ENV_VALUES: dict[str, Any] = {
     "CANCEL_OFFLINE_FUNCTION_ARN": {"Fn::GetAtt": ["CancelOfflineFunction", "Arn"]},
     "GRACE_DLQ_ARN": {"Fn::GetAtt": ["GraceDeadLetterQueue", "Arn"]},
     "EVENT_BUS_NAME": {"Ref": "TaskEventBus"},
+    "HISTORY_RETENTION_SECONDS": {"Ref": "HistoryRetentionSeconds"},
+    "REDELIVERY_SECONDS": {"Ref": "RedeliverySeconds"},
+    "SWEEP_WORKERS": {"Ref": "SweepWorkers"},
     "CALLBACK_URL": {
         "Fn::Sub": "https://${WebSocketApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/${StageName}"
     },
@@ -277,6 +310,12 @@ SYMBOLIC_RESOURCES = {
     ): "connections-delete",
     json.dumps({"Fn::GetAtt": ["TaskEventBus", "Arn"]}): "bus",
     json.dumps({"Fn::GetAtt": ["GraceDeadLetterQueue", "Arn"]}): "dead-letter-queue",
+    json.dumps(
+        {
+            "Fn::Sub": "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}"
+            ":function:${AWS::StackName}-sweeper"
+        }
+    ): "sweeper-itself",
 }
 
 
@@ -493,10 +532,12 @@ def test_websocket_api_stage_and_integrations() -> None:
         integration = properties(integration_id)
         assert integration["IntegrationType"] == "AWS_PROXY"
         folder = ROUTES[props["RouteKey"]]
+        # One permission per route (a function serving several routes has one each).
         invoked = [
             p["Properties"]
             for p in permissions.values()
             if p["Properties"]["FunctionName"] == {"Ref": FUNCTION_IDS[folder]}
+            and p["Properties"]["SourceArn"]["Fn::Sub"].endswith(f"/*/{props['RouteKey']}")
         ]
         assert len(invoked) == 1, f"{folder}: one Lambda permission for API Gateway"
         assert invoked[0]["Principal"] == "apigateway.amazonaws.com"
@@ -555,7 +596,7 @@ def test_parameters_default_to_the_design_constants(monkeypatch: pytest.MonkeyPa
         monkeypatch.delenv(name, raising=False)
     defaults = config.Settings.from_env()
     parameters = translated()["Parameters"]
-    assert parameters["HeartbeatSeconds"]["Default"] == defaults.heartbeat_seconds == 15
+    assert parameters["HeartbeatSeconds"]["Default"] == defaults.heartbeat_seconds == 30
     assert parameters["StaleAfterSeconds"]["Default"] == defaults.stale_after_seconds == 45
     assert parameters["GraceSeconds"]["Default"] == defaults.grace_seconds == 30
     assert parameters["LogLevel"]["Default"] == "INFO"
@@ -688,13 +729,14 @@ def test_the_scheduler_role_can_invoke_only_cancel_offline() -> None:
 def test_the_grace_group_and_the_sweeper_schedule() -> None:
     (group,) = of_type("AWS::Scheduler::ScheduleGroup")
     assert group == "GraceScheduleGroup"
-    (schedule,) = of_type("AWS::Scheduler::Schedule").values()
-    props = schedule["Properties"]
-    assert props["ScheduleExpression"] == "rate(1 minute)"
-    assert props["Target"]["Arn"] == {"Fn::GetAtt": ["SweeperFunction", "Arn"]}
-    # The sweeper's own schedule lives outside the grace group, so the grace
-    # functions' scheduler permissions never reach it.
-    assert "GroupName" not in props
+    schedules = [s["Properties"] for s in of_type("AWS::Scheduler::Schedule").values()]
+    targets = {props["Target"]["Arn"]["Fn::GetAtt"][0] for props in schedules}
+    assert targets == {"SweeperFunction", "RedeliveryFunction"}
+    for props in schedules:
+        assert props["ScheduleExpression"] == "rate(1 minute)"
+        # The rate schedules live outside the grace group, so the grace functions'
+        # scheduler permissions never reach them.
+        assert "GroupName" not in props
 
 
 def test_samconfig_has_sane_defaults() -> None:

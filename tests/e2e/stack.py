@@ -159,7 +159,7 @@ class DevServer:
         return int(self.process.returncode)
 
 
-def start_dev_server(*extra: str) -> DevServer:
+def start_dev_server(*extra: str, environment: dict[str, str] | None = None) -> DevServer:
     process = subprocess.Popen(
         command_line(
             "dev",
@@ -178,7 +178,7 @@ def start_dev_server(*extra: str) -> DevServer:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=clean_environment(),
+        env=clean_environment(**(environment or {})),
     )
     output = LineReader(process.stdout)
     try:

@@ -470,6 +470,8 @@ def test_gone_and_broken_sockets_lose_no_decision(
     broken = connect_agent(gateway, sink, world, "broken=", session_id="s2")
     healthy = connect_agent(gateway, sink, world, "ok=", session_id="s3")
     sink.hang_up(gone)
+    # Open longer than the connect window: now a 410 proves the socket gone.
+    fake_clock.advance(settings().connect_window_seconds)
     sink.break_connection(broken)
 
     answer = backend(
@@ -525,6 +527,8 @@ def test_a_gone_last_socket_during_dispatch_leads_to_the_grace(
     only = connect_agent(gateway, sink, world, "only=")
     task = tasks.start(tasks.create(topic_id=world.topic_id, agent_id=world.agent_id, content="x"))
     sink.hang_up(only)
+    # Open longer than the connect window: now a 410 proves the socket gone.
+    fake_clock.advance(settings().connect_window_seconds)
 
     answer = backend({"op": "dispatch", "task_id": int(task.task_id)})
 

@@ -45,8 +45,20 @@ def _query_partition(params: dict[str, Any]) -> str:
     return EVERYTHING
 
 
+def connection_resource(connection_id: str) -> str:
+    """What a post to a connection and its handshake both touch."""
+    return f"@connections/{connection_id}"
+
+
 def footprint(operation: str, params: dict[str, Any]) -> Footprint:
     partitions: set[str] = set()
+    if "_resources" in params:
+        # A harness checkpoint: it changes the named resources.
+        return Footprint(frozenset(params["_resources"]), True)
+    if operation in ("PostToConnection", "DeleteConnection", "GetConnection"):
+        partitions.add(connection_resource(str(params.get("ConnectionId", EVERYTHING))))
+        # A post changes what the socket (and so its answer to the next post) is.
+        return Footprint(frozenset(partitions), True)
     if operation in ("GetItem", "DeleteItem", "UpdateItem"):
         partitions.add(_pk(params.get("Key")))
     elif operation == "PutItem":

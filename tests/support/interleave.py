@@ -1,7 +1,9 @@
 """Run handlers "at once", as many Lambda instances would, one storage call at a time.
 
 Each actor runs in its own thread. Every DynamoDB request an actor makes (through
-any botocore client: PynamoDB's or boto3's) first pauses the actor; a controller
+any botocore client: PynamoDB's or boto3's), every post to ``@connections``, and
+every ``checkpoint`` it passes (a step outside AWS, such as API Gateway completing
+a handshake) first pauses the actor; a controller
 then lets exactly one paused actor proceed to its next DynamoDB request. So an
 interleaving is a sequence of choices of which actor goes next, and every
 sequence can be replayed.
@@ -140,6 +142,20 @@ class Controller:
         return Run(self.trace, {a.name: a.result for a in self.actors}, self.other_calls)
 
 
+INTERLEAVED_SERVICES = ("dynamodb", "apigatewaymanagementapi")
+"""Requests that are steps of an interleaving; other services' calls are recorded."""
+
+
+def checkpoint(operation: str, *resources: str) -> None:
+    """A step of the current actor that is not an AWS request (API Gateway finishing
+    a handshake, say): it pauses here like a request, and conflicts with requests
+    that touch the same ``resources`` (a connection's ``@connections/<id>``)."""
+    actor: _Actor | None = getattr(_current, "actor", None)
+    controller: Controller | None = getattr(_current, "controller", None)
+    if actor is not None and controller is not None:
+        controller.pause(actor, operation, {"_resources": list(resources)})
+
+
 def _intercept(
     client: botocore.client.BaseClient, operation: str, params: dict[str, Any], call: ApiCall
 ) -> Any:
@@ -147,7 +163,7 @@ def _intercept(
     controller: Controller | None = getattr(_current, "controller", None)
     service = service_of(client)
     if actor is not None and controller is not None:
-        if service == "dynamodb":
+        if service in INTERLEAVED_SERVICES:
             controller.pause(actor, operation, params)
         else:
             with controller.lock:

@@ -43,7 +43,13 @@ MOTO_CONFIG: DefaultConfig = {
     }
 }
 
-ROUTE_MODULES = ("functions.replay.app", "functions.default.app", "functions.backend.app")
+ROUTE_MODULES = (
+    "functions.replay.app",
+    "functions.default.app",
+    "functions.backend.app",
+    "functions.stream.app",
+    "functions.redeliver.app",
+)
 
 
 @pytest.fixture

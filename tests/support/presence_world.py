@@ -29,6 +29,7 @@ class PresenceWorld:
         self.clock = clock
         self.gateway = Gateway()
         owner = accounts.create_user("owner")
+        self.owner_id = owner.user_id
         self.token = accounts.issue_token(owner.user_id)
         self.agent_id = accounts.create_agent("agent", owner.user_id, CHANNEL_AGENT_MODEL).user_id
         self.connections: dict[str, str] = {}

@@ -60,7 +60,7 @@ class DevOptions:
     parameters: dict[str, str] = field(default_factory=dict)
     """Template parameter overrides; they win over the flags below."""
     stack_name: str = DEFAULT_STACK_NAME
-    heartbeat_seconds: int = 15
+    heartbeat_seconds: int = 30
     stale_after_seconds: int = 45
     grace_seconds: int = 30
     log_level: str = "WARNING"

@@ -37,6 +37,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from agent_channel_dev.local import apigw_events, frames
 from agent_channel_dev.local.apigw_events import Upgrade
+from agent_channel_dev.local.faults import Faults
 from agent_channel_dev.local.sam_app import WebSocketApi
 
 CONNECT = "$connect"
@@ -126,11 +127,19 @@ class LiveSocket:
 class Gateway:
     """The WebSocket side of the local stack; implements ConnectionSink."""
 
-    def __init__(self, api: WebSocketApi, functions: Invoker, options: GatewayOptions) -> None:
+    def __init__(
+        self,
+        api: WebSocketApi,
+        functions: Invoker,
+        options: GatewayOptions,
+        faults: Faults | None = None,
+    ) -> None:
         self._api = api
         self._functions = functions
         self._options = options
         self._sockets: dict[str, LiveSocket] = {}
+        self._faults = faults
+        self._chaos: asyncio.Task[None] | None = None
         self.before_route: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
         """A hook run before each route invocation (fault injection plugs in here)."""
 
@@ -141,6 +150,8 @@ class Gateway:
     def mount(self, app: web.Application) -> None:
         app.router.add_get(f"/{self._api.stage}", self.handle_socket)
         app.on_shutdown.append(self._close_all)
+        if self._faults is not None and (self._faults.crash or self._faults.close):
+            app.on_startup.append(self._start_chaos)
 
     # -- ConnectionSink -------------------------------------------------------
 
@@ -148,6 +159,8 @@ class Gateway:
         live = self._sockets.get(connection_id)
         if live is None or live.ws.closed or live.transport.is_closing():
             return False
+        if self._faults is not None and self._faults.drop_post():
+            return True  # a half-open socket: 200, and nothing arrives
         try:
             data.decode("utf-8")
             opcode = frames.OP_TEXT
@@ -217,6 +230,9 @@ class Gateway:
         transport = request.transport
         assert transport is not None
         live = LiveSocket(connection_id, ws, transport, context, upgrade, connected_at)
+        if self._faults is not None and self._faults.handshake:
+            # A slow handshake: posts until now answer 410, as on AWS before the 101.
+            await asyncio.sleep(self._faults.handshake)
         # Registered before the upgrade completes, so a post in the same instant as
         # the 101 finds the socket (API Gateway accepts posts right after $connect).
         self._sockets[connection_id] = live
@@ -415,7 +431,27 @@ class Gateway:
             await self.before_route(route, event)
         return await self._functions.invoke(function, event)
 
+    async def _start_chaos(self, app: web.Application) -> None:
+        self._chaos = asyncio.create_task(self._chaos_loop())
+
+    async def _chaos_loop(self) -> None:
+        """Fault switches ``crash`` and ``close``: once a second, maybe end a socket."""
+        assert self._faults is not None
+        while True:
+            await asyncio.sleep(1.0)
+            chosen = self._faults.victim(list(self._sockets))
+            live = self._sockets.get(chosen[0]) if chosen else None
+            if chosen is None or live is None:
+                continue
+            with contextlib.suppress(Exception):
+                if chosen[1]:
+                    live.transport.abort()  # a crash: cut, no close frame
+                else:
+                    await self._close(live, GOING_AWAY, "Going away")
+
     async def _close_all(self, app: web.Application) -> None:
+        if self._chaos is not None:
+            self._chaos.cancel()
         for live in list(self._sockets.values()):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(

@@ -15,7 +15,7 @@ from typing import Any
 import boto3
 from aiohttp import web
 
-from agent_channel_dev.local import sigv4
+from agent_channel_dev.local import faults, sigv4
 from agent_channel_dev.local.connections_api import Signing, add_connection_routes
 from agent_channel_dev.local.gateway import Gateway, GatewayOptions
 from agent_channel_dev.local.sam_app import SamApp
@@ -88,7 +88,7 @@ class LocalStack:
             local_origin=local_origin,
             max_concurrency=max_concurrency,
         )
-        gateway = Gateway(app.api, functions, options)
+        gateway = Gateway(app.api, functions, options, faults.from_environment())
 
         async def invoke_target(name: str, event: Any) -> Any:
             return await functions.invoke(app.function_by_name(name).logical_id, event)

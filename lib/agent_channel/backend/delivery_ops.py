@@ -30,6 +30,7 @@ def _dispatch(args: Args, context: CommandContext) -> dict[str, Any]:
         on_gone=context.on_gone(),
         comment_fields=comment,
         pending_tool_call=pending_tool_call,
+        history=context.history(),
     )
     return {
         "task_id": task_id,
@@ -65,6 +66,7 @@ def _decide(args: Args, context: CommandContext) -> dict[str, Any]:
         reason=args.optional_string("reason", max_length=decisions.MAX_REASON_LENGTH),
         client=context.management(),
         on_gone=context.on_gone(),
+        history=context.history(),
     )
     record = decided.record
     return {
@@ -81,7 +83,10 @@ def _decide(args: Args, context: CommandContext) -> dict[str, Any]:
 @op("claim_reply", "complete a delegated task with its agent's reply (at most once)")
 def _claim_reply(args: Args, context: CommandContext) -> dict[str, Any]:
     task = dispatch.claim_reply(
-        context.tasks(), args.integer("task_id"), agent_id=args.optional_integer("agent_id")
+        context.tasks(),
+        args.integer("task_id"),
+        agent_id=args.optional_integer("agent_id"),
+        generation=args.optional_integer("generation"),
     )
     return {"task_id": task.task_id, "status": task.status.value}
 

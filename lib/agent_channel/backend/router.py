@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from agent_channel.delivery.decision_store import DecisionStore
     from agent_channel.delivery.fanout import ConnectionPoster, GoneHandler
+    from agent_channel.delivery.history import History
     from agent_channel.grace.scheduler import GraceScheduler
     from agent_channel.presence.store import PresenceStore
     from agent_channel.tasks.events import TaskEvents
@@ -164,6 +165,7 @@ class CommandContext:
         default=lambda: _wiring().grace_scheduler()
     )
     events_factory: Callable[[], TaskEvents] = field(default=lambda: _wiring().task_events())
+    history_factory: Callable[[], History] = field(default=lambda: _wiring().history())
 
     def management(self) -> ConnectionPoster:
         return self.management_factory()
@@ -189,6 +191,9 @@ class CommandContext:
 
     def events(self) -> TaskEvents:
         return self.events_factory()
+
+    def history(self) -> History:
+        return self.history_factory()
 
 
 Handler = Callable[[Args, CommandContext], dict[str, Any]]

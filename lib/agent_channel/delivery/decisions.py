@@ -24,6 +24,7 @@ from agent_channel.delivery.decision_store import (
     ReplayRefused,
 )
 from agent_channel.delivery.fanout import BroadcastResult, GoneHandler
+from agent_channel.delivery.history import History, publish
 from agent_channel.delivery.members import stream_connections
 from agent_channel.delivery.streams import agent_stream
 from agent_channel.identity.caller import Caller, Target
@@ -155,11 +156,13 @@ def decide(
     client: ConnectionPoster,
     on_gone: GoneHandler | None,
     reason: str | None = None,
+    history: History | None = None,
 ) -> Decided:
-    """Record the decision (first wins), then push it to every session of the agent.
+    """Record the decision (first wins), then push it to every session of the agent,
+    numbered in the agent stream's ``history`` when one is given.
 
     With no socket open the push reaches nobody; the decision stays recorded and
-    the plugin's next replay delivers it.
+    the plugin's next resume (or replay) delivers it.
     """
     record = record_decision(
         store,
@@ -171,9 +174,14 @@ def decide(
     )
     stream = agent_stream(agent_id)
     try:
-        result = broadcast_to_stream(
-            stream, decision_message(record), client=client, on_gone=on_gone
-        )
+        if history is not None:
+            result = publish(
+                history, agent_id, decision_message(record), client=client, on_gone=on_gone
+            ).result
+        else:
+            result = broadcast_to_stream(
+                stream, decision_message(record), client=client, on_gone=on_gone
+            )
     except Exception:
         # The decision is recorded, which is what counts: the push is a courtesy
         # that the plugin's next replay makes good. Don't report a failure that

@@ -7,25 +7,36 @@ legacy listeners). ``session_topic`` in the message is the topic's
 ``session_id`` when the topic is private to one session of the agent, else
 null: the session it names is the one that should take the work.
 
-Claiming the reply: ``delegated -> done`` at most once. A refusal says why, with
-the task's status: ``reply_duplicate`` (already done: drop the copy) or
-``reply_not_delegated`` (taken away, e.g. by a grace cancellation: the reply may be
-the only copy of an answer, keep it or route it elsewhere).
+Every dispatch carries a generation (how many times the task was delegated) and,
+once kept in the agent stream's history, its ``seq`` and ``epoch``. The delegate
+transition records the generation, the message and when to redeliver it unless
+a session acknowledges it (``delivery.acks``, ``delivery.redelivery``).
+
+Claiming the reply: ``delegated -> done`` at most once; a reply naming an older
+generation than the task's is refused (fencing), so it can never complete newer
+work. A refusal says why, with the task's status: ``reply_duplicate`` (already
+done: drop the copy) or ``reply_not_delegated`` (taken away, e.g. by a grace
+cancellation: the reply may be the only copy of an answer, keep it or route it
+elsewhere).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from agent_channel import clock
 from agent_channel.delivery.broadcast import broadcast_to_stream
 from agent_channel.delivery.fanout import BroadcastResult, GoneHandler, encode_checked
+from agent_channel.delivery.history import MAX_EPOCH_LENGTH, MAX_SEQ, History, stamp
 from agent_channel.delivery.members import stream_connections
+from agent_channel.delivery.redelivery import first_redelivery
 from agent_channel.delivery.streams import agent_stream, topic_stream
 from agent_channel.errors import Refusal
 from agent_channel.observability import logger
-from agent_channel.tasks.model import Status, Task, TransitionRefused
+from agent_channel.tasks.model import DeliveryPlan, Status, Task, TransitionRefused
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -85,6 +96,10 @@ class ReplyConflict(ReplyRefused):
     code = "reply_conflict"
 
 
+class StaleGeneration(DispatchError):
+    code = "stale_generation"
+
+
 @dataclass(frozen=True)
 class Comment:
     """The comment that carries the work, as the plugin shows it to the agent."""
@@ -116,11 +131,14 @@ def iso8601(moment: float) -> str:
     return datetime.fromtimestamp(moment, tz=UTC).isoformat(timespec="seconds")
 
 
-def dispatch_message(task: Task, comment: Comment, session_topic: str | None) -> dict[str, Any]:
+def dispatch_message(
+    task: Task, comment: Comment, session_topic: str | None, generation: int = 1
+) -> dict[str, Any]:
     return {
         "type": "dispatch",
         "agent_id": task.agent_id,
         "task_id": task.task_id,
+        "generation": generation,
         "session_topic": session_topic,
         "comment": comment.as_dict(),
     }
@@ -155,6 +173,7 @@ def dispatch(
     on_gone: GoneHandler | None,
     comment_fields: Mapping[str, Any] | None = None,
     pending_tool_call: str | None = None,
+    history: History | None = None,
 ) -> Dispatched:
     """Hand a running task to its channel agent and tell both streams.
 
@@ -180,18 +199,29 @@ def dispatch(
         comment = replace(comment, **comment_fields)
     if comment.topic_id != task.topic_id:
         raise InvalidComment(f"the comment belongs to topic {comment.topic_id}, not the task's")
-    message = dispatch_message(task, comment, context.session_topic)
+    generation = task.generation + 1
+    message = dispatch_message(task, comment, context.session_topic, generation)
     # Everything that can fail is done before the transition (the size check, the
     # reads of both streams' members), so a task never ends delegated with its
     # message unsent for a reason we could have seen; after it, posting reports
     # per connection and never raises.
-    encode_checked(message)
+    # The size check counts the seq and epoch the history will add.
+    encode_checked({**message, "seq": MAX_SEQ, "epoch": "x" * MAX_EPOCH_LENGTH})
     agent_members = stream_connections(agent_stream(task.agent_id))
     topic_members = stream_connections(topic_stream(task.topic_id))
+    plan = DeliveryPlan(
+        generation=generation,
+        message=json.dumps(message, separators=(",", ":"), ensure_ascii=False),
+        next_delivery_at=first_redelivery(clock.now()),
+    )
     try:
-        delegated = tasks.delegate(task, pending_tool_call)
+        delegated = tasks.delegate(task, pending_tool_call, delivery=plan)
     except TransitionRefused as error:
         raise InvalidTransition(f"task {task_id} is not running") from error
+    if history is not None:
+        # Numbered after the transition: a task that failed to become delegated
+        # leaves no dispatch in the history for a resume to hand out.
+        message = stamp(history, task.agent_id, message)
     to_agent = broadcast_to_stream(
         agent_stream(task.agent_id),
         message,
@@ -217,20 +247,35 @@ def dispatch(
     return Dispatched(delegated, message, to_agent, to_topic)
 
 
-def claim_reply(tasks: TaskStore, task_id: int, *, agent_id: int | None = None) -> Task:
+def claim_reply(
+    tasks: TaskStore,
+    task_id: int,
+    *,
+    agent_id: int | None = None,
+    generation: int | None = None,
+) -> Task:
     """delegated -> done, at most once (clears the pending tool call, frees the slot).
 
     ``agent_id``, when given, must be the task's agent: a reply from another agent
-    does not complete someone else's work.
+    does not complete someone else's work. ``generation``, when given, must be the
+    task's current one: a reply to an older dispatch is refused.
     """
     task = tasks.get(task_id)
     if task is None:
         raise TaskNotFound(f"no task {task_id}")
     if agent_id is not None and task.agent_id != agent_id:
         raise TaskNotFound(f"no task {task_id} for agent {agent_id}")
+    if generation is not None and generation != task.generation:
+        raise StaleGeneration(
+            f"task {task_id} is at generation {task.generation}, not {generation}"
+        )
     try:
-        return tasks.claim_reply(task)
+        return tasks.claim_reply(task, generation=generation)
     except TransitionRefused as error:
+        if generation is not None:
+            current = tasks.get(task_id)
+            if current is not None and current.generation != generation:
+                raise StaleGeneration(f"task {task_id} was dispatched again") from error
         # The status condition is the guard: a second claim, or a grace
         # cancellation that got there first, leaves nothing to claim.
         raise _refusal(task_id, error.current or _status_now(tasks, task_id)) from error

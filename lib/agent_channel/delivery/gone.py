@@ -2,19 +2,29 @@
 
 API Gateway's ``$disconnect`` may be late or never come, so a socket found closed
 by a post is removed at once, exactly as its ``$disconnect`` would remove it.
+
+Posting never destroys state it cannot prove dead. ``$connect`` writes the stream
+membership (and a channel agent's lease) before API Gateway completes the
+handshake, and API Gateway answers 410 to a post made before ``$connect``
+returns. So a 410 for a connection younger than the connect window (longer than
+API Gateway's 29 s integration timeout) proves nothing: the connection is left
+alone. If it really died, its own ``$disconnect`` removes it, and if that never
+comes either, its lease goes stale and the sweeper reaps it.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from agent_channel import clock
 from agent_channel.delivery.members import get_connection
-from agent_channel.observability import logger
+from agent_channel.observability import count, logger
 from agent_channel.presence.rules import Settled, disconnect
 
 if TYPE_CHECKING:
     from agent_channel.config import Settings
     from agent_channel.delivery.fanout import GoneHandler
+    from agent_channel.delivery.members import OpenConnection
     from agent_channel.grace.scheduler import GraceScheduler
     from agent_channel.presence.store import PresenceStore
 
@@ -38,6 +48,14 @@ def forget_gone(
     if record is None:
         store.drop_connection(connection_id, stream)
         return Settled.NOTHING
+    if may_be_in_handshake(record, settings):
+        # Race: a post landing between the connect transaction (membership and
+        # lease visible) and API Gateway completing the handshake answers 410 for a
+        # socket about to open; removing it would leave an open, heartbeating
+        # socket with no lease, no membership and (alone) no routing.
+        count("GoneInHandshake")
+        logger.info("410 within the connect window ignored", extra={"gone": connection_id})
+        return Settled.NOTHING
     outcome = disconnect(
         store,
         scheduler,
@@ -53,6 +71,11 @@ def forget_gone(
         store.drop_connection(connection_id, stream)
     logger.info("gone connection removed", extra={"gone": connection_id, "outcome": outcome.value})
     return outcome
+
+
+def may_be_in_handshake(record: OpenConnection, settings: Settings) -> bool:
+    """True while ``$connect`` may not have returned yet: a 410 then proves nothing."""
+    return clock.now() - record.connected_at < settings.connect_window_seconds
 
 
 def gone_handler(

@@ -23,6 +23,7 @@ class OpenConnection:
     stream: str
     agent_id: int | None
     holds_lease: bool
+    connected_at: float = 0.0
 
 
 def stream_connections(stream: str, *, page_size: int | None = None) -> list[str]:
@@ -61,4 +62,5 @@ def get_connection(connection_id: str) -> OpenConnection | None:
         stream=record.stream,
         agent_id=None if record.agent_id is None else int(record.agent_id),
         holds_lease=bool(record.holds_lease),
+        connected_at=float(record.connected_at or 0),
     )

@@ -20,9 +20,12 @@ from agent_channel.config import settings
 if TYPE_CHECKING:
     from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
     from mypy_boto3_events import EventBridgeClient
+    from mypy_boto3_lambda import LambdaClient
 
+    from agent_channel.delivery.delivery_store import DynamoDeliveryBook
     from agent_channel.delivery.dynamodb import DynamoDecisionStore
     from agent_channel.delivery.fanout import GoneHandler
+    from agent_channel.delivery.history_store import DynamoHistory
     from agent_channel.delivery.poster import ConnectionsPoster
     from agent_channel.grace.dynamodb import DynamoTaskBook
     from agent_channel.grace.eventbridge import EventBridgeGraceScheduler
@@ -104,6 +107,22 @@ def decision_store() -> DynamoDecisionStore:
 
 
 @cache
+def history() -> DynamoHistory:
+    """Every agent stream's numbered, durable history."""
+    from agent_channel.delivery.history_store import DynamoHistory
+
+    return DynamoHistory()
+
+
+@cache
+def delivery_book() -> DynamoDeliveryBook:
+    """Acknowledgements and redeliveries of dispatches."""
+    from agent_channel.delivery.delivery_store import DynamoDeliveryBook
+
+    return DynamoDeliveryBook()
+
+
+@cache
 def gone_handler() -> GoneHandler:
     """What fan-out does with a connection that answered 410: its $disconnect path."""
     from agent_channel.delivery.gone import gone_handler as bind
@@ -139,6 +158,12 @@ def connections_admin(endpoint_url: str | None = None) -> ApiGatewayManagementAp
         endpoint_url=endpoint_url or settings().callback_url,
         config=RETRYING,
     )
+
+
+@cache
+def lambda_client() -> LambdaClient:
+    """What a sweep fans its shard workers out with (asynchronous invokes)."""
+    return boto3.client("lambda", config=RETRYING)
 
 
 @cache

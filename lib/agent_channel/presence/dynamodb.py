@@ -371,9 +371,9 @@ class DynamoPresenceStore:
             if not condition_failed(error):
                 raise
 
-    def routed_agents(self) -> list[int]:
+    def routed_agents(self, shards: Sequence[int] | None = None) -> list[int]:
         agents: list[int] = []
-        for shard in schema.routed_shards():
+        for shard in schema.routed_shards(shards):
             for record in Record.gsi1.query(shard):
                 if isinstance(record, UserRecord):
                     agents.append(int(record.user_id))

@@ -16,6 +16,8 @@ from agent_channel.observability import count, logger
 from agent_channel.presence.store import MAX_STALE_PER_CLEAR, PresenceStore
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from agent_channel.config import Settings
     from agent_channel.presence.model import Lease, Presence, Subscription
 
@@ -143,13 +145,20 @@ def disconnect(
     return settle(store, scheduler, settings, agent_id, dropped=dropped)
 
 
-def sweep(store: PresenceStore, scheduler: GraceScheduler, settings: Settings) -> dict[str, int]:
-    """Settle every routed agent: an agent whose plugins all crashed without a
-    $disconnect becomes unroutable within STALE_AFTER plus one sweep."""
+def sweep(
+    store: PresenceStore,
+    scheduler: GraceScheduler,
+    settings: Settings,
+    shards: Sequence[int] | None = None,
+) -> dict[str, int]:
+    """Settle every routed agent (of the given index shards, or of all): an agent
+    whose plugins all crashed without a $disconnect becomes unroutable within
+    STALE_AFTER plus one sweep. A sweep of all shards also pays owed graces; a
+    shard worker leaves that to the sweep that fanned it out."""
     outcomes: dict[str, int] = {}
-    for cancellation, due_at in store.owed_graces():
-        _pay_owed_grace(store, scheduler, cancellation, due_at)
-    for agent_id in store.routed_agents():
+    if shards is None:
+        pay_owed_graces(store, scheduler)
+    for agent_id in store.routed_agents(shards):
         try:
             outcome = settle(store, scheduler, settings, agent_id, dropped=None)
         except Exception:
@@ -157,6 +166,17 @@ def sweep(store: PresenceStore, scheduler: GraceScheduler, settings: Settings) -
             outcome = Settled.CONFLICT
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
     return outcomes
+
+
+MAX_OWED_GRACES_PER_SWEEP = 400
+"""Owed graces one sweep pays (about 10 s of CreateSchedule calls): after a storm
+that outran Scheduler's quota the debt can be large, and the invocation paying it
+must stay far from its timeout; the rest waits a minute (docs/SCALE.md)."""
+
+
+def pay_owed_graces(store: PresenceStore, scheduler: GraceScheduler) -> None:
+    for cancellation, due_at in store.owed_graces()[:MAX_OWED_GRACES_PER_SWEEP]:
+        _pay_owed_grace(store, scheduler, cancellation, due_at)
 
 
 def _pay_owed_grace(
@@ -197,7 +217,11 @@ def settle(
         stale = presence.stale_leases(cutoff)
         live = presence.live_leases(cutoff)
         if live:
-            reaped = store.reap(stale, cutoff) if stale else []
+            # One reaper per stale lease: beside a live sibling only the sweeper
+            # reaps (dropped is None). Concurrent $disconnects of siblings would
+            # otherwise all race to delete the same stale rows, each failed delete
+            # billed; routing stays on either way, so the reap can wait a sweep.
+            reaped = store.reap(stale, cutoff) if stale and dropped is None else []
             _schedule_sessions(store, scheduler, settings, presence, live, dropped, reaped, now)
             return Settled.SIBLING_REMAINS
         if dropped is None and not presence.routing_on:

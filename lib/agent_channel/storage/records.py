@@ -144,6 +144,15 @@ class TaskRecord(Record, discriminator="task"):
     pending_tool_call = UnicodeAttribute(null=True)
     created_at = NumberAttribute()
     updated_at = NumberAttribute()
+    # At-least-once delivery: how many times the task was delegated (the fencing
+    # generation), the dispatch message as sent, the generation a session
+    # acknowledged, and the redelivery schedule.
+    generation = NumberAttribute(null=True)
+    dispatch_message = UnicodeAttribute(null=True)
+    acked_generation = NumberAttribute(null=True)
+    acked_at = NumberAttribute(null=True)
+    delivery_attempts = NumberAttribute(null=True)
+    next_delivery_at = NumberAttribute(null=True)
 
 
 class DecisionRecord(Record, discriminator="decision"):
@@ -155,6 +164,16 @@ class DecisionRecord(Record, discriminator="decision"):
     decided_at = NumberAttribute()
     decided_by = NumberAttribute()
     reason = UnicodeAttribute(null=True)
+
+
+class HistoryRecord(Record, discriminator="history"):
+    """One message of an agent stream, kept for resume until ``expires_at``."""
+
+    agent_id = NumberAttribute()
+    seq = NumberAttribute()
+    epoch = UnicodeAttribute()
+    body = UnicodeAttribute()
+    created_at = NumberAttribute()
 
 
 class SlotRecord(Record, discriminator="slot"):

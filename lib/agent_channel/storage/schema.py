@@ -14,6 +14,7 @@ The layout puts what one decision needs into one partition:
 | permission decision   | ``DECISION#<agent_id>``    | ``REQ#<request_id>``|
 | held slot             | ``SLOTS#<agent_id>``       | ``TASK#<task_id>``  |
 | id counter            | ``COUNTER#<name>``         | ``COUNTER``         |
+| agent stream history  | ``HISTORY#<agent_id>``     | ``SEQ#<seq 20 digits>``|
 
 An agent's user item and its leases share ``USER#<agent_id>``, so one consistent
 Query reads routing, the presence version and every lease. One sparse GSI
@@ -21,7 +22,7 @@ Query reads routing, the presence version and every lease. One sparse GSI
 
 | gsi1pk                              | gsi1sk                        | finds                   |
 | ----------------------------------- | ----------------------------- | ----------------------- |
-| ``ROUTED#<agent_id mod 16>``        | ``<agent_id>``                | routed agents (sweeper) |
+| ``ROUTED#<agent_id mod 256>``       | ``<agent_id>``                | routed agents (sweeper) |
 | ``GRACE_OWED``                      | ``<agent_id>``                | graces owed (sweeper)   |
 | ``AGENT#<id>#STATUS#<status>``      | ``TOPIC#<topic>#TASK#<task>`` | an agent's tasks        |
 | ``AGENT#<id>#SESSION_TOPICS``       | ``SESSION#<session_id>``      | an agent's session topics |
@@ -37,6 +38,8 @@ from typing import TYPE_CHECKING
 from agent_channel.storage.records import UserRecord
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from pynamodb.expressions.condition import Condition
 
 Key = tuple[str, str]
@@ -102,10 +105,29 @@ def counter_key(name: str) -> Key:
     return f"COUNTER#{name}", "COUNTER"
 
 
+HISTORY_PREFIX = "SEQ#"
+"""Sort-key prefix of an agent stream's history; zero-padded, so sorted by sequence."""
+
+
+def history_partition(agent_id: int) -> str:
+    """An agent stream's history: one item per message, by sequence number."""
+    return f"HISTORY#{agent_id}"
+
+
+def history_sort(seq: int) -> str:
+    return f"{HISTORY_PREFIX}{seq:020d}"
+
+
+def history_key(agent_id: int, seq: int) -> Key:
+    return history_partition(agent_id), history_sort(seq)
+
+
 # ---------------------------------------------------------------- gsi1
 
-ROUTED_SHARDS = 16
-"""The sweeper's index spreads routed agents over this many partitions."""
+ROUTED_SHARDS = 256
+"""The sweeper's index spreads routed agents over this many partitions: the unit
+a sweep fans out by (docs/SCALE.md). Raised from 16; an entry written under the
+old modulus still lies in one of these partitions, so it is still swept."""
 
 GRACE_OWED = "GRACE_OWED"
 """gsi1 partition of agents whose agent-wide grace is owed (rare, so unsharded)."""
@@ -115,8 +137,10 @@ def routed_shard(agent_id: int) -> str:
     return f"ROUTED#{agent_id % ROUTED_SHARDS}"
 
 
-def routed_shards() -> list[str]:
-    return [f"ROUTED#{shard}" for shard in range(ROUTED_SHARDS)]
+def routed_shards(shards: Iterable[int] | None = None) -> list[str]:
+    """The index partitions of the given shard numbers (all of them by default)."""
+    numbers = range(ROUTED_SHARDS) if shards is None else shards
+    return [f"ROUTED#{shard}" for shard in numbers]
 
 
 def agent_sort(agent_id: int) -> str:

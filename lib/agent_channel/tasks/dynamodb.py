@@ -16,7 +16,13 @@ from agent_channel.storage import schema
 from agent_channel.storage.counters import next_id
 from agent_channel.storage.records import Record, SlotRecord, TaskRecord, TopicRecord, UserRecord
 from agent_channel.storage.transactions import transaction
-from agent_channel.tasks.model import DispatchContext, Status, Task, TransitionRefused
+from agent_channel.tasks.model import (
+    DeliveryPlan,
+    DispatchContext,
+    Status,
+    Task,
+    TransitionRefused,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
@@ -36,6 +42,11 @@ class _Guard:
     condition: Condition
 
 
+def _delivery_done() -> list[Action]:
+    """A task that leaves delegated is never redelivered."""
+    return [TaskRecord.next_delivery_at.remove()]
+
+
 def task_from(record: TaskRecord) -> Task:
     return Task(
         task_id=int(record.task_id),
@@ -48,6 +59,13 @@ def task_from(record: TaskRecord) -> Task:
         pending_tool_call=record.pending_tool_call,
         created_at=float(record.created_at),
         updated_at=float(record.updated_at),
+        generation=int(record.generation or 0),
+        dispatch_message=record.dispatch_message,
+        acked_generation=int(record.acked_generation or 0),
+        delivery_attempts=int(record.delivery_attempts or 0),
+        next_delivery_at=(
+            None if record.next_delivery_at is None else float(record.next_delivery_at)
+        ),
     )
 
 
@@ -128,22 +146,56 @@ class DynamoTaskStore:
             task, {Status.QUEUED, Status.PENDING}, Status.RUNNING, take_slot=True
         )
 
-    def delegate(self, task: Task, pending_tool_call: str | None = None) -> Task:
+    def delegate(
+        self,
+        task: Task,
+        pending_tool_call: str | None = None,
+        *,
+        delivery: DeliveryPlan | None = None,
+    ) -> Task:
         extra: list[Action] = (
             [TaskRecord.pending_tool_call.set(pending_tool_call)] if pending_tool_call else []
         )
+        if delivery is not None:
+            # In the same write as the transition: a delegated task always carries
+            # the message to redeliver and the generation its replies must name.
+            extra += [
+                TaskRecord.generation.set(delivery.generation),
+                TaskRecord.dispatch_message.set(delivery.message),
+                TaskRecord.acked_generation.remove(),
+                TaskRecord.acked_at.remove(),
+                TaskRecord.delivery_attempts.set(1),
+                TaskRecord.next_delivery_at.set(delivery.next_delivery_at),
+            ]
         delegated = self._transition(task, {Status.RUNNING}, Status.DELEGATED, extra_actions=extra)
-        return replace(delegated, pending_tool_call=pending_tool_call) if extra else delegated
+        if pending_tool_call:
+            delegated = replace(delegated, pending_tool_call=pending_tool_call)
+        if delivery is not None:
+            delegated = replace(
+                delegated,
+                generation=delivery.generation,
+                dispatch_message=delivery.message,
+                acked_generation=0,
+                delivery_attempts=1,
+                next_delivery_at=delivery.next_delivery_at,
+            )
+        return delegated
 
-    def claim_reply(self, task: Task) -> Task:
+    def claim_reply(self, task: Task, *, generation: int | None = None) -> Task:
+        fence: Condition | None = None
+        if generation is not None:
+            # Race: a re-dispatch between the read and this write makes the reply
+            # late; it names an older generation and must not complete newer work.
+            fence = TaskRecord.generation == generation
         done = self._transition(
             task,
             {Status.DELEGATED},
             Status.DONE,
-            extra_actions=[TaskRecord.pending_tool_call.remove()],
+            extra_actions=[TaskRecord.pending_tool_call.remove(), *_delivery_done()],
             free_slot=True,
+            extra_condition=fence,
         )
-        return replace(done, pending_tool_call=None)
+        return replace(done, pending_tool_call=None, next_delivery_at=None)
 
     def cancel_delegated(self, task: Task, *, presence_version: int | None = None) -> Task:
         return self.cancel(
@@ -172,11 +224,11 @@ class DynamoTaskStore:
             task,
             set(from_statuses),
             Status.CANCELLED,
-            extra_actions=[TaskRecord.pending_tool_call.remove()],
+            extra_actions=[TaskRecord.pending_tool_call.remove(), *_delivery_done()],
             free_slot=True,
             guards=guards,
         )
-        return replace(cancelled, pending_tool_call=None)
+        return replace(cancelled, pending_tool_call=None, next_delivery_at=None)
 
     def _transition(
         self,
@@ -188,6 +240,7 @@ class DynamoTaskStore:
         take_slot: bool = False,
         free_slot: bool = False,
         guards: Sequence[_Guard] = (),
+        extra_condition: Condition | None = None,
     ) -> Task:
         """Move a task between statuses with the slot change in the same transaction, so
         a crash can neither free a slot of a task still running nor leak one.
@@ -195,6 +248,8 @@ class DynamoTaskStore:
         ``extra_actions`` write other fields shows those itself."""
         now = clock.now()
         condition = TaskRecord.status.is_in(*(status.value for status in allowed_from))
+        if extra_condition is not None:
+            condition = condition & extra_condition
         actions = [
             TaskRecord.status.set(to.value),
             TaskRecord.updated_at.set(now),

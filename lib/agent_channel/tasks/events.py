@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 SOURCE = "agent-channel"
 TASK_CANCELLED = "task.cancelled"
+DISPATCH_GIVEN_UP = "dispatch.given_up"
 
 PUBLISH_ATTEMPTS = 3
 """put_events can fail single entries (FailedEntryCount) without raising, and the
@@ -54,6 +55,27 @@ class TaskCancelled:
         }
 
 
+@dataclass(frozen=True)
+class DispatchGivenUp:
+    """A dispatch no session acknowledged after every redelivery: the task is still
+    delegated, and the backend decides what to do with it."""
+
+    task_id: int
+    agent_id: int
+    topic_id: int
+    generation: int
+    deliveries: int
+
+    def detail(self) -> dict[str, object]:
+        return {
+            "task_id": self.task_id,
+            "agent_id": self.agent_id,
+            "topic_id": self.topic_id,
+            "generation": self.generation,
+            "deliveries": self.deliveries,
+        }
+
+
 class TaskEvents(Protocol):
     def task_cancelled(self, event: TaskCancelled) -> None:
         """Tell the backend a task was cancelled; raises EventNotPublished."""
@@ -75,16 +97,27 @@ def announce(events: TaskEvents, event: TaskCancelled) -> bool:
     return True
 
 
+class DeliveryEvents(Protocol):
+    def dispatch_given_up(self, event: DispatchGivenUp) -> None:
+        """Tell the backend a dispatch was given up; raises EventNotPublished."""
+
+
 class EventBridgeTaskEvents:
     def __init__(self, client: EventBridgeClient, bus_name: str) -> None:
         self._client = client
         self._bus_name = bus_name
 
     def task_cancelled(self, event: TaskCancelled) -> None:
+        self._publish(TASK_CANCELLED, event.task_id, event.detail())
+
+    def dispatch_given_up(self, event: DispatchGivenUp) -> None:
+        self._publish(DISPATCH_GIVEN_UP, event.task_id, event.detail())
+
+    def _publish(self, detail_type: str, task_id: int, detail: dict[str, object]) -> None:
         entry: PutEventsRequestEntryTypeDef = {
             "Source": SOURCE,
-            "DetailType": TASK_CANCELLED,
-            "Detail": json.dumps(event.detail()),
+            "DetailType": detail_type,
+            "Detail": json.dumps(detail),
             "EventBusName": self._bus_name,
         }
         failure = ""
@@ -96,4 +129,4 @@ class EventBridgeTaskEvents:
                 return
             result = response["Entries"][0]
             failure = f"{result.get('ErrorCode', '')}: {result.get('ErrorMessage', '')}"
-        raise EventNotPublished(f"task {event.task_id}: {failure}")
+        raise EventNotPublished(f"task {task_id}: {failure}")

@@ -49,6 +49,28 @@ class Task:
     pending_tool_call: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+    generation: int = 0
+    """How many times the task was delegated: each dispatch's fencing token."""
+    dispatch_message: str | None = None
+    """The latest dispatch message (JSON) as sent, for redelivery and resync."""
+    acked_generation: int = 0
+    """The generation a session of the agent acknowledged (0: none)."""
+    delivery_attempts: int = 0
+    next_delivery_at: float | None = None
+    """When the dispatch is due for redelivery unless acknowledged (None: never)."""
+
+    @property
+    def acknowledged(self) -> bool:
+        return self.generation > 0 and self.acked_generation == self.generation
+
+
+@dataclass(frozen=True)
+class DeliveryPlan:
+    """What a dispatch records on the task in its delegate transition."""
+
+    generation: int
+    message: str
+    next_delivery_at: float
 
 
 @dataclass(frozen=True)

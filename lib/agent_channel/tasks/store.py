@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from agent_channel.tasks.model import DispatchContext, Status, Task
+from agent_channel.tasks.model import DeliveryPlan, DispatchContext, Status, Task
 
 if TYPE_CHECKING:
     from collections.abc import Collection
@@ -37,11 +37,19 @@ class TaskStore(Protocol):
     def start(self, task: Task) -> Task:
         """queued or pending -> running, taking a slot of the agent's tracker."""
 
-    def delegate(self, task: Task, pending_tool_call: str | None = None) -> Task:
-        """running -> delegated: handed to a channel agent, waiting for its reply."""
+    def delegate(
+        self,
+        task: Task,
+        pending_tool_call: str | None = None,
+        *,
+        delivery: DeliveryPlan | None = None,
+    ) -> Task:
+        """running -> delegated: handed to a channel agent, waiting for its reply. With
+        ``delivery``, records the generation, the message and its redelivery time."""
 
-    def claim_reply(self, task: Task) -> Task:
-        """delegated -> done, at most once; clears the pending tool call, frees the slot."""
+    def claim_reply(self, task: Task, *, generation: int | None = None) -> Task:
+        """delegated -> done, at most once; clears the pending tool call, frees the slot.
+        With ``generation``, only while the task is still of that generation."""
 
     def cancel_delegated(self, task: Task, *, presence_version: int | None = None) -> Task:
         """delegated -> cancelled, at most once; clears the pending tool call, frees

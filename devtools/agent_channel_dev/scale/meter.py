@@ -1,0 +1,121 @@
+"""What the simulated fleet costs, second by second: AWS requests, request units,
+Lambda invocations and their billed time, as the in-memory store and the
+simulation report them."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from agent_channel_dev.scale import aws
+
+Tally = defaultdict[str, float]
+
+
+def tally() -> Tally:
+    return defaultdict(float)
+
+
+class Meter:
+    def __init__(self) -> None:
+        self.seconds: dict[int, Tally] = {}
+        self._second = 0
+        self._current: Tally = tally()
+        self.seconds[0] = self._current
+        self._function: str | None = None
+        self._elapsed_ms = 0.0
+        self.longest_ms: dict[str, float] = {}
+        """The longest invocation of each function, in milliseconds."""
+
+    @property
+    def second(self) -> int:
+        return self._second
+
+    @second.setter
+    def second(self, value: int) -> None:
+        self._second = value
+        self._current = self.seconds.setdefault(value, tally())
+
+    def _bucket(self) -> Tally:
+        return self._current
+
+    def current(self, key: str) -> float:
+        """This second's count so far."""
+        return self._current[key]
+
+    def add(self, key: str, amount: float = 1) -> None:
+        self._bucket()[key] += amount
+
+    def dynamodb(self, operation: str, *, rru: float = 0.0, wru: float = 0.0) -> None:
+        bucket = self._current
+        bucket["dynamodb_requests"] += 1
+        bucket["dynamodb:" + operation] += 1
+        if rru:
+            bucket["rru"] += rru
+        if wru:
+            bucket["wru"] += wru
+        if self._function is not None:
+            bucket[self._function + ":" + operation] += 1
+            self._elapsed_ms += aws.request_ms(operation, aws.MEMORY_MB[self._function])
+
+    def scheduler(self, operation: str) -> None:
+        self.call("scheduler", operation)
+
+    def call(self, service: str, operation: str) -> None:
+        self._current[f"{service}:{operation}"] += 1
+        self._spend(operation)
+
+    def _spend(self, operation: str) -> None:
+        if self._function is not None:
+            self._current[self._function + ":" + operation] += 1
+            self._elapsed_ms += aws.request_ms(operation, aws.MEMORY_MB[self._function])
+
+    def begin(self, function: str) -> None:
+        """One Lambda invocation of ``function`` starts (invocations do not nest)."""
+        self._function = function
+        self._elapsed_ms = aws.CPU_MS_PER_INVOCATION / aws.cpu_share(aws.MEMORY_MB[function])
+
+    def end(self) -> None:
+        """It ends: its requests' time plus its own CPU, billed by the millisecond
+        at the function's memory size."""
+        function = self._function
+        assert function is not None
+        billed_ms = math.ceil(self._elapsed_ms)
+        bucket = self._current
+        bucket["lambda_invocations"] += 1
+        bucket["lambda:" + function] += 1
+        bucket["lambda_gb_seconds"] += aws.MEMORY_MB[function] / 1024 * billed_ms / 1000
+        bucket["lambda_busy_ms"] += billed_ms
+        if billed_ms > self.longest_ms.get(function, 0.0):
+            self.longest_ms[function] = billed_ms
+        self._function = None
+
+    @contextmanager
+    def invocation(self, function: str) -> Iterator[None]:
+        self.begin(function)
+        try:
+            yield
+        finally:
+            self.end()
+
+    # -- reading ----------------------------------------------------------------------
+    def minute(self, minute: int) -> Tally:
+        total = tally()
+        for second in range(minute * 60, minute * 60 + 60):
+            for key, value in self.seconds.get(second, {}).items():
+                total[key] += value
+        return total
+
+    def peak_per_second(self, key: str, start: int = 0, end: int | None = None) -> float:
+        last = max(self.seconds, default=0) if end is None else end
+        return max((self.seconds[s][key] for s in self.seconds if start <= s <= last), default=0.0)
+
+    def minutes(self) -> int:
+        return max(self.seconds, default=0) // 60 + 1
+
+    def reset(self) -> None:
+        self.seconds.clear()
+        self.longest_ms.clear()
+        self.second = 0

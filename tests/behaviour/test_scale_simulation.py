@@ -1,0 +1,74 @@
+"""The scale simulator at 10,000 agents (docs/SCALE.md; `make simulate` runs
+100,000 and 1,000,000): the real presence rules over the metered in-memory store,
+with churn, crashes and a reconnect storm."""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import cache
+
+import pytest
+
+from agent_channel.storage import schema
+from agent_channel_dev.scale import aws
+from agent_channel_dev.scale.cost import session_month
+from agent_channel_dev.scale.simulation import Outcome, Scenario, Simulation
+
+SCENARIO = Scenario(agents=10_000, minutes=9, storm_at_minute=5, sweep_workers=16)
+
+
+@cache
+def outcome() -> Outcome:
+    return Simulation(SCENARIO).run()
+
+
+def test_every_crashed_agent_is_unrouted_within_stale_after_plus_two_minutes() -> None:
+    unrouted = outcome().unroute_seconds
+    assert len(unrouted) > 10, "the scenario crashes agents"
+    assert max(unrouted) <= SCENARIO.stale_after_seconds + 120
+
+
+def test_no_sweeper_invocation_comes_near_its_timeout() -> None:
+    assert outcome().sweep_longest_ms / 1000 < aws.SWEEPER_TIMEOUT_SECONDS / 3
+
+
+def test_the_sweep_reads_one_partition_per_routed_agent_and_one_page_per_shard() -> None:
+    queries = outcome().meter.minute(2)["sweeper:Query"]
+    # One index page per shard, the owed graces' partition, one partition per agent.
+    assert 0.9 * SCENARIO.agents < queries <= SCENARIO.agents + schema.ROUTED_SHARDS + 1
+
+
+def test_the_storm_settles_within_the_admission_rate_and_scheduler_quotas() -> None:
+    result = outcome()
+    assert result.storm_sessions > 9_000
+    assert result.storm_settle_seconds is not None
+    floor = result.storm_sessions / SCENARIO.new_connections_per_second
+    assert floor <= result.storm_settle_seconds <= 3 * floor + 60
+    meter = result.meter
+    assert (
+        meter.peak_per_second("new_connections") <= aws.QUOTAS["new_connections_per_second"].value
+    )
+    create = aws.QUOTAS["scheduler_create_per_second"].value
+    assert meter.peak_per_second("scheduler:CreateSchedule") <= create
+    assert result.connected_at_end > 0.95 * result.storm_sessions
+
+
+def test_the_clients_backoff_thins_refused_upgrades_after_the_first_wave() -> None:
+    meter = outcome().meter
+    storm = SCENARIO.storm_at_minute * 60 + 30
+    first_wave = meter.peak_per_second("connect_attempts", storm, storm + 2)
+    later = meter.peak_per_second("connect_attempts", storm + 30, storm + 600)
+    assert later < first_wave / 5, (first_wave, later)
+    assert later <= aws.QUOTAS["apigw_requests_per_second"].value / 4
+
+
+@pytest.mark.parametrize("heartbeat", [15, 30])
+def test_cost_follows_the_heartbeat(heartbeat: int) -> None:
+    quiet = dataclasses.replace(
+        SCENARIO, agents=2_000, minutes=4, storm_at_minute=None, heartbeat_seconds=heartbeat
+    )
+    month = session_month(Simulation(quiet).run())
+    messages = month.quantities["API Gateway messages"]
+    assert messages == pytest.approx(730 * 3600 / heartbeat, rel=0.03)
+    writes = month.quantities["DynamoDB writes (WRU)"]
+    assert messages < writes < 1.15 * messages, "one write per heartbeat, plus churn"
