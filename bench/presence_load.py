@@ -22,6 +22,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -33,6 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"^READY (ws://127\.0\.0\.1:\d+/\S+) (\{.*\})$")
 TOKEN_LINE = re.compile(r"^\s+token\s+(\S+)$")
+SECRET_LINE = re.compile(r"^\s+secret\s+(\S+)$")
 COUNTS_PREFIX = "BENCH-COUNTS "
 HEARTBEAT_SECONDS = 1
 STALE_AFTER_SECONDS = 10
@@ -81,6 +83,8 @@ def serve() -> int:
         stale_after_seconds=STALE_AFTER_SECONDS,
         grace_seconds=GRACE_SECONDS,
         log_level="ERROR",
+        # A throwaway data directory: the load must not start on, or leave, state.
+        data_dir=tempfile.mkdtemp(prefix="agent-channel-bench-"),
     )
     code = dev.run(options)
     print(COUNTS_PREFIX + json.dumps(dict(counts)), flush=True)
@@ -95,6 +99,7 @@ class Stack:
     agent_id: int
     token: str
     lines: list[str] = field(default_factory=list)
+    secret: str = ""
 
     def presence(self) -> dict[str, Any]:
         if not self.backend.startswith("http://127.0.0.1:"):
@@ -102,7 +107,7 @@ class Stack:
         request = urllib.request.Request(  # noqa: S310 (checked just above: loopback http)
             f"{self.backend}/_backend",
             data=json.dumps({"op": "presence", "agent_id": self.agent_id}).encode(),
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.secret}"},
         )
         # Generous: right after the load the stack may still be working through a
         # backlog of frames, and this request queues behind them.
@@ -158,9 +163,10 @@ def start_stack() -> Stack:
         process.kill()
         raise RuntimeError(f"the stack did not start: {lines[-20:]}")
     token = next(m.group(1) for line in lines if (m := TOKEN_LINE.match(line)))
+    secret = next(m.group(1) for line in lines if (m := SECRET_LINE.match(line)))
     details = json.loads(ready.group(2))
     return Stack(
-        process, ready.group(1), details["backend"], int(details["agent_id"]), token, lines
+        process, ready.group(1), details["backend"], int(details["agent_id"]), token, lines, secret
     )
 
 

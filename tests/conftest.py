@@ -20,6 +20,7 @@ os.environ.update(
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_REGION": "us-east-1",
         "TABLE_NAME": "agent-channel-test",
+        "IDEMPOTENCY_TABLE_NAME": "agent-channel-test-idempotency",
         "SCHEDULE_GROUP_NAME": "agent-channel-test",
         "SCHEDULER_ROLE_ARN": "arn:aws:iam::123456789012:role/agent-channel-scheduler",
         "CANCEL_OFFLINE_FUNCTION_ARN": (

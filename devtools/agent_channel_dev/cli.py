@@ -85,6 +85,16 @@ def add_dev_command(commands: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("--grace-seconds", type=_positive, default=30)
     p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument(
+        "--data-dir",
+        help="where state and the backend secret are kept "
+        "(default $AGENT_CHANNEL_DATA_DIR or ~/.agent-channel/dev)",
+    )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="forget the kept state (tasks, decisions, tokens, demo accounts) and start over",
+    )
+    p.add_argument(
         "--idle-timeout-seconds", type=_seconds, default=600.0, help="API Gateway: 10 minutes"
     )
     p.add_argument(
@@ -127,6 +137,8 @@ def _run_dev(args: argparse.Namespace) -> int:
             stale_after_seconds=args.stale_after_seconds,
             grace_seconds=args.grace_seconds,
             log_level=args.log_level,
+            data_dir=args.data_dir,
+            fresh=args.fresh,
         )
     )
     # Everything is stopped and flushed by now; tearing down the interpreter with

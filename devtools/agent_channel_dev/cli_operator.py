@@ -12,10 +12,12 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from agent_channel_dev.backend_transport import (
+    BackendFunction,
     LambdaTransport,
     LocalTransport,
     Transport,
     TransportError,
+    function_for,
 )
 
 DEFAULT_LOCAL_URL = "http://127.0.0.1:8765"
@@ -34,20 +36,22 @@ def transport_options() -> argparse.ArgumentParser:
         help=f"the local stack (`agent-channel dev`); default ${LOCAL_ENV} or {DEFAULT_LOCAL_URL}",
     )
     where.add_argument(
-        "--stack-name", help=f"a deployed stack: invoke its BackendFunction; default ${STACK_ENV}"
+        "--stack-name",
+        help=f"a deployed stack: invoke its BackendFunction or AdminFunction; default ${STACK_ENV}",
     )
     where.add_argument("--region", help="the deployed stack's region")
     parent.add_argument("--json", action="store_true", help="print the answer as JSON")
     return parent
 
 
-def transport_for(args: argparse.Namespace) -> Transport:
+def transport_for(args: argparse.Namespace, function: BackendFunction) -> Transport:
+    """Where ``function`` (the delivery or the admin backend) is reached."""
     if args.local:
-        return LocalTransport(args.local)
+        return LocalTransport(args.local, function)
     stack = args.stack_name or os.environ.get(STACK_ENV)
     if stack:
-        return LambdaTransport(stack, args.region)
-    return LocalTransport(os.environ.get(LOCAL_ENV) or DEFAULT_LOCAL_URL)
+        return LambdaTransport(stack, args.region, function)
+    return LocalTransport(os.environ.get(LOCAL_ENV) or DEFAULT_LOCAL_URL, function)
 
 
 def _token_argument(value: str) -> str:
@@ -210,12 +214,13 @@ def _without_nulls(command: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_operator(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    transport = transport_for(args)
     commands: list[dict[str, Any]] = args.build(args)
     answers: list[dict[str, Any]] = []
     for command in commands:
         if command["op"] == "dispatch" and "task_id" not in command and answers:
             command = {**command, "task_id": answers[-1].get("task_id")}
+        # Accounts and tokens go to the admin function, the rest to the delivery one.
+        transport = transport_for(args, function_for(command["op"]))
         try:
             answer = transport.call(_without_nulls(command))
         except TransportError as error:

@@ -12,6 +12,7 @@ from agent_channel.lambda_kit import cold_start  # isort: split
 from typing import Any
 
 from agent_channel.identity.authorizer import AuthVerdict, authorize
+from agent_channel.lambda_kit.invocation import lambda_handler
 from agent_channel.observability import bind_ids, clear_ids, logger
 
 # API Gateway answers 401 when a Lambda authorizer fails with exactly this message.
@@ -41,7 +42,7 @@ def _optional_str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-@logger.inject_lambda_context(clear_state=True)
+@lambda_handler
 def handler(event: Any, context: Any) -> dict[str, Any]:
     clear_ids()
     if not isinstance(event, dict):

@@ -1,7 +1,9 @@
-"""The backend's entry point, for backends that are not Python: invoke this
-function with a JSON command ({"op": "dispatch" | "decide_permission" |
-"claim_reply" | "broadcast", ...}) and get {"ok": true, ...} or
-{"ok": false, "error": code, "message": ...}. It never raises to the caller."""
+"""The backend's delivery entry point, for backends that are not Python: invoke
+this function with a JSON command ({"op": "dispatch" | "decide_permission" |
+"claim_reply" | "broadcast" | "create_task" | "list_tasks" | "presence", ...}) and
+get {"ok": true, ...} or {"ok": false, "error": code, "message": ...}. It never
+raises to the caller. Accounts and tokens are the admin function's
+(functions/admin), under another invoke permission."""
 
 from __future__ import annotations
 
@@ -10,9 +12,10 @@ from agent_channel.lambda_kit import cold_start  # isort: split
 
 from typing import Any
 
-from agent_channel.backend.commands import CommandContext, execute
+from agent_channel.backend import idempotency
+from agent_channel.backend.delivery_commands import CommandContext, execute
 from agent_channel.lambda_kit import wiring
-from agent_channel.observability import logger, metrics
+from agent_channel.lambda_kit.invocation import lambda_handler
 
 management = wiring.management_api()
 wiring.dynamodb()
@@ -26,9 +29,9 @@ context_for_commands = CommandContext(
 )
 
 
-@logger.inject_lambda_context(clear_state=True)
-@metrics.log_metrics
+@lambda_handler
 def handler(event: Any, context: Any) -> dict[str, Any]:
+    idempotency.register_lambda_context(context)
     return execute(event, context_for_commands)
 
 

@@ -18,13 +18,13 @@ from agent_channel.config import settings
 from agent_channel.grace import cancellation
 from agent_channel.grace.scheduler import GraceCancellation
 from agent_channel.lambda_kit import wiring
-from agent_channel.observability import bind_ids, logger, metrics
+from agent_channel.lambda_kit.invocation import lambda_handler
+from agent_channel.observability import bind_ids, logger
 
 MAX_TOKEN_LENGTH = 64
 MAX_SESSION_ID_LENGTH = 256
 
 store = wiring.presence_store()
-events = wiring.task_events()
 book = wiring.task_book()
 
 
@@ -53,8 +53,7 @@ def parse(event: Any) -> GraceCancellation:
     return GraceCancellation(agent_id, token, session_id or None)
 
 
-@logger.inject_lambda_context(clear_state=True)
-@metrics.log_metrics
+@lambda_handler
 def handler(event: Any, context: Any) -> dict[str, Any]:
     try:
         request = parse(event)
@@ -65,7 +64,7 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     bind_ids(agent_id=request.agent_id, request_id=getattr(context, "aws_request_id", None))
     scope = "session" if request.session_id else "agent"
     try:
-        result = cancellation.cancel_offline(store, book, events, settings(), request)
+        result = cancellation.cancel_offline(store, book, settings(), request)
     except Exception:
         logger.exception("grace cancellation failed; Lambda will retry", extra={"scope": scope})
         raise

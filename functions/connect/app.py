@@ -46,7 +46,12 @@ def handler(event: SocketEvent) -> dict[str, Any]:
                 rules.reap_on_subscribe(store, scheduler, settings(), subscription)
         else:
             attachment = Attachment(
-                event.connection_id, caller.user_id, caller.stream, caller.agent_id, caller.topic_id
+                event.connection_id,
+                caller.user_id,
+                caller.stream,
+                caller.agent_id,
+                caller.topic_id,
+                caller.token_digest,
             )
             store.attach(attachment, clock.now())
     except AccessDenied:

@@ -6,9 +6,9 @@ from __future__ import annotations
 # Before any other import: the garbage collector stays out of init.
 from agent_channel.lambda_kit import cold_start  # isort: split
 
-import json
 from typing import Any
 
+from agent_channel import client_json
 from agent_channel.delivery.fanout import error_message, send_to_connection
 from agent_channel.lambda_kit import wiring
 from agent_channel.lambda_kit.events import SocketEvent, response
@@ -23,7 +23,7 @@ MAX_ECHOED_ACTION = 64
 
 def _refusal(body: str | None) -> dict[str, str]:
     try:
-        message = json.loads(body or "")
+        message = client_json.loads(body or "")
     except ValueError:
         return error_message("invalid_json", "the message must be a JSON object")
     if not isinstance(message, dict):

@@ -11,7 +11,8 @@ from typing import Any
 
 from agent_channel.delivery import redelivery
 from agent_channel.lambda_kit import wiring
-from agent_channel.observability import logger, metrics
+from agent_channel.lambda_kit.invocation import lambda_handler
+from agent_channel.observability import logger
 
 presence = wiring.presence_store()
 tasks = wiring.task_store()
@@ -21,8 +22,7 @@ management = wiring.management_api()
 on_gone = wiring.gone_handler()
 
 
-@logger.inject_lambda_context(clear_state=True)
-@metrics.log_metrics
+@lambda_handler
 def handler(event: Any, context: Any) -> dict[str, Any]:
     # Routed agents only: an agent with no live session has its grace instead.
     done = redelivery.redeliver_due(

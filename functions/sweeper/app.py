@@ -18,7 +18,8 @@ from typing import Any
 
 from agent_channel.config import settings
 from agent_channel.lambda_kit import wiring
-from agent_channel.observability import count, logger, metrics
+from agent_channel.lambda_kit.invocation import lambda_handler
+from agent_channel.observability import count, logger
 from agent_channel.presence import rules, sweep_plan
 
 store = wiring.presence_store()
@@ -47,8 +48,7 @@ def fan_out(function_arn: str, workers: int) -> tuple[int, list[int]]:
     return started, left
 
 
-@logger.inject_lambda_context(clear_state=True)
-@metrics.log_metrics
+@lambda_handler
 def handler(event: Any, context: Any) -> dict[str, Any]:
     try:
         shards = sweep_plan.worker_shards(event)

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from agent_channel.backend import commands, router
+from agent_channel.backend import admin_commands, delivery_commands, router
 from agent_channel.tasks.dynamodb import DynamoTaskStore
+from agent_channel_dev import backend_transport
 from agent_channel_dev.instruments.lambda_context import LocalContext
 from tests.support import management_server
 from tests.support.fixtures import World
@@ -198,30 +199,55 @@ def test_a_json_string_command_is_accepted(world: World, management: ManagementA
 def test_an_unexpected_failure_is_an_answer_not_a_raise(
     world: World, management: ManagementApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def exploding(args: router.Args, context: commands.CommandContext) -> dict[str, Any]:
+    def exploding(args: router.Args, context: router.CommandContext) -> dict[str, Any]:
         raise RuntimeError("storage is on fire")
 
-    monkeypatch.setitem(router.OPS, "explode", router.Op("explode", "test", exploding))
+    monkeypatch.setitem(
+        delivery_commands.REGISTRY.ops, "explode", router.Op("explode", "test", exploding)
+    )
 
     answer = invoke({"op": "explode"})
 
     assert answer == {"ok": False, "error": "internal_error", "message": "internal error"}
 
 
-def test_new_ops_plug_into_the_table(
-    world: World, management: ManagementApi, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # What the command-line ops will do: register, validate through Args, answer.
-    monkeypatch.setattr(router, "OPS", dict(router.OPS))
+def test_new_ops_plug_into_a_registry(world: World, management: ManagementApi) -> None:
+    # What a new op does: join an op set, validate through Args, answer.
+    ops = router.OpSet()
 
-    @router.op("echo", "repeat a number")
-    def echo(args: router.Args, context: commands.CommandContext) -> dict[str, Any]:
+    @ops.op("echo", "repeat a number")
+    def echo(args: router.Args, context: router.CommandContext) -> dict[str, Any]:
         return {"n": args.integer("n")}
 
-    assert invoke({"op": "echo", "n": 4}) == {"ok": True, "op": "echo", "n": 4}
-    assert invoke({"op": "echo", "n": "4"})["error"] == "invalid_command"
+    registry = router.Registry("test", ops)
+    assert registry.execute({"op": "echo", "n": 4}) == {"ok": True, "op": "echo", "n": 4}
+    assert registry.execute({"op": "echo", "n": "4"})["error"] == "invalid_command"
     with pytest.raises(ValueError, match="already registered"):
-        router.op("echo", "again")(echo)
+        ops.op("echo", "again")(echo)
+    with pytest.raises(ValueError, match="already registered"):
+        router.Registry("twice", ops, ops)
+
+
+def test_each_function_serves_its_own_ops_only(world: World, management: ManagementApi) -> None:
+    delivery = set(delivery_commands.REGISTRY.ops)
+    admin = set(admin_commands.REGISTRY.ops)
+    assert delivery == {
+        "dispatch",
+        "decide_permission",
+        "claim_reply",
+        "broadcast",
+        "create_task",
+        "list_tasks",
+        "presence",
+        "unregister_agent",
+    }
+    assert admin == {"create_user", "create_agent", "create_topic", "issue_token", "revoke_token"}
+    # The command line routes by the same names.
+    assert admin == backend_transport.ADMIN_OPS
+    # A delivery backend cannot mint a token: the op is unknown there.
+    refused = invoke({"op": "issue_token", "user_id": world.owner_id})
+    assert refused["ok"] is False
+    assert refused["error"] == "unknown_op"
 
 
 def test_decide_permission_takes_a_reason(world: World, management: ManagementApi) -> None:

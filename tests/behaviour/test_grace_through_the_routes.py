@@ -109,8 +109,8 @@ def test_the_grace_cancels_a_delegated_task_of_an_agent_that_stayed_away(
     assert status(task_id) == "cancelled"
     assert tasks.held_slots(world.agent_id) == []
     [event] = tap.drain()
-    assert event["detail"]["task_id"] == task_id
-    assert event["detail"]["topic_id"] == world.topic_id
+    assert int(event["detail"]["task_id"]) == task_id
+    assert int(event["detail"]["topic_id"]) == world.topic_id
     # At least once: the same input again changes nothing.
     assert fire(payload)["cancelled"] == []
     assert tap.drain() == []
@@ -163,4 +163,4 @@ def test_a_session_that_drops_while_a_sibling_stays_loses_only_its_own_topic(
     seen = wiring.presence_store().read(world.agent_id)
     assert seen is not None
     assert seen.routing_on
-    assert [event["detail"]["task_id"] for event in tap.drain()] == [private]
+    assert [int(event["detail"]["task_id"]) for event in tap.drain()] == [private]

@@ -139,7 +139,7 @@ def test_unregister_closes_the_agent_for_work(
     assert tasks.get(agent["delegated"]).pending_tool_call is None  # type: ignore[union-attr]
     # One event per cancelled task, with its reason and what it was.
     events = [event["detail"] for event in tap.drain()]
-    assert [event["task_id"] for event in events] == answer["cancelled"]
+    assert [int(event["task_id"]) for event in events] == answer["cancelled"]
     assert {event["reason"] for event in events} == {"agent_unregistered"}
     assert {event["previous_status"] for event in events} == {
         "queued",

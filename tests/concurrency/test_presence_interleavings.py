@@ -8,13 +8,19 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
+from agent_channel.grace.scheduler import GraceCancellation
+from agent_channel.presence import rules as presence_rules
 from agent_channel.presence.dynamodb import DynamoPresenceStore
 from agent_channel.presence.model import Lease, Presence
 from agent_channel.storage import schema
+from agent_channel.storage.records import UserRecord
 from agent_channel_dev.instruments.request_counter import counting_requests
 from tests.support.clock import FakeClock
+from tests.support.faults import scheduler_down
 from tests.support.gateway import function
 from tests.support.interleave import (
+    INTERLEAVED_SERVICES,
+    TABLE_ONLY,
     Chooser,
     InterleavingError,
     Run,
@@ -261,10 +267,21 @@ SMALL_SCENARIOS = [
 ]
 
 
-def run_scenario(scenario: Callable, clock: FakeClock, choose: Chooser) -> Run:
+TABLE_ONLY_WHEN_EXHAUSTIVE = {two_subscribes_and_a_disconnect, disconnect_heartbeat_and_sweep}
+"""Too many interleavings (thousands) once every Scheduler request is a point too:
+explored exhaustively over their DynamoDB requests, and under random interleavings
+of every request (test_random_interleavings_with_every_point)."""
+
+
+def run_scenario(
+    scenario: Callable,
+    clock: FakeClock,
+    choose: Chooser,
+    services: frozenset[str] = INTERLEAVED_SERVICES,
+) -> Run:
     with fresh_world(clock) as world:
         actors, check = scenario(world)
-        run = run_once(actors, choose)
+        run = run_once(actors, choose, services)
         try:
             world.check_invariants()
             check(world, run)
@@ -275,7 +292,8 @@ def run_scenario(scenario: Callable, clock: FakeClock, choose: Chooser) -> Run:
 
 @pytest.mark.parametrize("scenario", SMALL_SCENARIOS, ids=lambda s: s.__name__)
 def test_every_interleaving_keeps_the_invariants(scenario: Callable, fake_clock: FakeClock) -> None:
-    runs = explore(lambda choose: run_scenario(scenario, fake_clock, choose))
+    services = TABLE_ONLY if scenario in TABLE_ONLY_WHEN_EXHAUSTIVE else INTERLEAVED_SERVICES
+    runs = explore(lambda choose: run_scenario(scenario, fake_clock, choose, services))
     assert runs > 1, "the scenario should have more than one interleaving"
     print(f"{scenario.__name__}: {runs} interleavings")
 
@@ -335,7 +353,7 @@ def test_the_harness_catches_an_unconditioned_clear(
     with pytest.raises(
         InterleavingError, match=r"unroutable|lost to a concurrent clear|routing_on"
     ):
-        explore(lambda choose: run_scenario(scenario, fake_clock, choose))
+        explore(lambda choose: run_scenario(scenario, fake_clock, choose, TABLE_ONLY))
 
 
 def larger_scenario(world: PresenceWorld) -> tuple[list, Callable]:
@@ -387,7 +405,11 @@ def last_out_everyone(world: PresenceWorld) -> tuple[list, Callable]:
 RANDOM_RUNS = 40
 
 
-@pytest.mark.parametrize("scenario", [larger_scenario, last_out_everyone], ids=lambda s: s.__name__)
+@pytest.mark.parametrize(
+    "scenario",
+    [larger_scenario, last_out_everyone, *TABLE_ONLY_WHEN_EXHAUSTIVE],
+    ids=lambda s: s.__name__,
+)
 def test_random_interleavings_of_larger_scenarios(
     scenario: Callable, fake_clock: FakeClock
 ) -> None:
@@ -396,3 +418,119 @@ def test_random_interleavings_of_larger_scenarios(
         run = run_scenario(scenario, fake_clock, random_chooser(seed))
         traces.add(tuple(run.trace))
     assert len(traces) > RANDOM_RUNS // 2, "the random schedules should differ"
+
+
+# -- owed graces (Scheduler down) racing presence ----------------------------------------
+#
+# Scheduler calls are interleaving points too, so a subscribe can land between the
+# last one out's failed CreateSchedule and its owe_grace, and a sweep paying a debt
+# can interleave with a newer departure's.
+
+
+def owed_grace_races_subscribe(world: PresenceWorld) -> tuple[list, Callable]:
+    """Scheduler is down for the last one out; the agent subscribes again meanwhile."""
+    world.open("a")
+    actors = [("dis_a", world.disconnect("a")), ("sub_b", world.subscribe("b"))]
+
+    def check(world: PresenceWorld, run: Run) -> None:
+        world.check_index()
+        world.check_departure_covered()
+        assert world.presence().routing_on, "b subscribed and never left"
+
+    return actors, check
+
+
+def owed_grace_paid_while_a_newer_debt_is_made(world: PresenceWorld) -> tuple[list, Callable]:
+    """A debt is owed; a sweep pays it while the agent comes back and leaves again
+    with Scheduler down for that departure."""
+    with scheduler_down():
+        world.open("a")
+        world.disconnect("a")()
+    assert world.agent_record().grace_owed_token is not None
+    # The sweep's first phase, which is what races here (its second phase, the
+    # settle of routed agents, is explored by the other scenarios).
+    actors = [("pay", pay_owed_graces), ("back_and_gone", world.subscribe_then_leave("b"))]
+
+    def check(world: PresenceWorld, run: Run) -> None:
+        world.check_index()
+        world.check_departure_covered()
+
+    return actors, check
+
+
+def pay_owed_graces() -> None:
+    """What a sweep does first: schedule each owed grace, then settle the debt."""
+    sweeper = function("sweeper")
+    for cancellation, due_at in sweeper.store.owed_graces():
+        presence_rules._pay_owed_grace(sweeper.store, sweeper.scheduler, cancellation, due_at)
+
+
+OWED_GRACE_SCENARIOS = {
+    owed_grace_races_subscribe: {"dis_a"},
+    owed_grace_paid_while_a_newer_debt_is_made: {"back_and_gone"},
+}
+
+
+def run_with_scheduler_down(scenario: Callable, clock: FakeClock, choose: Chooser) -> Run:
+    with scheduler_down(OWED_GRACE_SCENARIOS[scenario]):
+        return run_scenario(scenario, clock, choose)
+
+
+@pytest.mark.parametrize("scenario", list(OWED_GRACE_SCENARIOS), ids=lambda s: s.__name__)
+def test_owed_graces_keep_the_index_and_every_departure_covered(
+    scenario: Callable, fake_clock: FakeClock
+) -> None:
+    runs = explore(lambda choose: run_with_scheduler_down(scenario, fake_clock, choose))
+    assert runs > 1
+    print(f"{scenario.__name__}: {runs} interleavings")
+
+
+class OweGraceWithoutRoutingCheck(DynamoPresenceStore):
+    """owe_grace without its ``routing != "true"`` condition (a mutant that survived
+    the suite before these scenarios)."""
+
+    def owe_grace(self, cancellation: GraceCancellation, due_at: float) -> bool:
+        UserRecord(*schema.user_key(cancellation.agent_id)).update(
+            actions=[
+                UserRecord.grace_owed_token.set(cancellation.subscription_token),
+                UserRecord.grace_owed_due.set(due_at),
+                UserRecord.gsi1pk.set(schema.GRACE_OWED),
+                UserRecord.gsi1sk.set(schema.agent_sort(cancellation.agent_id)),
+            ]
+        )
+        return True
+
+
+class SettleAnyOwedGrace(DynamoPresenceStore):
+    """settle_owed_grace without its token condition (the other surviving mutant)."""
+
+    def settle_owed_grace(self, cancellation: GraceCancellation) -> None:
+        UserRecord(*schema.user_key(cancellation.agent_id)).update(
+            actions=[
+                UserRecord.grace_owed_token.remove(),
+                UserRecord.grace_owed_due.remove(),
+                UserRecord.gsi1pk.remove(),
+                UserRecord.gsi1sk.remove(),
+            ]
+        )
+
+
+@pytest.mark.parametrize(
+    ("scenario", "broken"),
+    [
+        (owed_grace_races_subscribe, OweGraceWithoutRoutingCheck),
+        (owed_grace_paid_while_a_newer_debt_is_made, SettleAnyOwedGrace),
+    ],
+    ids=["owe_grace_unconditioned", "settle_owed_grace_unconditioned"],
+)
+def test_the_harness_catches_an_unguarded_owed_grace(
+    scenario: Callable,
+    broken: type[DynamoPresenceStore],
+    fake_clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = broken()
+    for route in ("disconnect", "sweeper"):
+        monkeypatch.setattr(function(route), "store", store)
+    with pytest.raises(InterleavingError, match=r"unindexed|stranded|while routed"):
+        explore(lambda choose: run_with_scheduler_down(scenario, fake_clock, choose))

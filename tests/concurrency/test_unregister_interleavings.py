@@ -173,7 +173,7 @@ def unregister_with_work_and_company(world: PresenceWorld) -> tuple[list, Callab
             found = tasks.get(task_id)
             assert found is not None and found.status == "cancelled", found
         assert tasks.held_slots(world.agent_id) == []
-        published = sorted(event["detail"]["task_id"] for event in tap.drain())
+        published = sorted(int(event["detail"]["task_id"]) for event in tap.drain())
         assert published == sorted([delegated.task_id, queued.task_id]), "one event per task"
 
     return actors, check

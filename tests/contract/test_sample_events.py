@@ -79,6 +79,8 @@ EVENT_FUNCTIONS = {
     "backend_decide_permission.json": "backend",
     "backend_dispatch.json": "backend",
     "backend_unregister_agent.json": "backend",
+    "admin_create_agent.json": "admin",
+    "admin_issue_token.json": "admin",
     "ack.json": "stream",
     "resume.json": "stream",
     "resync.json": "stream",
@@ -627,8 +629,9 @@ def test_cancel_offline_agent_event_cancels_delegated_tasks(sample: Sample) -> N
         task = tasks.get(task_id)
         assert task is not None
         assert task.status == Status.CANCELLED
-    published = [c for c in sample.recorder.calls if c.service == "events"]
-    assert len(published) == 2
+    # The function publishes nothing: the task-event pipe derives the events from
+    # the table's stream (tests/behaviour/test_task_event_pipe.py).
+    assert [c for c in sample.recorder.calls if c.service == "events"] == []
     # Run twice (Scheduler invokes at least once): nothing is cancelled twice.
     assert sample.run("cancel_offline_agent.json")["cancelled"] == []
 
@@ -696,6 +699,14 @@ def test_backend_dispatch_event_delegates_to_the_routed_agent(sample: Sample) ->
     assert message["type"] == "dispatch"
     assert message["task_id"] == DISPATCH_TASK_ID
     assert message["comment"]["content"] == "Please summarise the design review."
+
+
+def test_admin_events_create_an_agent_and_mint_a_token(sample: Sample) -> None:
+    agent = sample.run("admin_create_agent.json")
+    assert agent["ok"] is True and agent["owner_id"] == OWNER_ID, agent
+    token = sample.run("admin_issue_token.json")
+    assert token["ok"] is True and token["token"], token
+    assert accounts.get_user(agent["agent_id"]) is not None
 
 
 def _dispatch_sample_task(sample: Sample) -> None:

@@ -44,6 +44,7 @@ FUNCTION_IDS = {
     "sweeper": "SweeperFunction",
     "cancel_offline": "CancelOfflineFunction",
     "backend": "BackendFunction",
+    "admin": "AdminFunction",
     "stream": "StreamFunction",
     "redeliver": "RedeliveryFunction",
 }
@@ -64,6 +65,8 @@ ROUTES = {
 #   table        the single table            index:gsi1     its index
 #   group        schedules of the grace group scheduler-role  the role Scheduler assumes
 #   connections  POST @connections of this API's stage      bus  the task-event bus
+#   connections:delete  DELETE @connections (closing sockets)
+#   idempotency-table  the idempotency utility's table
 # TransactWriteItems is authorized per item (PutItem, UpdateItem, DeleteItem,
 # ConditionCheckItem); a 410 Gone during fan-out runs the $disconnect path, so
 # every function that broadcasts also carries that path's permissions.
@@ -76,6 +79,16 @@ DISCONNECT_PATH = {
     ("iam:PassRole", "scheduler-role"),
 }
 GONE_PATH = DISCONNECT_PATH | {("dynamodb:GetItem", "table")}
+IDEMPOTENT = {
+    (action, "idempotency-table")
+    for action in (
+        "dynamodb:DeleteItem",
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+    )
+}
+"""Powertools' DynamoDB persistence layer: get, put (conditional), update, delete."""
 CALLS: dict[str, set[tuple[str, str]]] = {
     "authorize": {("dynamodb:BatchGetItem", "table")},
     # Reaping on subscribe deletes stale leases and schedules session graces.
@@ -120,7 +133,6 @@ CALLS: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:Query", "table"),
         ("dynamodb:Query", "index:gsi1"),
         ("dynamodb:UpdateItem", "table"),
-        ("events:PutEvents", "bus"),
         # Lambda itself sends a run that failed every retry to the dead-letter
         # queue (EventInvokeConfig's on-failure destination), not the code.
         ("sqs:SendMessage", "dead-letter-queue"),
@@ -132,11 +144,20 @@ CALLS: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:PutItem", "table"),
         ("dynamodb:Query", "index:gsi1"),
         ("execute-api:ManageConnections", "connections"),
-        ("events:PutEvents", "bus"),
         # unregister_agent
-        ("execute-api:ManageConnections", "connections-delete"),
+        ("execute-api:ManageConnections", "connections:delete"),
         ("scheduler:DeleteSchedule", "group"),
-    },
+    }
+    | IDEMPOTENT,
+    "admin": {
+        ("dynamodb:DeleteItem", "table"),
+        ("dynamodb:GetItem", "table"),
+        ("dynamodb:PutItem", "table"),
+        ("dynamodb:Query", "table"),
+        ("dynamodb:UpdateItem", "table"),
+        ("execute-api:ManageConnections", "connections:delete"),
+    }
+    | IDEMPOTENT,
 }
 
 # How each action shows in the source (a regex over the modules a function imports).
@@ -157,6 +178,8 @@ CALL_MARKERS = {
     "lambda:InvokeFunction": r"\.invoke\(\s*FunctionName=",
 }
 INDEX_QUERY_MARKER = r"\.gsi1\.query\("
+RESOURCE_MARKERS = {"connections:delete": r"\.delete_connection\("}
+IDEMPOTENCY_MARKER = r"\bDynamoDBPersistenceLayer\("
 
 # Environment. Each variable the code reads has a rule for where it must be set.
 ALWAYS_SET = {
@@ -176,6 +199,7 @@ NEEDED_FOR = {
     "execute-api:ManageConnections": {"CALLBACK_URL"},
     "events:PutEvents": {"EVENT_BUS_NAME"},
 }
+NEEDED_FOR_RESOURCE = {"idempotency-table": {"IDEMPOTENCY_TABLE_NAME"}}
 OPTIONAL = {
     "MAX_REPLAY_IDS",
     "FANOUT_WORKERS",
@@ -207,6 +231,7 @@ ENV_VALUES: dict[str, Any] = {
     "CANCEL_OFFLINE_FUNCTION_ARN": {"Fn::GetAtt": ["CancelOfflineFunction", "Arn"]},
     "GRACE_DLQ_ARN": {"Fn::GetAtt": ["GraceDeadLetterQueue", "Arn"]},
     "EVENT_BUS_NAME": {"Ref": "TaskEventBus"},
+    "IDEMPOTENCY_TABLE_NAME": {"Ref": "IdempotencyTable"},
     "HISTORY_RETENTION_SECONDS": {"Ref": "HistoryRetentionSeconds"},
     "REDELIVERY_SECONDS": {"Ref": "RedeliverySeconds"},
     "SWEEP_WORKERS": {"Ref": "SweepWorkers"},
@@ -307,9 +332,10 @@ SYMBOLIC_RESOURCES = {
             "Fn::Sub": "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}"
             ":${WebSocketApi}/${StageName}/DELETE/@connections/*"
         }
-    ): "connections-delete",
+    ): "connections:delete",
     json.dumps({"Fn::GetAtt": ["TaskEventBus", "Arn"]}): "bus",
     json.dumps({"Fn::GetAtt": ["GraceDeadLetterQueue", "Arn"]}): "dead-letter-queue",
+    json.dumps({"Fn::GetAtt": ["IdempotencyTable", "Arn"]}): "idempotency-table",
     json.dumps(
         {
             "Fn::Sub": "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}"
@@ -571,7 +597,12 @@ def test_every_variable_the_code_reads_has_a_rule() -> None:
     names = code_environment_names()
     # The scan works: config.py's variables are found.
     assert {"TABLE_NAME", "STALE_AFTER", "CALLBACK_URL"} <= names
-    ruled = ALWAYS_SET | OPTIONAL | SET_BY_LAMBDA | set().union(*NEEDED_FOR.values())
+    ruled = (
+        ALWAYS_SET
+        | OPTIONAL
+        | SET_BY_LAMBDA
+        | set().union(*NEEDED_FOR.values(), *NEEDED_FOR_RESOURCE.values())
+    )
     assert names - ruled == set(), "a new environment variable needs a rule in this test"
 
 
@@ -580,6 +611,9 @@ def test_each_function_gets_the_environment_its_code_needs(folder: str) -> None:
     env = function_environment(folder)
     actions = {action for action, _ in granted(folder)}
     needed = set(ALWAYS_SET)
+    for resource, variables in NEEDED_FOR_RESOURCE.items():
+        if any(granted_resource == resource for _, granted_resource in granted(folder)):
+            needed |= variables
     for action, variables in NEEDED_FOR.items():
         if action in actions:
             needed |= variables
@@ -674,7 +708,11 @@ def test_each_declared_call_is_made_by_code_the_function_reaches(folder: str) ->
     for action, resource in sorted(CALLS[folder]):
         if (folder, action, resource) in PLATFORM_CALLS:
             continue
-        marker = INDEX_QUERY_MARKER if resource.startswith("index:") else CALL_MARKERS[action]
+        marker = RESOURCE_MARKERS.get(resource) or (
+            INDEX_QUERY_MARKER if resource.startswith("index:") else CALL_MARKERS[action]
+        )
+        if resource == "idempotency-table":
+            marker = IDEMPOTENCY_MARKER
         assert re.search(marker, source), f"{folder}: no code makes {action} on {resource}"
 
 
@@ -690,12 +728,24 @@ def test_no_policy_has_a_wildcard_resource_or_action() -> None:
                 assert "*" not in as_list(statement["Resource"]), (logical_id, statement)
 
 
-def test_functions_carry_only_the_basic_execution_managed_policy() -> None:
+def test_functions_carry_only_the_basic_execution_and_xray_write_managed_policies() -> None:
+    # X-Ray's write actions take no resource-level permissions; SAM's Tracing: Active
+    # grants exactly AWS's write-only X-Ray policy, nothing that reads traces.
     for folder in FUNCTION_IDS:
         arns = function_role(folder).get("ManagedPolicyArns", [])
-        names = [json.dumps(arn) for arn in arns]
-        assert len(names) == 1, (folder, arns)
-        assert "AWSLambdaBasicExecutionRole" in names[0], (folder, arns)
+        names = sorted(json.dumps(arn) for arn in arns)
+        assert len(names) == 2, (folder, arns)
+        assert any("AWSLambdaBasicExecutionRole" in name for name in names), (folder, arns)
+        assert any(name.endswith('policy/AWSXrayWriteOnlyAccess"') for name in names), arns
+
+
+def test_every_function_traces_actively_with_the_powertools_tracer() -> None:
+    for folder, logical_id in FUNCTION_IDS.items():
+        assert properties(logical_id)["TracingConfig"] == {"Mode": "Active"}, folder
+        # Every handler is wrapped by lambda_handler (Tracer, Logger context,
+        # Metrics) directly or through socket_route.
+        source = (ROOT / "functions" / folder / "app.py").read_text(encoding="utf-8")
+        assert "@lambda_handler" in source or "@socket_route" in source, folder
 
 
 def test_the_scheduler_role_can_invoke_only_cancel_offline() -> None:
@@ -760,3 +810,60 @@ def test_each_fan_out_function_has_its_memory_as_a_parameter() -> None:
         assert properties(logical_id)["MemorySize"] == {"Ref": parameter}
         assert 128 <= parameters[parameter]["Default"] <= 10240
     assert parameters["BackendMemorySize"]["Default"] >= 1024
+
+
+# ---------------------------------------------------------------- task events (outbox)
+
+
+def test_the_table_streams_each_change_to_the_task_event_pipe() -> None:
+    assert properties("Table")["StreamSpecification"] == {"StreamViewType": "NEW_AND_OLD_IMAGES"}
+    pipe = properties("TaskEventPipe")
+    assert pipe["Source"] == {"Fn::GetAtt": ["Table", "StreamArn"]}
+    assert pipe["Target"] == {"Fn::GetAtt": ["TaskEventBus", "Arn"]}
+    stream = pipe["SourceParameters"]["DynamoDBStreamParameters"]
+    assert stream["DeadLetterConfig"] == {
+        "Arn": {"Fn::GetAtt": ["TaskEventDeadLetterQueue", "Arn"]}
+    }
+    assert stream["MaximumRetryAttempts"] == -1
+    # Parked before the stream (24 hours) drops the record.
+    assert stream["MaximumRecordAgeInSeconds"] < 24 * 3600
+    [pattern] = pipe["SourceParameters"]["FilterCriteria"]["Filters"]
+    assert json.loads(pattern["Pattern"])["dynamodb"]["NewImage"]["status"] == {"S": ["cancelled"]}
+
+
+def test_the_pipe_role_reads_the_stream_and_puts_on_the_bus_only() -> None:
+    role = properties("TaskEventPipeRole")
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "pipes.amazonaws.com"}
+    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+    pairs = {
+        (action, json.dumps(resource))
+        for statement in policy_statements(role)
+        for action in as_list(statement["Action"])
+        for resource in as_list(statement["Resource"])
+    }
+    stream = json.dumps({"Fn::GetAtt": ["Table", "StreamArn"]})
+    assert pairs == {
+        ("dynamodb:DescribeStream", stream),
+        ("dynamodb:GetRecords", stream),
+        ("dynamodb:GetShardIterator", stream),
+        ("dynamodb:ListStreams", stream),
+        ("events:PutEvents", json.dumps({"Fn::GetAtt": ["TaskEventBus", "Arn"]})),
+        ("sqs:SendMessage", json.dumps({"Fn::GetAtt": ["TaskEventDeadLetterQueue", "Arn"]})),
+    }
+
+
+def test_no_function_publishes_task_events_itself() -> None:
+    # task.cancelled comes from the pipe; the redelivery function publishes
+    # dispatch.given_up, which is not a consequence of a task's write.
+    for folder in ("cancel_offline", "backend"):
+        assert not any(action == "events:PutEvents" for action, _ in granted(folder)), folder
+
+
+def test_the_idempotency_table_expires_its_records() -> None:
+    table = properties("IdempotencyTable")
+    assert table["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expiration", "Enabled": True}
+    outputs = translated()["Outputs"]
+    assert outputs["AdminFunctionArn"]["Value"] == {"Fn::GetAtt": ["AdminFunction", "Arn"]}
+    assert outputs["BackendFunctionArn"]["Value"] == {"Fn::GetAtt": ["BackendFunction", "Arn"]}

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -60,6 +61,19 @@ def wait_until(check: Callable[[], T | None], timeout: float, what: str, every: 
         time.sleep(every)
 
 
+def stop_server(process: subprocess.Popen[str]) -> int:
+    """Ctrl-C a local stack and wait for its exit code; kill it if it hangs."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            return process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+            raise
+    return int(process.returncode)
+
+
 class LineReader:
     """Collect a subprocess stream's lines in a thread, so reads never block a test."""
 
@@ -97,6 +111,8 @@ class DevServer:
     topic_id: int
     token: str
     output: LineReader
+    data_dir: Path
+    secret_file: Path
 
     @property
     def callback_url(self) -> str:
@@ -109,7 +125,8 @@ class DevServer:
             capture_output=True,
             text=True,
             timeout=COMMAND_TIMEOUT,
-            env=clean_environment(),
+            # The command line finds the backend secret in the stack's data directory.
+            env=clean_environment(AGENT_CHANNEL_DATA_DIR=str(self.data_dir)),
             check=False,
         )
         answer = json.loads(done.stdout) if done.stdout.strip() else None
@@ -148,23 +165,22 @@ class DevServer:
         return int(answers[-1]["task_id"])
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                return self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-                raise
-        return int(self.process.returncode)
+        return stop_server(self.process)
 
 
-def start_dev_server(*extra: str, environment: dict[str, str] | None = None) -> DevServer:
+def start_dev_server(
+    *extra: str, data_dir: Path | None = None, environment: dict[str, str] | None = None
+) -> DevServer:
+    """A dev server on a free port, keeping its state in ``data_dir`` (a fresh
+    temporary directory unless given: pass the same one to restart on its state)."""
+    directory = data_dir or Path(tempfile.mkdtemp(prefix="agent-channel-e2e-"))
     process = subprocess.Popen(
         command_line(
             "dev",
             "--port",
             "0",
+            "--data-dir",
+            str(directory),
             "--heartbeat-seconds",
             str(HEARTBEAT_SECONDS),
             "--stale-after-seconds",
@@ -198,6 +214,8 @@ def start_dev_server(*extra: str, environment: dict[str, str] | None = None) -> 
         topic_id=int(details["topic_id"]),
         token=token,
         output=output,
+        data_dir=directory,
+        secret_file=Path(details["secret_file"]),
     )
 
 
@@ -286,15 +304,7 @@ class AppServer:
         return self.callback_url.rsplit("/", 1)[0]
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                return self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-                raise
-        return int(self.process.returncode)
+        return stop_server(self.process)
 
 
 def start_app_server(template: Path, *extra: str) -> AppServer:

@@ -32,7 +32,7 @@ from agent_channel.identity import accounts
 from agent_channel.lambda_kit import wiring
 from agent_channel.presence import rules as presence
 from agent_channel.presence.model import Presence
-from agent_channel.storage import schema
+from agent_channel.storage import schema, transactions
 from agent_channel.storage.records import DecisionRecord, Record
 from agent_channel.tasks.dynamodb import DynamoTaskStore
 from agent_channel_dev.instruments.lambda_context import LocalContext
@@ -59,6 +59,7 @@ THROTTLES = ("ProvisionedThroughputExceededException", "ThrottlingException")
 def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     # The retries are real; only their sleeping is skipped, to keep the suite fast.
     monkeypatch.setattr(botocore.retries.standard.ExponentialBackoff, "delay_amount", _zero)
+    monkeypatch.setattr(transactions, "pause", lambda seconds: None)
 
 
 def _zero(self: Any, context: Any) -> float:
@@ -104,13 +105,20 @@ _original_call = botocore.client.BaseClient._make_api_call
 
 
 @contextmanager
-def cancelled_transactions(reasons: list[str], *, times: int = 1) -> Iterator[list[str]]:
-    """TransactWriteItems fails with TransactionCanceledException carrying
-    ``reasons`` (per item; e.g. TransactionConflict: a racing writer held an item)."""
+def cancelled_transactions(
+    reasons: list[str], *, times: int = 1, after: int = 0
+) -> Iterator[list[str]]:
+    """TransactWriteItems fails with TransactionCanceledException carrying one
+    reason per item, as DynamoDB does: ``reasons`` for the first items, "None" for
+    the rest (e.g. TransactionConflict: a racing writer held that item). The first
+    ``after`` transactions go through."""
     failed: list[str] = []
+    seen: list[str] = []
 
     def failing(self: botocore.client.BaseClient, operation: str, params: dict[str, Any]) -> Any:
-        if operation == "TransactWriteItems" and len(failed) < times:
+        if operation == "TransactWriteItems":
+            seen.append(operation)
+        if operation == "TransactWriteItems" and len(seen) > after and len(failed) < times:
             failed.append(operation)
             count = len(params.get("TransactItems", []))
             codes = (reasons + ["None"] * count)[:count]
@@ -263,14 +271,15 @@ def test_throttled_cancel_offline_cancels_each_task_exactly_once(
 
 def test_throttling_beyond_the_retry_budget_fails_connect_cleanly(world: World) -> None:
     before = table_items()
+    budget = 4 * transactions.MAX_ATTEMPTS
     with throttled_sends(
-        "dynamodb", {"TransactWriteItems"}, "ProvisionedThroughputExceededException", times=4
+        "dynamodb", {"TransactWriteItems"}, "ProvisionedThroughputExceededException", times=budget
     ) as hit:
         connected = Gateway().connect(query(world), token=world.owner_token)
-    # The retry mode gave up (PynamoDB's client: 4 attempts in all); the client
-    # sees an error and reconnects. The transaction is all or nothing: no
-    # half-made connection.
-    assert len(hit) == 4
+    # Both retry layers gave up (PynamoDB's client: 4 attempts per request; the
+    # store: MAX_ATTEMPTS requests); the client sees an error and reconnects. The
+    # transaction is all or nothing: no half-made connection.
+    assert len(hit) == budget
     assert connected.status == 500
     assert table_items() == before
     assert Gateway().connect(query(world), token=world.owner_token).status == 200
@@ -319,47 +328,33 @@ def test_a_subscribe_racing_the_last_one_out_wins_and_the_clear_is_retried(
     ), emf
 
 
-def test_a_conflicting_transaction_during_disconnect_is_repaired_by_the_sweeper(
-    world: World, fake_clock: FakeClock
+@pytest.mark.parametrize("conflicts", [1, transactions.MAX_ATTEMPTS])
+def test_a_conflicting_clear_is_retried_and_one_that_keeps_conflicting_is_repaired_by_the_sweeper(
+    world: World, fake_clock: FakeClock, conflicts: int
 ) -> None:
     gateway = Gateway()
     only = gateway.connect(query(world), token=world.owner_token)
     token = presence_of(world).leases[0].token
     # The clear's transaction is cancelled by DynamoDB for a concurrent writer on
-    # the agent item (TransactionConflict, not a failed condition): the storage
-    # failure is logged, the function returns, and the sweeper finishes the job.
-    # The first transaction (dropping the connection) goes through; the second
-    # (the clear) is the one cancelled.
-    with captured_log_lines() as lines:
-        calls: list[str] = []
-
-        def drop_then_conflict(
-            self: botocore.client.BaseClient, operation: str, params: dict[str, Any]
-        ) -> Any:
-            if operation == "TransactWriteItems":
-                calls.append(operation)
-                if len(calls) == 2:
-                    raise ClientError(
-                        {
-                            "Error": {"Code": "TransactionCanceledException", "Message": "x"},
-                            "CancellationReasons": [{"Code": "TransactionConflict"}],
-                            "ResponseMetadata": {"HTTPStatusCode": 400},
-                        },
-                        operation,
-                    )
-            return _original_call(self, operation, params)
-
-        botocore.client.BaseClient._make_api_call = drop_then_conflict  # type: ignore[method-assign]
-        try:
-            answer = gateway.disconnect(only.connection_id)
-        finally:
-            botocore.client.BaseClient._make_api_call = _original_call  # type: ignore[method-assign]
+    # the agent item (TransactionConflict on that item, None on the others: not a
+    # failed condition). The first transaction (dropping the connection) goes
+    # through; the clear is cancelled ``conflicts`` times. Once is retried at
+    # once; every attempt is logged, and the sweeper finishes the job.
+    with (
+        captured_log_lines() as lines,
+        cancelled_transactions(["TransactionConflict"], times=conflicts, after=1) as failed,
+    ):
+        answer = gateway.disconnect(only.connection_id)
     assert answer["statusCode"] == 200
-    assert any(line["level"] == "ERROR" for line in lines), "logged with context"
-    half = presence_of(world)
-    assert half.routing_on and not half.leases, "the lease went, routing stayed: half done"
-
-    invoke("sweeper", scheduled_event())
+    assert len(failed) == conflicts
+    if conflicts < transactions.MAX_ATTEMPTS:
+        assert not any(line["level"] == "ERROR" for line in lines)
+        assert not presence_of(world).routing_on
+    else:
+        assert any(line["level"] == "ERROR" for line in lines), "logged with context"
+        half = presence_of(world)
+        assert half.routing_on and not half.leases, "the lease went, routing stayed: half done"
+        invoke("sweeper", scheduled_event())
     repaired = presence_of(world)
     assert not repaired.routing_on
     check_invariant_1(world, fake_clock())
@@ -370,16 +365,18 @@ def test_a_conflicting_transaction_during_disconnect_is_repaired_by_the_sweeper(
     assert json.loads(created["Target"]["Input"])["subscription_token"] == token
 
 
-def test_a_cancelled_connect_transaction_writes_nothing_and_a_retry_connects(
-    world: World,
+@pytest.mark.parametrize("reason", sorted(transactions.TRANSIENT_REASONS))
+def test_a_transient_cancellation_of_connect_is_retried_and_one_that_persists_writes_nothing(
+    world: World, reason: str
 ) -> None:
-    before = table_items()
-    with cancelled_transactions(["TransactionConflict"]) as failed:
+    with cancelled_transactions([reason]) as failed:
         connected = Gateway().connect(query(world), token=world.owner_token)
-    assert failed and connected.status == 500
+    assert failed and connected.status == 200
+    before = table_items()
+    with cancelled_transactions([reason], times=transactions.MAX_ATTEMPTS) as failed:
+        refused = Gateway().connect(query(world), token=world.owner_token)
+    assert len(failed) == transactions.MAX_ATTEMPTS and refused.status == 500
     assert table_items() == before
-    assert Gateway().connect(query(world), token=world.owner_token).status == 200
-    assert presence_of(world).routing_on
 
 
 def test_a_conflicting_decision_is_retried_and_recorded_once(
@@ -672,3 +669,90 @@ def test_backend_commands_delivered_twice_take_effect_once(
     found = tasks.get(task_id)
     assert found is not None and found.status == "done"
     assert accounts.get_user(world.agent_id) is not None
+
+
+# -- transient transaction failures are retried, never read as a refusal -----------------
+
+
+@pytest.mark.parametrize("reason", sorted(transactions.TRANSIENT_REASONS))
+def test_a_reply_met_by_a_transient_cancellation_is_claimed_not_refused(
+    world: World, reason: str
+) -> None:
+    task_id = delegated_task(world)
+    # DynamoDB names the item that met the conflict or throttling; the slot delete
+    # and the task update of the claim report "None" and the reason respectively.
+    with cancelled_transactions(["None", reason]) as failed:
+        answer = backend({"op": "claim_reply", "task_id": task_id, "agent_id": world.agent_id})
+    assert failed
+    assert answer == {"ok": True, "op": "claim_reply", "task_id": task_id, "status": "done"}
+    assert tasks.held_slots(world.agent_id) == []
+
+
+def test_a_validation_error_is_a_fault_not_a_refusal_and_changes_nothing(world: World) -> None:
+    task_id = delegated_task(world)
+    before = table_items()
+    with cancelled_transactions(["None", "ValidationError"]) as failed:
+        answer = backend({"op": "claim_reply", "task_id": task_id})
+    assert len(failed) == 1, "a fault is not retried"
+    assert answer["ok"] is False and answer["error"] != "reply_not_claimable", answer
+    assert table_items() == before
+
+
+def test_a_reply_really_refused_is_refused_once_without_retry(world: World) -> None:
+    task_id = delegated_task(world)
+    assert backend({"op": "claim_reply", "task_id": task_id})["ok"]
+    with counting_requests() as counted:
+        again = backend({"op": "claim_reply", "task_id": task_id})
+    assert again["error"] == "reply_not_claimable"
+    assert counted.by_operation("dynamodb")["TransactWriteItems"] == 1
+
+
+def test_a_transaction_conflict_on_a_single_item_write_is_retried(
+    world: World, fake_clock: FakeClock
+) -> None:
+    gateway = Gateway()
+    connected = gateway.connect(query(world), token=world.owner_token)
+    fake_clock.advance(5)
+    # A heartbeat's UpdateItem meets the lease while a transaction writes it.
+    with failing_requests(
+        "dynamodb", {"UpdateItem"}, "TransactionConflictException", times=2, status=400
+    ) as failed:
+        gateway.send(connected.connection_id, {"action": "heartbeat"})
+    assert len(failed) == 2
+    assert presence_of(world).leases[0].last_seen_at == fake_clock()
+
+
+def test_a_sweep_does_not_clear_again_and_erase_an_owed_graces_index_entry(
+    world: World, fake_clock: FakeClock
+) -> None:
+    """A last one out is half done (connection and lease gone, routing still on)
+    when a sweep reads the agent; the departure then clears routing and, Scheduler
+    failing it, records the grace as owed under GRACE_OWED. The sweep's clear must
+    not run on top of it: it would remove that index entry with routing's."""
+    from agent_channel.config import settings as channel_settings
+    from agent_channel.storage.records import UserRecord
+    from tests.support.faults import SCHEDULER_UNAVAILABLE
+
+    gateway = Gateway()
+    only = gateway.connect(query(world), token=world.owner_token)
+    store, scheduler = wiring.presence_store(), wiring.grace_scheduler()
+    stream = presence_of(world).leases[0]
+    store.drop_connection(only.connection_id, f"agent:{world.agent_id}")
+    dropped = store.drop_lease(world.agent_id, stream.connection_id)
+    assert dropped is not None
+
+    def rest_of_the_departure() -> None:
+        code, status = SCHEDULER_UNAVAILABLE
+        with failing_requests("scheduler", {"CreateSchedule"}, code, status=status):
+            presence.settle(store, scheduler, channel_settings(), world.agent_id, dropped=dropped)
+
+    with before_nth("TransactWriteItems", 1, rest_of_the_departure) as raced:
+        invoke("sweeper", scheduled_event())
+    assert raced
+    agent = UserRecord.get(*schema.user_key(world.agent_id), consistent_read=True)
+    assert agent.routing_expression == ""
+    assert agent.grace_owed_token == dropped.token
+    assert agent.gsi1pk == schema.GRACE_OWED, "the owed grace lost its index entry"
+    # And the next sweep pays it.
+    invoke("sweeper", scheduled_event())
+    assert schedule_exists(schedule_name(world.agent_id, None))

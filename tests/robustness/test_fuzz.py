@@ -82,11 +82,33 @@ def _json_or(value: Any) -> str:
     return json.dumps(value)
 
 
+deep_nesting = st.builds(
+    lambda depth, shape: shape(depth),
+    st.one_of(st.integers(min_value=33, max_value=200), st.sampled_from([1_000, 100_000])),
+    st.sampled_from(
+        [
+            lambda n: "[" * n,
+            lambda n: "[" * n + "]" * n,
+            lambda n: '{"a":' * n + "1" + "}" * n,
+            lambda n: '{"action": "heartbeat", "x": ' + "[" * n + "]" * n + "}",
+            lambda n: '{"action": "replay_permissions", "request_ids": ' + "[" * n + "]" * n + "}",
+        ]
+    ),
+)
+"""Nesting past the bound, up to far past the parser's recursion limit."""
+
+huge_strings = st.sampled_from([100_000, 1_000_000]).map(
+    lambda n: json.dumps({"action": "x" * n, "request_ids": ["r" * n]})
+)
+"""Megabyte frames: more than API Gateway passes, but a function must not care."""
+
 bodies = st.one_of(
     st.none(),
     weird_text,
     json_values.map(_json_or),
     st.binary(max_size=80).map(lambda raw: raw.decode("latin-1")),
+    deep_nesting,
+    huge_strings,
 )
 
 
@@ -463,9 +485,19 @@ OPS = [
     "unregister_agent",
 ]
 
+
+def test_the_fuzzer_knows_every_backend_op() -> None:
+    from agent_channel.backend import admin_commands, delivery_commands
+
+    registered = [*admin_commands.REGISTRY.ops, *delivery_commands.REGISTRY.ops]
+    assert sorted(OPS) == sorted(registered)
+
+
 backend_commands = st.one_of(
     json_values,
     weird_text,
+    deep_nesting,
+    huge_strings.map(lambda body: body.replace('"action"', '"op"')),
     st.builds(
         lambda op, fields: {**fields, "op": op},
         st.sampled_from(OPS) | weird_text | json_values,
@@ -501,16 +533,50 @@ backend_commands = st.one_of(
 def test_backend_answers_every_command_and_a_refusal_writes_nothing(
     world: World, management: ManagementApi, command: Any
 ) -> None:
+    for folder in ("backend", "admin"):
+        answer_one_command(folder, command)
+
+
+def answer_one_command(folder: str, command: Any) -> None:
     before = snapshot()
     with counting_requests() as counter:
-        answer = invoke("backend", command)
+        answer = invoke(folder, command)
     assert isinstance(answer, dict) and isinstance(answer.get("ok"), bool), answer
     # What a non-Python backend receives must be JSON.
     json.dumps(answer)
     if answer["ok"]:
-        return  # a well-formed command (create_user with any name, say) did its job
+        # A well-formed command (create_user with any name, say) did its job; the
+        # other function must not see its writes as a refusal's.
+        return
     assert answer["error"] != "internal_error", (command, answer)
     assert isinstance(answer["message"], str)
     assert snapshot() == before, f"a refused command wrote: {command!r}"
     for service in ("scheduler", "events"):
         assert not [op for op in counter.of(service) if op not in READ_ONLY[service]]
+
+
+# -- nesting past the bound, everywhere a client's bytes are parsed -----------------------
+
+DEEP = ["[" * 100_000, '{"action": "heartbeat", "x": ' + "[" * 5_000 + "]" * 5_000 + "}"]
+
+
+@pytest.mark.parametrize("body", DEEP, ids=["unclosed", "closed_inside_an_action"])
+def test_deep_nesting_gets_an_error_frame_and_writes_nothing(
+    world: World, management: ManagementApi, body: str
+) -> None:
+    from agent_channel_dev.local.gateway import DEFAULT, select_route
+    from tests.support.gateway import ROUTE_FUNCTIONS
+
+    connection_id, context = _socket(world, management)
+    # The local gateway's route selection: $default, not a RecursionError.
+    assert select_route(body, ROUTE_FUNCTIONS) == DEFAULT
+    for route, name in (("$default", "default"), ("replay_permissions", "replay")):
+        sent_before = len(management.sink.messages(connection_id))
+        event = route_event(route, connection_id, authorizer=context, body=body)
+        fuzz_route(name, event, {200})
+        [message] = management.sink.json_messages(connection_id)[sent_before:]
+        assert message["type"] == "error", (name, message)
+        assert message["error"] in ("invalid_json", "invalid_request"), (name, message)
+    with writes_nothing():
+        answer = invoke("backend", body)
+    assert answer["ok"] is False and answer["error"] == "invalid_command", answer

@@ -36,6 +36,13 @@ def backend(command: dict[str, Any]) -> dict[str, Any]:
     return answer
 
 
+def admin(command: dict[str, Any]) -> dict[str, Any]:
+    from functions.admin import app
+
+    answer: dict[str, Any] = app.handler(command, LocalContext(function_name="admin"))
+    return answer
+
+
 def stranger_agent(world: World) -> int:
     """A channel agent of the stranger's own."""
     return int(accounts.create_agent("mallory-bot", world.stranger_id, CHANNEL_AGENT_MODEL).user_id)
@@ -65,10 +72,12 @@ def test_a_revoked_token_is_refused_and_stays_refused(world: World) -> None:
     query = {"agent_id": str(world.agent_id), "session_id": "s1"}
     assert gateway.connect(query, token=world.owner_token).status == 200
 
-    assert backend({"op": "revoke_token", "token": world.owner_token}) == {
+    assert admin({"op": "revoke_token", "token": world.owner_token}) == {
         "ok": True,
         "op": "revoke_token",
         "revoked": True,
+        "closed": 1,
+        "not_closed": 0,
     }
     for how in ({"token": world.owner_token}, {"header_token": world.owner_token}):
         with counting_requests() as counter:
@@ -249,3 +258,251 @@ def test_a_token_is_never_logged(
     for secret in secrets:
         assert secret not in logged
         assert secret.removeprefix("act_") not in logged
+
+
+# -- a revoked token keeps no access on a socket it opened ---------------------------------
+
+
+def test_revoking_a_token_closes_every_socket_opened_with_it(
+    world: World, management: ManagementApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import boto3
+
+    from agent_channel.backend import admin_ops
+
+    closer = boto3.client(
+        "apigatewaymanagementapi",
+        endpoint_url=management.server.endpoint_url(management_server.STAGE),
+    )
+    monkeypatch.setattr(admin_ops, "connection_closer", lambda: closer)
+    gateway, sink = Gateway(), management.sink
+    agent_socket = connect_agent(gateway, sink, world, "rev-agent=", session_id="s1")
+    topic_socket = connect_topic(gateway, sink, world, "rev-topic=")
+    other_token = accounts.issue_token(world.owner_id)
+    kept = connect_agent(gateway, sink, world, "kept=", token=other_token, session_id="s2")
+
+    answer = admin({"op": "revoke_token", "token": world.owner_token})
+
+    assert answer == {
+        "ok": True,
+        "op": "revoke_token",
+        "revoked": True,
+        "closed": 2,
+        "not_closed": 0,
+    }
+    assert not sink.is_open(agent_socket), "the revoked token's agent socket is still open"
+    assert not sink.is_open(topic_socket), "the revoked token's topic socket is still open"
+    assert sink.is_open(kept), "a socket opened with another token was closed"
+
+
+def test_a_heartbeat_on_a_revoked_tokens_socket_restores_nothing(
+    world: World, fake_clock: Any
+) -> None:
+    """Even if the socket outlives the revocation (its close failed, its $disconnect
+    is lost), once its lease is reaped no heartbeat brings routing back."""
+    from agent_channel.config import settings
+    from agent_channel.lambda_kit import wiring
+    from agent_channel_dev.local.apigw_events import scheduled_event
+    from tests.support.gateway import invoke
+
+    gateway = Gateway()
+    query = {"agent_id": str(world.agent_id), "session_id": "s1"}
+    socket = gateway.connect(query, token=world.owner_token).connection_id
+    assert accounts.revoke_token(world.owner_token)
+    fake_clock.advance(settings().stale_after_seconds + 1)
+    invoke("sweeper", scheduled_event())
+    presence = wiring.presence_store().read(world.agent_id)
+    assert presence is not None and not presence.routing_on and not presence.leases
+
+    gateway.send(socket, {"action": "heartbeat"})
+
+    presence = wiring.presence_store().read(world.agent_id)
+    assert presence is not None
+    assert not presence.routing_on, "a heartbeat with a revoked token restored routing"
+    assert not presence.leases
+
+
+def test_a_heartbeat_after_the_agent_changed_hands_restores_nothing(
+    world: World, fake_clock: Any
+) -> None:
+    from agent_channel.config import settings
+    from agent_channel.lambda_kit import wiring
+    from agent_channel.storage.records import UserRecord
+    from agent_channel_dev.local.apigw_events import scheduled_event
+    from tests.support.gateway import invoke
+
+    gateway = Gateway()
+    query = {"agent_id": str(world.agent_id), "session_id": "s1"}
+    socket = gateway.connect(query, token=world.owner_token).connection_id
+    UserRecord(*schema.user_key(world.agent_id)).update(
+        actions=[UserRecord.created_by.set(world.stranger_id)]
+    )
+    fake_clock.advance(settings().stale_after_seconds + 1)
+    invoke("sweeper", scheduled_event())
+
+    gateway.send(socket, {"action": "heartbeat"})
+
+    presence = wiring.presence_store().read(world.agent_id)
+    assert presence is not None and not presence.routing_on and not presence.leases
+
+
+# -- what changed between the authorizer and $connect is caught by $connect ---------------
+
+
+def _authorized_then(world: World, query: dict[str, str], change: Any) -> int:
+    """Run the authorizer, apply ``change`` (what another request did meanwhile),
+    then $connect with the context the authorizer returned; $connect's status."""
+    from agent_channel_dev.local.apigw_events import (
+        authorizer_context_for_routes,
+        authorizer_event,
+        route_event,
+    )
+    from tests.support.gateway import AUTHORIZER_FUNCTION, ROUTE_FUNCTIONS, invoke
+
+    full = {**query, "token": world.owner_token}
+    policy = invoke(AUTHORIZER_FUNCTION, authorizer_event("late=", query=full))
+    assert policy["policyDocument"]["Statement"][0]["Effect"] == "Allow"
+    change()
+    context = authorizer_context_for_routes(policy)
+    event = route_event("$connect", "late=", authorizer=context, query=full)
+    result: int = invoke(ROUTE_FUNCTIONS["$connect"], event)["statusCode"]
+    return result
+
+
+def _connection_exists(connection_id: str) -> bool:
+    from agent_channel.storage.records import ConnectionRecord
+
+    try:
+        ConnectionRecord.get(*schema.connection_key(connection_id), consistent_read=True)
+    except ConnectionRecord.DoesNotExist:
+        return False
+    return True
+
+
+def test_an_agent_handed_over_after_the_authorizer_is_not_subscribed(world: World) -> None:
+    from agent_channel.storage.records import UserRecord
+
+    def hand_over() -> None:
+        UserRecord(*schema.user_key(world.agent_id)).update(
+            actions=[UserRecord.created_by.set(world.stranger_id)]
+        )
+
+    query = {"agent_id": str(world.agent_id), "session_id": "s1"}
+    assert _authorized_then(world, query, hand_over) == 403
+    assert not _connection_exists("late=")
+
+
+def test_a_listened_agent_handed_over_after_the_authorizer_is_not_attached(
+    world: World,
+) -> None:
+    from agent_channel.storage.records import UserRecord
+
+    def hand_over() -> None:
+        UserRecord(*schema.user_key(world.other_ai_id)).update(
+            actions=[UserRecord.created_by.set(world.stranger_id)]
+        )
+
+    assert _authorized_then(world, {"agent_id": str(world.other_ai_id)}, hand_over) == 403
+    assert not _connection_exists("late=")
+
+
+def test_a_topic_withdrawn_after_the_authorizer_is_not_attached(world: World) -> None:
+    from agent_channel.storage.records import TopicRecord
+
+    def withdraw() -> None:
+        TopicRecord(*schema.topic_key(world.topic_id)).update(
+            actions=[TopicRecord.owner_id.set(world.stranger_id)]
+        )
+
+    assert _authorized_then(world, {"topic_id": str(world.topic_id)}, withdraw) == 403
+    assert not _connection_exists("late=")
+
+
+@pytest.mark.parametrize("target", ["agent", "topic"])
+def test_a_token_revoked_after_the_authorizer_opens_nothing(world: World, target: str) -> None:
+    query = (
+        {"agent_id": str(world.agent_id), "session_id": "s1"}
+        if target == "agent"
+        else {"topic_id": str(world.topic_id)}
+    )
+    assert _authorized_then(world, query, lambda: accounts.revoke_token(world.owner_token)) == 403
+    assert not _connection_exists("late=")
+    assert accounts.sockets_opened_with(world.owner_token) == []
+
+
+def test_a_task_is_never_overwritten_even_if_the_counter_repeats(world: World) -> None:
+    from pynamodb.exceptions import PutError
+
+    from agent_channel.storage.records import CounterRecord
+
+    first = tasks.create(topic_id=world.topic_id, agent_id=world.agent_id, content="first")
+    CounterRecord(*schema.counter_key("task")).update(actions=[CounterRecord.value.set(0)])
+    with pytest.raises(PutError):
+        tasks.create(topic_id=world.topic_id, agent_id=world.agent_id, content="second")
+    kept = tasks.get(first.task_id)
+    assert kept is not None and kept.content == "first"
+
+
+# -- acting users --------------------------------------------------------------------
+
+
+def all_items() -> list[str]:
+    import boto3
+
+    from agent_channel.storage.records import Record
+
+    items = boto3.client("dynamodb").scan(TableName=Record.Meta.table_name)["Items"]
+    return sorted(json.dumps(item, sort_keys=True) for item in items)
+
+
+def test_dispatch_for_an_acting_user_who_cannot_read_the_topic_is_refused(
+    world: World, management: ManagementApi
+) -> None:
+    gateway, sink = Gateway(), management.sink
+    socket = connect_agent(gateway, sink, world, "c1=")
+    task = tasks.start(tasks.create(topic_id=world.topic_id, agent_id=world.agent_id, content="x"))
+    before = all_items()
+
+    for acting in (world.stranger_id, world.stranger_id + 1000):
+        answer = backend({"op": "dispatch", "task_id": task.task_id, "acting_user_id": acting})
+        assert answer["ok"] is False and answer["error"] == "forbidden", answer
+    # A missing task gets the same answer as a foreign one.
+    missing = backend({"op": "dispatch", "task_id": 987654, "acting_user_id": world.stranger_id})
+    assert missing["error"] == "forbidden"
+    assert all_items() == before, "a refusal writes nothing"
+    assert sink.json_messages(socket) == []
+
+    allowed = backend({"op": "dispatch", "task_id": task.task_id, "acting_user_id": world.owner_id})
+    assert allowed["ok"] is True and allowed["status"] == "delegated", allowed
+
+
+def test_a_decision_for_an_acting_user_is_theirs_and_for_their_agent_only(
+    world: World, management: ManagementApi
+) -> None:
+    base = {"op": "decide_permission", "agent_id": world.agent_id, "behavior": "allow"}
+    before = all_items()
+
+    foreign = backend({**base, "request_id": "r1", "acting_user_id": world.stranger_id})
+    assert foreign["ok"] is False and foreign["error"] == "forbidden", foreign
+    posing = backend(
+        {
+            **base,
+            "request_id": "r1",
+            "acting_user_id": world.owner_id,
+            "decided_by": world.stranger_id,
+        }
+    )
+    assert posing["ok"] is False and posing["error"] == "invalid_command", posing
+    assert all_items() == before
+
+    mine = backend({**base, "request_id": "r1", "acting_user_id": world.owner_id})
+    assert mine["ok"] is True and mine["decided_by"] == world.owner_id, mine
+
+
+def test_the_admin_function_serves_accounts_and_not_delivery(world: World) -> None:
+    made = admin({"op": "create_user", "name": "grace"})
+    assert made["ok"] is True
+    token = admin({"op": "issue_token", "user_id": made["user_id"]})
+    assert token["ok"] is True and token["token"]
+    assert admin({"op": "dispatch", "task_id": 1})["error"] == "unknown_op"
+    assert backend({"op": "create_user", "name": "eve"})["error"] == "unknown_op"

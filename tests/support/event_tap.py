@@ -1,5 +1,8 @@
-"""Read back what was published to the backend's EventBridge bus, as the backend
-would: a rule on the bus matching source and detail-type, with an SQS target."""
+"""Read back what reached the backend's EventBridge bus, as the backend would: a
+rule on the bus matching source and detail-type, with an SQS target.
+
+Task events reach the bus through the task-event pipe (the table's stream), so a
+tap runs that pipe, from its definition in template.yaml, before each read."""
 
 from __future__ import annotations
 
@@ -9,15 +12,19 @@ from typing import Any
 
 import boto3
 
+from agent_channel.storage.records import Record
 from agent_channel.tasks.events import SOURCE, TASK_CANCELLED
+from agent_channel_dev.local.pipe import LocalPipe, PipeDefinition
 
 
 @dataclass
 class EventTap:
     queue_url: str
+    pipe: LocalPipe
 
     def drain(self) -> list[dict[str, Any]]:
         """Every event delivered so far (each at most once: they are deleted)."""
+        self.pipe.pump()
         sqs = boto3.client("sqs")
         events: list[dict[str, Any]] = []
         while True:
@@ -48,4 +55,5 @@ def install_event_tap(bus_name: str, detail_type: str = TASK_CANCELLED) -> Event
         EventPattern=json.dumps({"source": [SOURCE], "detail-type": [detail_type]}),
     )
     events.put_targets(Rule=rule, EventBusName=bus_name, Targets=[{"Id": "tap", "Arn": queue_arn}])
-    return EventTap(queue_url)
+    pipe = LocalPipe(PipeDefinition.from_template(), Record.Meta.table_name, bus_name)
+    return EventTap(queue_url, pipe)

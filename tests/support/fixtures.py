@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -39,6 +40,12 @@ def create_table() -> None:
             TableName=table_name,
             TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl_attribute},
         )
+    # The idempotency utility's table, as template.yaml declares it.
+    client.create_table(
+        **stack_template.table_create_kwargs(
+            os.environ["IDEMPOTENCY_TABLE_NAME"], logical_id=stack_template.IDEMPOTENCY_TABLE
+        )
+    )
 
 
 @pytest.fixture

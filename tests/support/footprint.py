@@ -1,6 +1,7 @@
-"""Which partitions a DynamoDB request reads or writes, to tell independent
-requests apart: two requests commute when both only read, or when the
-partitions they touch are disjoint. Index Queries are treated as touching every
+"""Which partitions a DynamoDB request reads or writes (and which schedule or socket
+a Scheduler or @connections request touches), to tell independent requests apart:
+two requests commute when both only read, or when the partitions they touch are
+disjoint. Index Queries are treated as touching every
 partition (an index entry moves whenever its item is written)."""
 
 from __future__ import annotations
@@ -16,9 +17,15 @@ EVERYTHING = "*"
 class Footprint:
     partitions: frozenset[str]
     writes: bool
+    only_deletes: bool = False
+    """A delete that tolerates its target being gone already (DeleteSchedule as a
+    withdraw makes it): two such deletes of one target leave the same state in
+    either order."""
 
     def independent_of(self, other: Footprint) -> bool:
         if not self.writes and not other.writes:
+            return True
+        if self.only_deletes and other.only_deletes:
             return True
         if EVERYTHING in self.partitions or EVERYTHING in other.partitions:
             return False
@@ -45,20 +52,39 @@ def _query_partition(params: dict[str, Any]) -> str:
     return EVERYTHING
 
 
+SCHEDULER_READS = {"GetSchedule", "ListSchedules", "GetScheduleGroup", "ListScheduleGroups"}
+
+
 def connection_resource(connection_id: str) -> str:
     """What a post to a connection and its handshake both touch."""
     return f"@connections/{connection_id}"
 
 
-def footprint(operation: str, params: dict[str, Any]) -> Footprint:
-    partitions: set[str] = set()
+def _other_service(service: str, operation: str, params: dict[str, Any]) -> Footprint:
+    """A schedule is its own "partition" (named by group and name), a socket too: two
+    requests on different schedules or sockets commute, and neither commutes with a
+    request on the same one. None touches the table."""
+    if service == "scheduler":
+        name = params.get("Name")
+        target = f"schedule:{params.get('GroupName', '')}/{name}" if name else EVERYTHING
+        return Footprint(
+            frozenset({target}),
+            operation not in SCHEDULER_READS,
+            only_deletes=operation == "DeleteSchedule",
+        )
+    connection = params.get("ConnectionId")
+    target = connection_resource(str(connection)) if connection else EVERYTHING
+    # A post changes what the socket (and so its answer to the next post) is.
+    return Footprint(frozenset({target}), operation != "GetConnection")
+
+
+def footprint(operation: str, params: dict[str, Any], service: str = "dynamodb") -> Footprint:
     if "_resources" in params:
         # A harness checkpoint: it changes the named resources.
         return Footprint(frozenset(params["_resources"]), True)
-    if operation in ("PostToConnection", "DeleteConnection", "GetConnection"):
-        partitions.add(connection_resource(str(params.get("ConnectionId", EVERYTHING))))
-        # A post changes what the socket (and so its answer to the next post) is.
-        return Footprint(frozenset(partitions), True)
+    if service != "dynamodb":
+        return _other_service(service, operation, params)
+    partitions: set[str] = set()
     if operation in ("GetItem", "DeleteItem", "UpdateItem"):
         partitions.add(_pk(params.get("Key")))
     elif operation == "PutItem":

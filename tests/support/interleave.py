@@ -1,10 +1,10 @@
 """Run handlers "at once", as many Lambda instances would, one storage call at a time.
 
-Each actor runs in its own thread. Every DynamoDB request an actor makes (through
-any botocore client: PynamoDB's or boto3's), every post to ``@connections``, and
-every ``checkpoint`` it passes (a step outside AWS, such as API Gateway completing
-a handshake) first pauses the actor; a controller
-then lets exactly one paused actor proceed to its next DynamoDB request. So an
+Each actor runs in its own thread. Every DynamoDB, EventBridge Scheduler and
+``@connections`` request an actor makes (through any botocore client: PynamoDB's or
+boto3's), and every ``checkpoint`` it passes (a step outside AWS, such as API
+Gateway completing a handshake), first pauses the actor; a controller then lets
+exactly one paused actor proceed to its next request. So an
 interleaving is a sequence of choices of which actor goes next, and every
 sequence can be replayed.
 
@@ -33,6 +33,11 @@ Chooser = Callable[[list[tuple[str, Footprint]]], int]
 ActorFn = Callable[[], Any]
 
 _current = threading.local()
+INTERLEAVED_SERVICES = frozenset({"dynamodb", "scheduler", "apigatewaymanagementapi"})
+"""Every request that another Lambda instance could observe or be affected by is a
+point where the actors may interleave: the table, grace schedules, and posts to
+sockets (a post is what a client sees, and a Gone answer starts a disconnect)."""
+TABLE_ONLY = frozenset({"dynamodb"})
 QUIESCENCE_TIMEOUT = 20.0
 
 
@@ -72,17 +77,20 @@ class Run:
 
 
 class Controller:
-    def __init__(self) -> None:
+    def __init__(self, services: frozenset[str] = INTERLEAVED_SERVICES) -> None:
+        self.services = services
         self.lock = threading.Condition()
         self.actors: list[_Actor] = []
         self.trace: list[tuple[str, str]] = []
         self.other_calls: list[tuple[str, str, str, dict[str, Any]]] = []
 
-    def pause(self, actor: _Actor, operation: str, params: dict[str, Any]) -> None:
+    def pause(
+        self, actor: _Actor, operation: str, params: dict[str, Any], service: str = "dynamodb"
+    ) -> None:
         with self.lock:
             actor.state = "paused"
             actor.pending_operation = operation
-            actor.pending_footprint = footprint(operation, params)
+            actor.pending_footprint = footprint(operation, params, service)
             actor.grant.clear()
             self.lock.notify_all()
         actor.grant.wait()
@@ -142,10 +150,6 @@ class Controller:
         return Run(self.trace, {a.name: a.result for a in self.actors}, self.other_calls)
 
 
-INTERLEAVED_SERVICES = ("dynamodb", "apigatewaymanagementapi")
-"""Requests that are steps of an interleaving; other services' calls are recorded."""
-
-
 def checkpoint(operation: str, *resources: str) -> None:
     """A step of the current actor that is not an AWS request (API Gateway finishing
     a handshake, say): it pauses here like a request, and conflicts with requests
@@ -163,17 +167,24 @@ def _intercept(
     controller: Controller | None = getattr(_current, "controller", None)
     service = service_of(client)
     if actor is not None and controller is not None:
-        if service in INTERLEAVED_SERVICES:
-            controller.pause(actor, operation, params)
-        else:
+        if service != "dynamodb":
             with controller.lock:
                 controller.other_calls.append((actor.name, service, operation, dict(params)))
+        if service in controller.services:
+            controller.pause(actor, operation, params, service)
     return call(client, operation, params)
 
 
-def run_once(actors: list[tuple[str, ActorFn]], choose: Chooser) -> Run:
+def run_once(
+    actors: list[tuple[str, ActorFn]],
+    choose: Chooser,
+    services: frozenset[str] = INTERLEAVED_SERVICES,
+) -> Run:
+    """One interleaving; ``services`` are the ones whose requests are interleaving
+    points (all by default; a scenario too big to explore exhaustively with every
+    point may narrow it, and is then also run under random interleavings with all)."""
     with wrapping_api_calls(_intercept):
-        return Controller().run(actors, choose)
+        return Controller(services).run(actors, choose)
 
 
 @dataclass

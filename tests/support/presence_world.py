@@ -4,6 +4,7 @@ would make it."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -13,11 +14,12 @@ import boto3
 from moto import mock_aws
 
 from agent_channel.config import CHANNEL_AGENT_MODEL, settings
+from agent_channel.grace.scheduler import schedule_name
 from agent_channel.identity import accounts
 from agent_channel.lambda_kit import wiring
 from agent_channel.presence.model import Presence
 from agent_channel.storage import schema
-from agent_channel.storage.records import ConnectionRecord, LeaseRecord
+from agent_channel.storage.records import ConnectionRecord, LeaseRecord, UserRecord
 from agent_channel_dev.local.apigw_events import scheduled_event
 from tests.support.clock import FakeClock
 from tests.support.fixtures import create_table
@@ -71,6 +73,17 @@ class PresenceWorld:
 
         return act
 
+    def subscribe_then_leave(self, name: str, session_id: str | None = None) -> Callable[[], Any]:
+        subscribe = self.subscribe(name, session_id)
+
+        def act() -> Any:
+            status = subscribe()
+            if status == 200:
+                return self.gateway.disconnect(f"{name}=").get("body")
+            return status
+
+        return act
+
     def disconnect(self, name: str) -> Callable[[], Any]:
         return lambda: self.gateway.disconnect(f"{name}=").get("body")
 
@@ -97,6 +110,40 @@ class PresenceWorld:
             for connection_id in self.connections.values()
             if _exists(ConnectionRecord, *schema.connection_key(connection_id))
         }
+
+    def agent_record(self) -> UserRecord:
+        return UserRecord.get(*schema.user_key(self.agent_id), consistent_read=True)
+
+    def agent_wide_grace(self) -> dict[str, Any] | None:
+        """The pending agent-wide grace schedule's payload, if there is one."""
+        try:
+            schedule = _scheduler().get_schedule(
+                Name=schedule_name(self.agent_id, None), GroupName=settings().schedule_group
+            )
+        except _scheduler().exceptions.ResourceNotFoundException:
+            return None
+        payload: dict[str, Any] = json.loads(schedule["Target"]["Input"])
+        return payload
+
+    def check_index(self) -> None:
+        """The sweeper's index sees what the item says: a routed agent is in its
+        ROUTED shard (else no sweep would ever find it again), an owed grace only
+        while routing is off and under GRACE_OWED."""
+        agent = self.agent_record()
+        if agent.routing_expression == "true":
+            assert agent.gsi1pk == schema.routed_shard(self.agent_id), f"routed, unindexed: {agent}"
+            assert agent.grace_owed_token is None, "a grace owed while routed"
+        if agent.grace_owed_token is not None:
+            assert agent.gsi1pk == schema.GRACE_OWED, f"owed, unindexed: {agent.attribute_values}"
+
+    def check_departure_covered(self) -> None:
+        """Routing off after a departure: its agent-wide grace is pending or owed, so
+        the delegated work is taken back in the end."""
+        agent = self.agent_record()
+        if agent.routing_expression != "true":
+            assert self.agent_wide_grace() is not None or agent.grace_owed_token is not None, (
+                "routing off, and no grace pending or owed: work stranded for good"
+            )
 
     def schedules(self) -> list[dict[str, Any]]:
         return _scheduler().list_schedules(GroupName=settings().schedule_group)["Schedules"]

@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from agent_channel_dev.local import backend_secret
+from agent_channel_dev.local.backend_secret import SECRET_ENV
+from agent_channel_dev.local.data_dir import data_dir, ensure_private_dir
 from agent_channel_dev.local.gateway import (
     GOING_AWAY,
     IDLE_TIMEOUT_SECONDS,
@@ -33,6 +36,7 @@ from agent_channel_dev.local.gateway import (
 from agent_channel_dev.local.intrinsics import REGION
 
 if TYPE_CHECKING:
+    from agent_channel_dev.local.backend_endpoint import BackendGuard
     from agent_channel_dev.local.demo import DemoAccounts
     from agent_channel_dev.local.moto_server import MotoServer
     from agent_channel_dev.local.sam_app import SamApp
@@ -69,6 +73,10 @@ class DevOptions:
     ordered_frames: bool = False
     delete_close_code: int = GOING_AWAY
     max_concurrency: int = 8
+    data_dir: str | None = None
+    """Where state and the backend secret live (None: $AGENT_CHANNEL_DATA_DIR or the default)."""
+    fresh: bool = False
+    """Forget the kept state and start from new demo accounts."""
 
     @property
     def template_path(self) -> Path:
@@ -118,7 +126,15 @@ def app_banner(app: SamApp, port: int, moto_url: str) -> str:
     return "\n".join(lines)
 
 
-def banner(stage: str, options: DevOptions, port: int, moto_url: str, demo: DemoAccounts) -> str:
+def banner(
+    stage: str,
+    options: DevOptions,
+    port: int,
+    moto_url: str,
+    demo: DemoAccounts,
+    secret: str,
+    secret_path: Path,
+) -> str:
     ws_url = f"ws://{HOST}:{port}/{stage}"
     http_url = f"http://{HOST}:{port}"
     connect = f"{ws_url}?agent_id={demo.agent_id}&session_id=demo&token={demo.token}"
@@ -127,15 +143,21 @@ def banner(stage: str, options: DevOptions, port: int, moto_url: str, demo: Demo
         f"  websocket     {ws_url}",
         f"  @connections  {http_url}/{stage}/@connections/{{connection_id}}",
         f"  backend       {http_url}/_backend",
+        f"  admin         {http_url}/_admin",
         f"  moto          {moto_url}",
         f"  constants     heartbeat {options.heartbeat_seconds}s, "
         f"stale after {options.stale_after_seconds}s, grace {options.grace_seconds}s",
         "",
-        "demo accounts (the token is shown only here, once):",
+        "demo accounts (kept in the data directory with the rest of the state;",
+        "the token stays valid across restarts, --fresh starts over):",
         f"  owner  user {demo.owner_id}",
         f"  token  {demo.token}",
         f"  agent  {demo.agent_id} (channel agent)",
         f"  topic  {demo.topic_id}",
+        "",
+        "backend secret for POST /_backend (minted on every start, shown only here;",
+        f"the command line reads it from ${SECRET_ENV} or from {secret_path}):",
+        f"  secret {secret}",
         "",
         "connect the reference agent client:",
         f"  agent-channel agent --url {ws_url} --agent-id {demo.agent_id} "
@@ -155,12 +177,20 @@ def banner(stage: str, options: DevOptions, port: int, moto_url: str, demo: Demo
     return "\n".join(lines)
 
 
-def ready_line(stage: str, port: int, moto_url: str, demo: DemoAccounts | None) -> str:
-    """One machine-readable line for scripts and tests (no secret in it)."""
+def ready_line(
+    stage: str,
+    port: int,
+    moto_url: str,
+    demo: DemoAccounts | None,
+    secret_path: Path | None = None,
+) -> str:
+    """One machine-readable line for scripts and tests (no secret in it: only where
+    the owner-only secret file is)."""
     details: dict[str, Any] = {"moto": moto_url}
     if demo is not None:
         details.update(
             backend=f"http://{HOST}:{port}",
+            secret_file=str(secret_path),
             owner_id=demo.owner_id,
             agent_id=demo.agent_id,
             topic_id=demo.topic_id,
@@ -249,7 +279,24 @@ async def _serve_with_moto(
     port = int(sock.getsockname()[1])
     project = options.template is None
     _point_at_moto(moto_url)
-    await asyncio.to_thread(create_resources, app)
+    from agent_channel_dev.local.backend_endpoint import BackendGuard
+    from agent_channel_dev.local.persistence import LocalState
+
+    directory = ensure_private_dir(data_dir(options.data_dir))
+    state = LocalState(directory)
+    if options.fresh:
+        state.forget()
+    restored: DemoAccounts | None = None
+    if project and state.exists():
+        replayed = await asyncio.to_thread(state.replay, moto_url)
+        restored = state.load_demo()
+        print(f"restored the state kept in {directory} ({replayed} requests)", file=out)
+    if project:
+        state.record()
+    if restored is None:
+        await asyncio.to_thread(create_resources, app)
+    secret = backend_secret.mint(directory)
+    secret_path = backend_secret.secret_file(directory)
     stack = LocalStack.build(
         app,
         moto_url=moto_url,
@@ -259,7 +306,13 @@ async def _serve_with_moto(
         rate_seconds=sweep_interval(options.stale_after_seconds) if project else None,
         max_concurrency=options.max_concurrency,
     )
-    demo = await asyncio.to_thread(_project_extras, app, stack) if project else None
+    demo = (
+        await asyncio.to_thread(_project_extras, app, stack, BackendGuard(secret, port), restored)
+        if project
+        else None
+    )
+    if project and restored is None and demo is not None:
+        state.save_demo(demo)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -273,10 +326,12 @@ async def _serve_with_moto(
         return 1
     try:
         if demo is not None:
-            print(banner(app.api.stage, options, port, moto_url, demo), file=out)
+            print(
+                banner(app.api.stage, options, port, moto_url, demo, secret, secret_path), file=out
+            )
         else:
             print(app_banner(app, port, moto_url), file=out)
-        print(ready_line(app.api.stage, port, moto_url, demo), file=out, flush=True)
+        print(ready_line(app.api.stage, port, moto_url, demo, secret_path), file=out, flush=True)
         await stop.wait()
         print("stopping", file=out, flush=True)
     finally:
@@ -294,23 +349,46 @@ def sweep_interval(stale_after_seconds: int) -> float | None:
     return float(max(1, stale_after_seconds // 2))
 
 
-def _project_extras(app: SamApp, stack: LocalStack) -> DemoAccounts:
-    """This project's own additions: the /_backend endpoint (the BackendFunction,
-    invoked directly) and demo accounts seeded in its table (blocking)."""
-    from agent_channel_dev.local.backend_endpoint import BACKEND_FOLDER, mount_backend
+def _project_extras(
+    app: SamApp, stack: LocalStack, guard: BackendGuard, restored: DemoAccounts | None
+) -> DemoAccounts:
+    """This project's own additions: the /_backend and /_admin endpoints (the
+    BackendFunction and the AdminFunction, invoked directly, behind the per-run
+    secret), the task-event pipe and demo accounts seeded in its table, unless they
+    were restored with the kept state (blocking)."""
+    from agent_channel_dev.local.backend_endpoint import (
+        ADMIN_FOLDER,
+        ADMIN_PATH,
+        BACKEND_FOLDER,
+        PATH,
+        mount_backend,
+    )
+    from agent_channel_dev.local.pipe import LocalPipe, PipeDefinition, run_in_background
 
+    for folder, path in ((BACKEND_FOLDER, PATH), (ADMIN_FOLDER, ADMIN_PATH)):
+        spec = app.function_by_code_folder(folder)
+        if spec is None:
+            raise RuntimeError(f"the project template has no {folder} function")
+
+        async def invoke(command: Any, logical_id: str = spec.logical_id) -> Any:
+            return await stack.functions.invoke(logical_id, command)
+
+        mount_backend(stack.web_app, invoke, guard, path)
     backend = app.function_by_code_folder(BACKEND_FOLDER)
     if backend is None:
         raise RuntimeError("the project template has no backend function")
-
-    async def invoke(command: Any) -> Any:
-        return await stack.functions.invoke(backend.logical_id, command)
-
-    mount_backend(stack.web_app, invoke)
     # Seeded from this process: it needs the table the functions use.
     _point_at_moto(
         os.environ["AWS_ENDPOINT_URL"], {"TABLE_NAME": backend.environment["TABLE_NAME"]}
     )
     from agent_channel_dev.local import demo
 
+    # The task-event pipe, from its definition in the template, on moto's stream.
+    run_in_background(
+        LocalPipe(
+            PipeDefinition.from_template(), backend.environment["TABLE_NAME"], app.event_buses[0]
+        )
+    )
+    if restored is not None:
+        return restored
     return demo.seed()

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import secrets
 import string
 import time
@@ -35,6 +34,7 @@ from typing import Any, Protocol
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from agent_channel import client_json
 from agent_channel_dev.local import apigw_events, frames
 from agent_channel_dev.local.apigw_events import Upgrade
 from agent_channel_dev.local.faults import Faults
@@ -88,7 +88,7 @@ def select_route(
     """Route selection on ``$request.body.PATH``; no match (or no JSON) -> $default."""
     path = expression.removeprefix("$request.body.").split(".")
     try:
-        value: Any = json.loads(body)
+        value: Any = client_json.loads(body)
         for part in path:
             value = value.get(part)
     except (ValueError, AttributeError):

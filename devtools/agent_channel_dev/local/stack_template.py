@@ -25,6 +25,7 @@ INTEGRATION_TYPE = "AWS::ApiGatewayV2::Integration"
 AUTHORIZER_TYPE = "AWS::ApiGatewayV2::Authorizer"
 TABLE_TYPE = "AWS::DynamoDB::Table"
 SCHEDULE_GROUP_TYPE = "AWS::Scheduler::ScheduleGroup"
+PIPE_TYPE = "AWS::Pipes::Pipe"
 
 _SUB_REFERENCE = re.compile(r"\$\{([A-Za-z0-9]+)(?:\.[A-Za-z0-9.]+)?\}")
 
@@ -168,16 +169,27 @@ def authorizer_function(path: Path | None = None) -> str:
     return _function_folder(_properties(resource).get("AuthorizerUri"), path)
 
 
-def _table(path: Path | None) -> dict[str, Any]:
-    tables = list(_of_type(TABLE_TYPE, path))
+IDEMPOTENCY_TABLE = "IdempotencyTable"
+"""The idempotency utility's own table; "the table" is the one other than it."""
+
+
+def _table(path: Path | None, logical_id: str | None = None) -> dict[str, Any]:
+    tables = [
+        (name, resource)
+        for name, resource in _of_type(TABLE_TYPE, path)
+        if ((name == logical_id) if logical_id else (name != IDEMPOTENCY_TABLE))
+    ]
     if len(tables) != 1:
         raise TemplateError(f"expected one DynamoDB table, found {len(tables)}")
     return _properties(tables[0][1])
 
 
-def table_create_kwargs(table_name: str, path: Path | None = None) -> dict[str, Any]:
-    """The table as boto3's ``create_table`` takes it (keys, attributes, indexes, billing)."""
-    return create_table_kwargs(table_name, _table(path))
+def table_create_kwargs(
+    table_name: str, path: Path | None = None, logical_id: str | None = None
+) -> dict[str, Any]:
+    """The table as boto3's ``create_table`` takes it (keys, attributes, indexes,
+    billing, stream): the single table, or the one named ``logical_id``."""
+    return create_table_kwargs(table_name, _table(path, logical_id))
 
 
 def create_table_kwargs(table_name: str, table: dict[str, Any]) -> dict[str, Any]:
@@ -203,12 +215,18 @@ def create_table_kwargs(table_name: str, table: dict[str, Any]) -> dict[str, Any
         kwargs["GlobalSecondaryIndexes"] = indexes
     if billing_mode == "PROVISIONED" and "ProvisionedThroughput" in table:
         kwargs["ProvisionedThroughput"] = dict(table["ProvisionedThroughput"])
+    stream = table.get("StreamSpecification")
+    if stream:
+        kwargs["StreamSpecification"] = {
+            "StreamEnabled": True,
+            "StreamViewType": stream["StreamViewType"],
+        }
     return kwargs
 
 
-def table_ttl_attribute(path: Path | None = None) -> str:
+def table_ttl_attribute(path: Path | None = None, logical_id: str | None = None) -> str:
     """The TTL attribute of the table ("" when TTL is not enabled)."""
-    ttl = _table(path).get("TimeToLiveSpecification") or {}
+    ttl = _table(path, logical_id).get("TimeToLiveSpecification") or {}
     if not ttl.get("Enabled"):
         return ""
     return str(ttl.get("AttributeName", ""))
@@ -225,3 +243,8 @@ def schedule_group_name(default: str, path: Path | None = None) -> str:
         raise TemplateError(f"expected one schedule group, found {len(groups)}")
     name = _properties(groups[0][1]).get("Name")
     return name if isinstance(name, str) and name else default
+
+
+def pipes(path: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Pipe logical id -> its Properties, as written in the template."""
+    return {logical_id: _properties(resource) for logical_id, resource in _of_type(PIPE_TYPE, path)}

@@ -89,6 +89,9 @@ def lambda_environment(
             "AWS_EXECUTION_ENV": f"AWS_Lambda_{spec.runtime}",
             "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
             "LAMBDA_TASK_ROOT": str(spec.code_dir),
+            # What SAM CLI's emulator sets: no X-Ray daemon here, so Powertools'
+            # Tracer stays off instead of discarding every segment it opens.
+            "AWS_SAM_LOCAL": "true",
             "_HANDLER": spec.handler,
             "TZ": ":UTC",
             "LANG": "en_US.UTF-8",

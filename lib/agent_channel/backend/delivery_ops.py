@@ -1,14 +1,18 @@
 """The delivery ops of the backend: dispatch, permission decisions, replies and
-broadcasts. Registered into the command router on import."""
+broadcasts. Served by the delivery function (``delivery_commands``)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from agent_channel.backend.router import Args, CommandContext, CommandError, op
+from agent_channel.backend.router import Args, CommandContext, CommandError, OpSet
 from agent_channel.delivery import decisions, dispatch
 from agent_channel.delivery.broadcast import broadcast_to_stream
 from agent_channel.delivery.streams import agent_stream, topic_stream
+from agent_channel.identity import acting
+from agent_channel.observability import bind_ids
+
+ops = OpSet()
 
 if TYPE_CHECKING:
     from agent_channel.delivery.fanout import BroadcastResult
@@ -18,9 +22,16 @@ def _delivery(result: BroadcastResult) -> dict[str, Any]:
     return result.as_dict()
 
 
-@op("dispatch", "hand a running task to its channel agent (running -> delegated)")
+@ops.op("dispatch", "hand a running task to its channel agent (running -> delegated)")
 def _dispatch(args: Args, context: CommandContext) -> dict[str, Any]:
     task_id = args.integer("task_id")
+    # On every line and on the trace, so one dispatch is followed to each post.
+    bind_ids(task_id=task_id)
+    acting_user_id = args.optional_integer("acting_user_id")
+    if acting_user_id is not None:
+        # Checked before anything is written; a missing task gets the same answer.
+        found = context.tasks().get(task_id)
+        acting.check_may_dispatch(acting_user_id, found.topic_id if found else None)
     pending_tool_call = args.optional_string("pending_tool_call", max_length=1024)
     comment = _comment_patch(args.optional_object("comment"))
     done = dispatch.dispatch(
@@ -32,6 +43,7 @@ def _dispatch(args: Args, context: CommandContext) -> dict[str, Any]:
         pending_tool_call=pending_tool_call,
         history=context.history(),
     )
+    bind_ids(agent_id=done.task.agent_id)
     return {
         "task_id": task_id,
         "status": done.task.status.value,
@@ -55,14 +67,23 @@ def _comment_patch(comment: Args | None) -> dict[str, Any] | None:
     return patch
 
 
-@op("decide_permission", "record a permission decision (first wins) and push it to the agent")
+@ops.op("decide_permission", "record a permission decision (first wins) and push it to the agent")
 def _decide(args: Args, context: CommandContext) -> dict[str, Any]:
+    agent_id = args.integer("agent_id")
+    acting_user_id = args.optional_integer("acting_user_id")
+    decided_by = args.optional_integer("decided_by") or acting_user_id
+    if decided_by is None:
+        raise CommandError("invalid_command", "'decided_by' is required")
+    if acting_user_id is not None:
+        if decided_by != acting_user_id:
+            raise CommandError("invalid_command", "'decided_by' must be the acting user")
+        acting.check_may_decide(acting_user_id, agent_id)
     decided = decisions.decide(
         context.decisions(),
-        agent_id=args.integer("agent_id"),
+        agent_id=agent_id,
         request_id=args.string("request_id", max_length=decisions.MAX_REQUEST_ID_LENGTH),
         behavior=args.string("behavior", choices=tuple(b.value for b in decisions.Behavior)),
-        decided_by=args.integer("decided_by"),
+        decided_by=decided_by,
         reason=args.optional_string("reason", max_length=decisions.MAX_REASON_LENGTH),
         client=context.management(),
         on_gone=context.on_gone(),
@@ -80,7 +101,7 @@ def _decide(args: Args, context: CommandContext) -> dict[str, Any]:
     }
 
 
-@op("claim_reply", "complete a delegated task with its agent's reply (at most once)")
+@ops.op("claim_reply", "complete a delegated task with its agent's reply (at most once)")
 def _claim_reply(args: Args, context: CommandContext) -> dict[str, Any]:
     task = dispatch.claim_reply(
         context.tasks(),
@@ -91,7 +112,7 @@ def _claim_reply(args: Args, context: CommandContext) -> dict[str, Any]:
     return {"task_id": task.task_id, "status": task.status.value}
 
 
-@op("broadcast", "send a JSON object to an agent's or a topic's stream")
+@ops.op("broadcast", "send a JSON object to an agent's or a topic's stream")
 def _broadcast(args: Args, context: CommandContext) -> dict[str, Any]:
     agent_id, topic_id = args.optional_integer("agent_id"), args.optional_integer("topic_id")
     if (agent_id is None) == (topic_id is None):

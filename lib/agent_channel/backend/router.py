@@ -10,17 +10,20 @@ unexpected failure all come back as ``{"ok": false, ...}``.
 
 Adding an op: write a function ``(args: Args, context: CommandContext) -> dict``
 that reads its fields through ``args`` (which validates them) and decorate it
-with ``@op("name", "what it does")``. Raise ``CommandError`` (or any exception
-listed in ``EXPECTED_ERRORS``) to refuse; its ``code`` reaches the caller.
+with ``@ops.op("name", "what it does")`` of its module's ``OpSet``; the function's
+registry module (``delivery_commands`` or ``admin_commands``) serves that set.
+Raise ``CommandError`` (or any exception listed in ``EXPECTED_ERRORS``) to
+refuse; its ``code`` reaches the caller.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from agent_channel import client_json
+from agent_channel.backend import idempotency
 from agent_channel.errors import Refusal
 from agent_channel.observability import logger
 
@@ -34,7 +37,6 @@ if TYPE_CHECKING:
     from agent_channel.delivery.history import History
     from agent_channel.grace.scheduler import GraceScheduler
     from agent_channel.presence.store import PresenceStore
-    from agent_channel.tasks.events import TaskEvents
     from agent_channel.tasks.store import TaskStore
 
 MAX_ID = 10**18
@@ -69,6 +71,10 @@ class Args:
 
     def _name(self, name: str) -> str:
         return f"{self._prefix}{name}"
+
+    def fields(self) -> dict[str, Any]:
+        """The command as given (read-only use: it is the caller's)."""
+        return dict(self._raw)
 
     def has(self, name: str) -> bool:
         return self._raw.get(name) is not None
@@ -164,7 +170,6 @@ class CommandContext:
     scheduler_factory: Callable[[], GraceScheduler] = field(
         default=lambda: _wiring().grace_scheduler()
     )
-    events_factory: Callable[[], TaskEvents] = field(default=lambda: _wiring().task_events())
     history_factory: Callable[[], History] = field(default=lambda: _wiring().history())
 
     def management(self) -> ConnectionPoster:
@@ -189,9 +194,6 @@ class CommandContext:
     def scheduler(self) -> GraceScheduler:
         return self.scheduler_factory()
 
-    def events(self) -> TaskEvents:
-        return self.events_factory()
-
     def history(self) -> History:
         return self.history_factory()
 
@@ -204,54 +206,104 @@ class Op:
     name: str
     summary: str
     handler: Handler
+    idempotency: str = "key"
+    """"key": a mutating op; with an idempotency key it runs at most once.
+    "read": changes nothing, so a key changes nothing either (it is ignored).
+    "never": mutating, but its answer is a secret that is never stored anywhere,
+    so it cannot be replayed (issue_token); a key is refused."""
 
 
-OPS: dict[str, Op] = {}
+class OpSet:
+    """The ops one module defines; a Registry serves one or more of them."""
+
+    def __init__(self) -> None:
+        self.ops: dict[str, Op] = {}
+
+    def op(
+        self, name: str, summary: str, *, idempotency: str = "key"
+    ) -> Callable[[Handler], Handler]:
+        """Register a handler as ``{"op": name}``."""
+
+        def register(handler: Handler) -> Handler:
+            if name in self.ops:
+                raise ValueError(f"op {name!r} is already registered")
+            self.ops[name] = Op(name, summary, handler, idempotency)
+            return handler
+
+        return register
 
 
-def op(name: str, summary: str) -> Callable[[Handler], Handler]:
-    """Register a handler as ``{"op": name}``."""
+class Registry:
+    """The commands one Lambda function serves (its ops, and nothing else: a
+    function that may dispatch cannot mint tokens, because it has no such op and
+    no permission for it)."""
 
-    def register(handler: Handler) -> Handler:
-        if name in OPS:
-            raise ValueError(f"op {name!r} is already registered")
-        OPS[name] = Op(name, summary, handler)
-        return handler
+    def __init__(self, name: str, *sets: OpSet) -> None:
+        self.name = name
+        self.ops: dict[str, Op] = {}
+        for found in sets:
+            for op_name, entry in found.ops.items():
+                if op_name in self.ops:
+                    raise ValueError(f"op {op_name!r} is already registered in {name}")
+                self.ops[op_name] = entry
 
-    return register
+    def parse_command(self, command: Any) -> tuple[Op, Args]:
+        """The op and its fields; raises CommandError for anything else."""
+        if isinstance(command, str | bytes):
+            # A caller that sent a JSON document as a string (some SDKs do).
+            try:
+                command = client_json.loads(command)
+            except ValueError:
+                raise CommandError("invalid_command", "the command is not JSON") from None
+        if not isinstance(command, dict):
+            raise CommandError("invalid_command", "the command must be a JSON object")
+        name = command.get("op")
+        if not isinstance(name, str) or not name:
+            raise CommandError("invalid_command", "'op' is required")
+        found = self.ops.get(name)
+        if found is None:
+            raise CommandError(
+                "unknown_op", f"unknown op {name!r}; known: {', '.join(sorted(self.ops))}"
+            )
+        return found, Args(command)
 
-
-def parse_command(command: Any) -> tuple[Op, Args]:
-    """The op and its fields; raises CommandError for anything else."""
-    if isinstance(command, str | bytes):
-        # A caller that sent a JSON document as a string (some SDKs do).
+    def execute(self, command: Any, context: CommandContext | None = None) -> dict[str, Any]:
+        """Run one command (at most once per idempotency key). Never raises."""
+        name = command.get("op") if isinstance(command, dict) else None
         try:
-            command = json.loads(command)
-        except ValueError:
-            raise CommandError("invalid_command", "the command is not JSON") from None
-    if not isinstance(command, dict):
-        raise CommandError("invalid_command", "the command must be a JSON object")
-    name = command.get("op")
-    if not isinstance(name, str) or not name:
-        raise CommandError("invalid_command", "'op' is required")
-    found = OPS.get(name)
-    if found is None:
-        raise CommandError("unknown_op", f"unknown op {name!r}; known: {', '.join(sorted(OPS))}")
-    return found, Args(command)
+            found, args = self.parse_command(command)
+            key = args.optional_string(idempotency.KEY_FIELD, max_length=idempotency.MAX_KEY_LENGTH)
+            if key is None or found.idempotency == "read":
+                return self._answer(found, args, context)
+            if found.idempotency == "never":
+                raise CommandError(
+                    "idempotency_not_supported",
+                    f"{found.name} takes no idempotency key: its answer is shown once and "
+                    "never stored",
+                )
+            fields = {k: v for k, v in args.fields().items() if k != idempotency.KEY_FIELD}
+            return idempotency.run_once(
+                self.name, key, fields, lambda: self._answer(found, args, context)
+            )
+        except EXPECTED_ERRORS as error:
+            return _refused(name, error)
+        except Exception:
+            logger.exception("command failed", extra={"op": name})
+            return {"ok": False, "error": "internal_error", "message": "internal error"}
+
+    @staticmethod
+    def _answer(found: Op, args: Args, context: CommandContext | None) -> dict[str, Any]:
+        """The op's answer; a refusal is an answer. Raises only on unexpected failure."""
+        try:
+            result = found.handler(args, context or CommandContext())
+        except EXPECTED_ERRORS as error:
+            return _refused(found.name, error)
+        return {"ok": True, "op": found.name, **result}
 
 
-def execute(command: Any, context: CommandContext | None = None) -> dict[str, Any]:
-    """Run one command. Never raises."""
-    name = command.get("op") if isinstance(command, dict) else None
-    try:
-        found, args = parse_command(command)
-        result = found.handler(args, context or CommandContext())
-    except EXPECTED_ERRORS as error:
-        code = str(getattr(error, "code", "refused"))
-        logger.info("command refused", extra={"op": name, "code": code})
-        details = getattr(error, "details", None) or {}
-        return {**details, "ok": False, "error": code, "message": str(error)}
-    except Exception:
-        logger.exception("command failed", extra={"op": name})
-        return {"ok": False, "error": "internal_error", "message": "internal error"}
-    return {"ok": True, "op": found.name, **result}
+def _refused(name: object, error: Exception) -> dict[str, Any]:
+    code = str(getattr(error, "code", "refused"))
+    logger.info("command refused", extra={"op": name, "code": code})
+    # A refusal may say more (a reply refusal gives the task's status).
+    details = getattr(error, "details", None) or {}
+    return {**details, "ok": False, "error": code, "message": str(error)}

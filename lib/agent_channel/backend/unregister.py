@@ -12,23 +12,23 @@ half-way) finishes what the first began and changes nothing else:
    ``@connections`` DELETE and removed as its ``$disconnect`` would remove it.
 3. tasks: queued, pending and running tasks are cancelled first, then delegated
    ones (the same order as a session's grace, for the same reason), each freeing
-   its slot, with one ``task.cancelled`` event (reason ``agent_unregistered``).
+   its slot and recording the reason ``agent_unregistered`` in the same write (the
+   task-event pipe turns each into one ``task.cancelled`` event).
 4. the agent's session topics are archived; 5. its grace schedules withdrawn.
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from agent_channel import clock
+from agent_channel.delivery.closing import close_connections
 from agent_channel.delivery.members import stream_connections
 from agent_channel.delivery.streams import agent_stream
 from agent_channel.errors import Refusal
 from agent_channel.identity import accounts
 from agent_channel.observability import count, logger
-from agent_channel.tasks.events import TaskCancelled, TaskEvents, announce
 from agent_channel.tasks.model import (
     BEFORE_DELEGATION,
     OPEN_STATUSES,
@@ -68,19 +68,17 @@ class Unregistered:
     """The agent was unregistered before this run (this run only finished the rest)."""
     closed_connections: list[str] = field(default_factory=list)
     cancelled: list[int] = field(default_factory=list)
-    unannounced: list[int] = field(default_factory=list)
     archived_topics: list[int] = field(default_factory=list)
     withdrawn_schedules: int = 0
 
 
 @dataclass(frozen=True)
 class Services:
-    """What unregistering reaches: the stores, the scheduler, the bus, the sockets."""
+    """What unregistering reaches: the stores, the scheduler, the sockets."""
 
     presence: PresenceStore
     tasks: TaskStore
     scheduler: GraceScheduler
-    events: TaskEvents
     management: Callable[[], ApiGatewayManagementApiClient]
 
 
@@ -136,13 +134,12 @@ def _close_sockets(services: Services, agent_id: int) -> list[str]:
     members = stream_connections(stream)
     if not members:
         return []
-    client = services.management()
-    for connection_id in members:
-        # A socket closed already (Gone) only has its items left to remove.
-        with contextlib.suppress(client.exceptions.GoneException):
-            client.delete_connection(ConnectionId=connection_id)
+    # A socket closed already (Gone) only has its items left to remove; one that
+    # could not be closed keeps them, and a second unregister tries it again.
+    closed, _ = close_connections(members, client=services.management())
+    for connection_id in closed:
         services.presence.drop_connection(connection_id, stream)
-    return members
+    return closed
 
 
 def _cancel_open_work(services: Services, agent_id: int, result: Unregistered) -> None:
@@ -163,31 +160,17 @@ def _cancel_open_work(services: Services, agent_id: int, result: Unregistered) -
     ordered = sorted(found.values(), key=lambda task: task.status not in BEFORE_DELEGATION)
     for task in ordered:
         try:
-            tasks.cancel(task, from_statuses=OPEN_STATUSES)
+            tasks.cancel(task, from_statuses=OPEN_STATUSES, reason=REASON_UNREGISTERED)
         except TransitionRefused:
             continue  # finished meanwhile (a reply won) or cancelled by an earlier run
         result.cancelled.append(task.task_id)
         count("Cancellations")
-        _announce(services.events, task, result)
     # A slot whose task is no longer open is a leak (it cannot happen through the
     # store's transitions, but release is idempotent and the agent is closed).
     for task_id in tasks.held_slots(agent_id):
         held = tasks.get(task_id)
         if held is None or held.status not in (Status.RUNNING, Status.DELEGATED):
             tasks.release_slot(agent_id, task_id)
-
-
-def _announce(events: TaskEvents, task: Task, result: Unregistered) -> None:
-    event = TaskCancelled(
-        task.task_id,
-        task.agent_id,
-        task.topic_id,
-        REASON_UNREGISTERED,
-        clock.now(),
-        task.status.value,
-    )
-    if not announce(events, event):
-        result.unannounced.append(task.task_id)
 
 
 def _withdraw(scheduler: GraceScheduler, agent_id: int, sessions: set[str]) -> int:

@@ -9,11 +9,10 @@ is still there for the next replay, however long the outage.
 from __future__ import annotations
 
 import enum
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agent_channel import clock
+from agent_channel import client_json, clock
 from agent_channel.delivery.broadcast import broadcast_to_stream
 from agent_channel.delivery.decision_store import (
     AlreadyDecided,
@@ -218,7 +217,7 @@ def normalize_request_ids(raw: Any, limit: int) -> list[str]:
 def parse_replay_body(body: str | None, limit: int) -> list[str]:
     """The ids of a ``{"action": "replay_permissions", "request_ids": [...]}`` frame."""
     try:
-        message = json.loads(body or "")
+        message = client_json.loads(body or "")
     except ValueError:
         raise BadReplayRequest("the message is not JSON") from None
     if not isinstance(message, dict):

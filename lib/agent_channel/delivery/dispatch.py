@@ -35,8 +35,14 @@ from agent_channel.delivery.members import stream_connections
 from agent_channel.delivery.redelivery import first_redelivery
 from agent_channel.delivery.streams import agent_stream, topic_stream
 from agent_channel.errors import Refusal
-from agent_channel.observability import logger
-from agent_channel.tasks.model import DeliveryPlan, Status, Task, TransitionRefused
+from agent_channel.observability import count, logger
+from agent_channel.tasks.model import (
+    DeliveryPlan,
+    DispatchContext,
+    Status,
+    Task,
+    TransitionRefused,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -63,6 +69,10 @@ class InvalidTransition(DispatchError):
 
 class InvalidComment(DispatchError):
     code = "invalid_comment"
+
+
+class PresenceChanged(DispatchError):
+    code = "presence_changed"
 
 
 class ReplyRefused(DispatchError):
@@ -165,6 +175,28 @@ def default_comment(task: Task, author_name: str = "") -> Comment:
     )
 
 
+MAX_DISPATCH_ATTEMPTS = 3
+"""Reads of the agent's presence before a dispatch gives up on presence that keeps
+changing under it (each retry follows a subscribe, restore or last one out)."""
+
+
+def _message(
+    task: Task,
+    context: DispatchContext,
+    comment_fields: Mapping[str, Any] | None,
+    generation: int,
+) -> dict[str, Any]:
+    comment = default_comment(task, context.author_name)
+    if comment_fields:
+        unknown = set(comment_fields) - COMMENT_FIELDS
+        if unknown:
+            raise InvalidComment(f"unknown comment fields: {', '.join(sorted(unknown))}")
+        comment = replace(comment, **comment_fields)
+    if comment.topic_id != task.topic_id:
+        raise InvalidComment(f"the comment belongs to topic {comment.topic_id}, not the task's")
+    return dispatch_message(task, comment, context.session_topic, generation)
+
+
 def dispatch(
     tasks: TaskStore,
     task_id: int,
@@ -179,45 +211,58 @@ def dispatch(
 
     ``comment_fields`` override the comment built from the task (its content,
     author, comment id and creation time). Raises TaskNotFound, AgentNotRoutable,
-    InvalidComment, InvalidTransition or PayloadTooLarge; on any of them the task
-    is left as it was.
+    InvalidComment, InvalidTransition, PresenceChanged or PayloadTooLarge; on any
+    of them the task is left as it was.
     """
     task = tasks.get(task_id)
     if task is None:
         raise TaskNotFound(f"no task {task_id}")
-    context = tasks.dispatch_context(task)
-    # Checked before the transition: a task must not become delegated to an agent
-    # nobody serves. (If the last session leaves right after this check, the
-    # agent-wide grace cancellation takes the task back: that race is its job.)
-    if not context.agent_routable:
-        raise AgentNotRoutable(f"agent {task.agent_id} is not routable")
-    comment = default_comment(task, context.author_name)
-    if comment_fields:
-        unknown = set(comment_fields) - COMMENT_FIELDS
-        if unknown:
-            raise InvalidComment(f"unknown comment fields: {', '.join(sorted(unknown))}")
-        comment = replace(comment, **comment_fields)
-    if comment.topic_id != task.topic_id:
-        raise InvalidComment(f"the comment belongs to topic {comment.topic_id}, not the task's")
     generation = task.generation + 1
-    message = dispatch_message(task, comment, context.session_topic, generation)
-    # Everything that can fail is done before the transition (the size check, the
-    # reads of both streams' members), so a task never ends delegated with its
-    # message unsent for a reason we could have seen; after it, posting reports
-    # per connection and never raises.
-    # The size check counts the seq and epoch the history will add.
-    encode_checked({**message, "seq": MAX_SEQ, "epoch": "x" * MAX_EPOCH_LENGTH})
-    agent_members = stream_connections(agent_stream(task.agent_id))
-    topic_members = stream_connections(topic_stream(task.topic_id))
-    plan = DeliveryPlan(
-        generation=generation,
-        message=json.dumps(message, separators=(",", ":"), ensure_ascii=False),
-        next_delivery_at=first_redelivery(clock.now()),
-    )
-    try:
-        delegated = tasks.delegate(task, pending_tool_call, delivery=plan)
-    except TransitionRefused as error:
-        raise InvalidTransition(f"task {task_id} is not running") from error
+    for attempt in range(MAX_DISPATCH_ATTEMPTS):
+        if attempt:
+            count("PresenceRetries")
+        context = tasks.dispatch_context(task)
+        # Checked before the transition, and again by it: a task must not become
+        # delegated to an agent nobody serves.
+        if not context.agent_routable:
+            raise AgentNotRoutable(f"agent {task.agent_id} is not routable")
+        message = _message(task, context, comment_fields, generation)
+        # Everything that can fail is done before the transition (the size check, the
+        # reads of both streams' members), so a task never ends delegated with its
+        # message unsent for a reason we could have seen; after it, posting reports
+        # per connection and never raises.
+        # The size check counts the seq and epoch the history will add.
+        encode_checked({**message, "seq": MAX_SEQ, "epoch": "x" * MAX_EPOCH_LENGTH})
+        agent_members = stream_connections(agent_stream(task.agent_id))
+        topic_members = stream_connections(topic_stream(task.topic_id))
+        if not agent_members:
+            # Routing still on with no socket in the stream: the last session is
+            # leaving right now. Nobody would receive the work.
+            raise AgentNotRoutable(f"agent {task.agent_id} has no open socket")
+        plan = DeliveryPlan(
+            generation=generation,
+            message=json.dumps(message, separators=(",", ":"), ensure_ascii=False),
+            next_delivery_at=first_redelivery(clock.now()),
+        )
+        try:
+            # Race: the only session leaves and the same session comes back (a new
+            # socket) between these reads and the transition; conditioned on the
+            # presence read and on the sockets read still being open, the task
+            # cannot become delegated to a socket that is gone.
+            delegated = tasks.delegate(
+                task,
+                pending_tool_call,
+                delivery=plan,
+                presence_version=context.presence_version,
+                connections=agent_members,
+            )
+            break
+        except TransitionRefused as error:
+            if not error.guard_failed:
+                raise InvalidTransition(f"task {task_id} is not running") from error
+            logger.info("presence changed under the dispatch; reading it again")
+    else:
+        raise PresenceChanged(f"agent {task.agent_id}'s presence kept changing")
     if history is not None:
         # Numbered after the transition: a task that failed to become delegated
         # leaves no dispatch in the history for a resume to hand out.

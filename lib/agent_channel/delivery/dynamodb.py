@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pynamodb.exceptions import TransactWriteError
-
 from agent_channel.delivery.decision_store import (
     AlreadyDecided,
     Decision,
@@ -20,17 +18,12 @@ from agent_channel.delivery.decision_store import (
 )
 from agent_channel.storage import schema
 from agent_channel.storage.records import ConnectionRecord, DecisionRecord, Record, UserRecord
-from agent_channel.storage.transactions import (
-    CONDITION_FAILED,
-    TRANSACTION_CONFLICT,
-    cancellation_codes,
-    transaction,
-)
+from agent_channel.storage.transactions import Refused, commit
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-MAX_CONFLICT_RETRIES = 3
+    from pynamodb.transactions import TransactWrite
 
 BATCH_GET_LIMIT = 100
 """BatchGetItem reads at most 100 keys per request."""
@@ -72,37 +65,28 @@ class DynamoDecisionStore:
             decided_by=decision.decided_by,
             reason=decision.reason,
         )
-        for _attempt in range(MAX_CONFLICT_RETRIES):
-            try:
-                with transaction() as writes:
-                    # Ownership is checked in the write itself, not by an earlier read:
-                    # an agent handed to another owner in between cannot get a stale yes.
-                    writes.condition_check(
-                        UserRecord,
-                        *schema.user_key(decision.agent_id),
-                        UserRecord.created_by == decision.decided_by,
-                    )
-                    # Two humans (or two clicks) deciding at once: only the first commits.
-                    writes.save(record, condition=DecisionRecord.pk.does_not_exist())
-            except TransactWriteError as error:
-                codes = cancellation_codes(error)
-                if codes and codes[0] == CONDITION_FAILED:
-                    # Same answer whether the agent is missing or someone else's: one
-                    # user never learns anything about another's agents or decisions.
-                    raise NotOwner(
-                        f"agent {decision.agent_id} is not yours to decide for"
-                    ) from error
-                if len(codes) > 1 and codes[1] == CONDITION_FAILED:
-                    raise AlreadyDecided(
-                        f"request {decision.request_id} is already decided"
-                    ) from error
-                if TRANSACTION_CONFLICT in codes:
-                    # A concurrent decision of the same request is in flight: try
-                    # again, and its commit (if any) makes this one AlreadyDecided.
-                    continue
-                raise
-            return
-        raise AlreadyDecided(f"request {decision.request_id} is being decided concurrently")
+
+        def build(writes: TransactWrite) -> None:
+            # Ownership is checked in the write itself, not by an earlier read: an
+            # agent handed to another owner in between cannot get a stale yes.
+            writes.condition_check(
+                UserRecord,
+                *schema.user_key(decision.agent_id),
+                UserRecord.created_by == decision.decided_by,
+            )
+            # Two humans (or two clicks) deciding at once: only the first commits. A
+            # concurrent decision still in flight is a transient conflict that
+            # commit() retries, and its commit then makes this one AlreadyDecided.
+            writes.save(record, condition=DecisionRecord.pk.does_not_exist())
+
+        try:
+            commit(build)
+        except Refused as refused:
+            if schema.user_key(decision.agent_id) in refused.keys:
+                # Same answer whether the agent is missing or someone else's: one
+                # user never learns anything about another's agents or decisions.
+                raise NotOwner(f"agent {decision.agent_id} is not yours to decide for") from refused
+            raise AlreadyDecided(f"request {decision.request_id} is already decided") from refused
 
     def read_for_replay(
         self, connection_id: str, agent_id: int, request_ids: Sequence[str]

@@ -31,7 +31,7 @@ from botocore.exceptions import ClientError
 
 from agent_channel.config import API_GATEWAY_MESSAGE_LIMIT
 from agent_channel.errors import Refusal
-from agent_channel.observability import count, logger
+from agent_channel.observability import count, logger, on_worker_threads
 
 THROTTLE_CODES = frozenset(
     {"TooManyRequestsException", "LimitExceededException", "ThrottlingException"}
@@ -194,7 +194,7 @@ def deliver(
         outcomes = [post(connection_id) for connection_id in connection_ids]
     else:
         with ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="fanout") as pool:
-            outcomes = list(pool.map(post, connection_ids))
+            outcomes = list(pool.map(on_worker_threads(post), connection_ids))
     result = BroadcastResult(
         stream,
         delivered=tuple(o.connection_id for o in outcomes if o.status is PostStatus.DELIVERED),

@@ -1,9 +1,13 @@
 """Grace cancellation: what ``cancel_offline`` does when a grace schedule fires.
 
-Plain functions over a PresenceStore, a TaskBook and TaskEvents. Scheduler invokes
+Plain functions over a PresenceStore and a TaskBook. Scheduler invokes
 the function asynchronously, so at least once and possibly late: every recheck is
 made again at run time, and every write is a conditional transition, so a duplicate
 run, or a run after the agent came back, changes nothing.
+
+The backend hears of each cancellation through a ``task.cancelled`` event that the
+task-event pipe derives from the committed write (the table's stream), not from
+this code: no publish can fail after the cancel commits (docs/OPERATIONS.md).
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from typing import TYPE_CHECKING
 from agent_channel import clock
 from agent_channel.grace.task_book import CancelVerdict, DelegatedTask, TaskBook
 from agent_channel.observability import count, logger
-from agent_channel.tasks.events import TaskCancelled, TaskEvents, announce
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -52,15 +55,12 @@ class Result:
     outcome: Outcome
     cancelled: list[int] = field(default_factory=list)
     lost: list[int] = field(default_factory=list)
-    unannounced: list[int] = field(default_factory=list)
-    """Cancelled, but the task.cancelled event could not be published."""
 
     def summary(self) -> dict[str, object]:
         return {
             "outcome": self.outcome.value,
             "cancelled": self.cancelled,
             "lost": self.lost,
-            "unannounced": self.unannounced,
         }
 
 
@@ -70,12 +70,13 @@ class Proceed:
 
     seen: Presence
     topics: list[int] | None
+    cutoff: float
+    """Leases seen at or before this were stale when the rechecks were made."""
 
 
 def cancel_offline(
     store: PresenceStore,
     book: TaskBook,
-    events: TaskEvents,
     settings: Settings,
     request: GraceCancellation,
 ) -> Result:
@@ -89,7 +90,7 @@ def cancel_offline(
         if isinstance(decision, Outcome):
             result.outcome = decision
             return result
-        if not _cancel_all(book, events, decision, request.agent_id, reason, result):
+        if not _cancel_all(book, decision, request.agent_id, reason, result):
             return result
     logger.warning("presence kept changing under the grace cancellation")
     raise PresenceKeptChanging(f"agent {request.agent_id}")
@@ -113,7 +114,7 @@ def recheck(
         if not topics:
             return Outcome.NO_SESSION_TOPIC
         # Only the session's own topics: a live sibling can still reply elsewhere.
-        return Proceed(presence, topics)
+        return Proceed(presence, topics, cutoff)
     if presence.routing_on:
         return Outcome.ROUTED_AGAIN
     if live:
@@ -122,7 +123,7 @@ def recheck(
     if token and token != request.subscription_token:
         # A newer subscribe owns the agent now; this schedule is from an older one.
         return Outcome.TOKEN_MISMATCH
-    return Proceed(presence, None)
+    return Proceed(presence, None, cutoff)
 
 
 def _reaped(store: PresenceStore, agent_id: int, cutoff: float) -> Presence | None:
@@ -149,7 +150,6 @@ def _reaped(store: PresenceStore, agent_id: int, cutoff: float) -> Presence | No
 
 def _cancel_all(
     book: TaskBook,
-    events: TaskEvents,
     go: Proceed,
     agent_id: int,
     reason: str,
@@ -165,25 +165,24 @@ def _cancel_all(
     """
     if go.topics is not None:
         queue = [task for topic in go.topics for task in book.queue(agent_id, topic)]
-        if _cancel_each(queue, book.cancel_queued, events, go, reason, result):
+        if _cancel_each(queue, book.cancel_queued, go, reason, result):
             return True
         delegated = [task for topic in go.topics for task in book.delegated(agent_id, topic)]
     else:
         delegated = book.delegated(agent_id)
-    return _cancel_each(delegated, book.cancel, events, go, reason, result)
+    return _cancel_each(delegated, book.cancel, go, reason, result)
 
 
 def _cancel_each(
     tasks: list[DelegatedTask],
-    cancel: Callable[[DelegatedTask, Presence], CancelVerdict],
-    events: TaskEvents,
+    cancel: Callable[[DelegatedTask, Presence, float, str], CancelVerdict],
     go: Proceed,
     reason: str,
     result: Result,
 ) -> bool:
     """Cancel each task under the presence the rechecks read; True if it changed."""
     for task in tasks:
-        verdict = cancel(task, go.seen)
+        verdict = cancel(task, go.seen, go.cutoff, reason)
         if verdict is CancelVerdict.PRESENCE_CHANGED:
             return True
         if verdict is CancelVerdict.LOST:
@@ -195,14 +194,4 @@ def _cancel_each(
             result.lost.remove(task.task_id)
         result.cancelled.append(task.task_id)
         count("Cancellations")
-        _announce(events, task, reason, result)
     return False
-
-
-def _announce(events: TaskEvents, task: DelegatedTask, reason: str, result: Result) -> None:
-    event = TaskCancelled(
-        task.task_id, task.agent_id, task.topic_id, reason, clock.now(), task.status.value
-    )
-    if not announce(events, event):
-        # The cancellation stands; the result says the backend was not told.
-        result.unannounced.append(task.task_id)

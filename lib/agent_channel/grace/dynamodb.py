@@ -44,23 +44,42 @@ class DynamoTaskBook:
             for task in self._tasks.by_status(agent_id, status, topic_id=topic_id)
         ]
 
-    def cancel(self, task: DelegatedTask, seen: Presence) -> CancelVerdict:
-        return self._cancel(task, seen, {Status.DELEGATED})
+    def cancel(
+        self, task: DelegatedTask, seen: Presence, cutoff: float, reason: str
+    ) -> CancelVerdict:
+        return self._cancel(task, seen, cutoff, reason, {Status.DELEGATED})
 
-    def cancel_queued(self, task: DelegatedTask, seen: Presence) -> CancelVerdict:
-        return self._cancel(task, seen, BEFORE_DELEGATION)
+    def cancel_queued(
+        self, task: DelegatedTask, seen: Presence, cutoff: float, reason: str
+    ) -> CancelVerdict:
+        return self._cancel(task, seen, cutoff, reason, BEFORE_DELEGATION)
 
     def _cancel(
-        self, task: DelegatedTask, seen: Presence, from_statuses: Collection[Status]
+        self,
+        task: DelegatedTask,
+        seen: Presence,
+        cutoff: float,
+        reason: str,
+        from_statuses: Collection[Status],
     ) -> CancelVerdict:
         target = Task(task.task_id, task.topic_id, task.agent_id, task.status)
         try:
-            self._tasks.cancel(target, from_statuses=from_statuses, presence_version=seen.version)
+            self._tasks.cancel(
+                target,
+                from_statuses=from_statuses,
+                presence_version=seen.version,
+                # Race: with every lease stale and routing still on, the recheck
+                # does not reap, and a heartbeat's touch revives a stale lease
+                # without bumping the version; these guards make that revival win.
+                stale_leases=[lease.connection_id for lease in seen.stale_leases(cutoff)],
+                stale_before=cutoff,
+                reason=reason,
+            )
         except TransitionRefused as error:
             # Refused: either the task left the statuses cancelled from (a reply
-            # claimed it first, or an earlier run cancelled it), or the guard failed
-            # (the agent came back), or the transaction met a concurrent one. The
-            # refusal's own copy of the task (else a consistent read) tells which.
+            # claimed it first, or an earlier run cancelled it), or a guard failed
+            # (the agent came back). The refusal's own copy of the task (else a
+            # consistent read) tells which.
             current = error.current
             if current is None:
                 found = self._tasks.get(task.task_id)

@@ -47,11 +47,17 @@ class TaskBook(Protocol):
     def session_topics(self, agent_id: int, session_id: str) -> list[int]:
         """The topics private to this session of the agent."""
 
-    def cancel(self, task: DelegatedTask, seen: Presence) -> CancelVerdict:
-        """delegated -> cancelled, clearing the pending tool call and releasing the
-        slot, in one write that holds only while the agent's presence is still as
-        ``seen`` (so the rechecks still hold at the moment it commits)."""
+    def cancel(
+        self, task: DelegatedTask, seen: Presence, cutoff: float, reason: str
+    ) -> CancelVerdict:
+        """delegated -> cancelled (recording ``reason``), clearing the pending tool
+        call and releasing the slot, in one write that holds only while the agent's
+        presence is still as ``seen`` (no lease added, and no lease stale at
+        ``cutoff`` refreshed since), so the rechecks still hold at the moment it
+        commits."""
 
-    def cancel_queued(self, task: DelegatedTask, seen: Presence) -> CancelVerdict:
+    def cancel_queued(
+        self, task: DelegatedTask, seen: Presence, cutoff: float, reason: str
+    ) -> CancelVerdict:
         """queued, pending or running -> cancelled, releasing the slot of running
-        work, under the same presence condition as cancel()."""
+        work, under the same conditions as cancel()."""

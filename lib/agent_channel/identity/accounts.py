@@ -12,7 +12,13 @@ from agent_channel.config import CHANNEL_AGENT_MODEL
 from agent_channel.identity.tokens import mint_bearer_token, token_digest
 from agent_channel.storage import schema
 from agent_channel.storage.counters import next_id
-from agent_channel.storage.records import TokenRecord, TopicRecord, UserRecord
+from agent_channel.storage.records import (
+    Record,
+    TokenRecord,
+    TokenSocketRecord,
+    TopicRecord,
+    UserRecord,
+)
 from agent_channel.storage.transactions import condition_failed
 
 if TYPE_CHECKING:
@@ -138,6 +144,18 @@ def revoke_token(token: str) -> bool:
     except DeleteError:
         return False
     return True
+
+
+def sockets_opened_with(token: str) -> list[str]:
+    """The connection ids of every socket opened with ``token`` (some may be closed
+    already), read consistently from the token's partition."""
+    return [
+        record.connection_id
+        for record in Record.query(
+            schema.token_partition(token_digest(token)), consistent_read=True
+        )
+        if isinstance(record, TokenSocketRecord)
+    ]
 
 
 def create_topic(

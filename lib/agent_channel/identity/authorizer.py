@@ -112,7 +112,8 @@ def authorize(headers: dict[str, str], query: dict[str, str]) -> Authorization:
     except BadConnectRequest:
         request = None
 
-    keys: list[schema.Key] = [schema.token_key(token_digest(token))]
+    digest = token_digest(token)
+    keys: list[schema.Key] = [schema.token_key(digest)]
     if request is not None and request.agent_id is not None:
         keys.append(schema.user_key(request.agent_id))
     elif request is not None and request.topic_id is not None:
@@ -124,7 +125,7 @@ def authorize(headers: dict[str, str], query: dict[str, str]) -> Authorization:
         return Authorization(AuthVerdict.UNAUTHORIZED)
     user_id = int(token_record.user_id)
     if request is None:
-        return Authorization(AuthVerdict.ALLOW, Caller(user_id, Target.NONE))
+        return Authorization(AuthVerdict.ALLOW, Caller(user_id, Target.NONE, token_digest=digest))
     target = records.get(keys[1]) if len(keys) > 1 else None
 
     if request.agent_id is not None:
@@ -142,6 +143,7 @@ def authorize(headers: dict[str, str], query: dict[str, str]) -> Authorization:
                 agent_id=request.agent_id,
                 session_id=request.session_id,
                 siblings=kind is Target.CHANNEL_AGENT and routed,
+                token_digest=digest,
                 grace_scheduled=bool(isinstance(target, UserRecord) and target.grace_scheduled),
             ),
         )
@@ -149,5 +151,6 @@ def authorize(headers: dict[str, str], query: dict[str, str]) -> Authorization:
     if not isinstance(target, TopicRecord) or not topic_from(target).readable_by(user_id):
         return Authorization(AuthVerdict.FORBIDDEN)
     return Authorization(
-        AuthVerdict.ALLOW, Caller(user_id, Target.TOPIC, topic_id=request.topic_id)
+        AuthVerdict.ALLOW,
+        Caller(user_id, Target.TOPIC, topic_id=request.topic_id, token_digest=digest),
     )

@@ -38,6 +38,9 @@ class Caller:
     """A channel agent's routing was on when the authorizer read it: other sessions
     hold leases, and a crashed one's may be stale. Only $connect uses it, to reap
     them without a read of its own when there can be nothing to reap."""
+    token_digest: str = ""
+    """The digest of the token the socket was opened with: a restore rechecks that
+    the token still exists, and a revocation finds the socket by it."""
     grace_scheduled: bool = False
     """The agent's last departure scheduled an agent-wide grace that no subscribe
     has withdrawn yet, as the authorizer read it (only $connect acts on it)."""
@@ -62,7 +65,9 @@ class Caller:
     def subscription(self, connection_id: str) -> Subscription | None:
         if not self.holds_lease or self.agent_id is None:
             return None
-        return Subscription(connection_id, self.user_id, self.agent_id, self.session_id)
+        return Subscription(
+            connection_id, self.user_id, self.agent_id, self.session_id, self.token_digest
+        )
 
     def as_context(self) -> dict[str, str]:
         """The authorizer's ``context`` map (API Gateway allows only scalar values)."""
@@ -73,6 +78,7 @@ class Caller:
             "topic_id": "" if self.topic_id is None else str(self.topic_id),
             "session_id": self.session_id,
             "siblings": "1" if self.siblings else "",
+            "token_digest": self.token_digest,
             "grace_scheduled": "true" if self.grace_scheduled else "",
         }
 
@@ -92,6 +98,7 @@ class Caller:
                 topic_id=int(topic_raw) if topic_raw else None,
                 session_id=str(context.get("session_id") or ""),
                 siblings=bool(context.get("siblings")),
+                token_digest=str(context.get("token_digest") or ""),
                 grace_scheduled=str(context.get("grace_scheduled") or "") == "true",
             )
         except (KeyError, TypeError, ValueError):

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 from agent_channel.lambda_kit.events import SocketEvent, parse_socket_event, response
-from agent_channel.observability import bind_ids, clear_ids, logger, metrics
+from agent_channel.lambda_kit.invocation import lambda_handler
+from agent_channel.observability import bind_ids, clear_ids, logger
 
 RouteFunction = Callable[[SocketEvent], dict[str, Any]]
 LambdaHandler = Callable[[Any, Any], dict[str, Any]]
@@ -18,8 +19,7 @@ def socket_route(route: RouteFunction) -> LambdaHandler:
     """Wrap a route function as a Lambda handler."""
 
     @functools.wraps(route)
-    @logger.inject_lambda_context(clear_state=True)
-    @metrics.log_metrics
+    @lambda_handler
     def handler(event: Any, context: Any) -> dict[str, Any]:
         clear_ids()
         parsed = parse_socket_event(event)

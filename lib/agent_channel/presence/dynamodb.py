@@ -7,9 +7,10 @@ Each condition names the race it guards against.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING
 
-from pynamodb.exceptions import DeleteError, TransactWriteError, UpdateError
+from pynamodb.exceptions import DeleteError, UpdateError
 
 from agent_channel.config import CHANNEL_AGENT_MODEL
 from agent_channel.delivery.streams import agent_stream
@@ -22,15 +23,18 @@ from agent_channel.storage.records import (
     LeaseRecord,
     Record,
     StreamMemberRecord,
+    TokenRecord,
+    TokenSocketRecord,
     TopicRecord,
     UserRecord,
 )
-from agent_channel.storage.transactions import condition_failed, failed_positions, transaction
+from agent_channel.storage.transactions import Refused, commit, condition_failed, retrying
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from pynamodb.expressions.condition import Condition
+    from pynamodb.expressions.update import Action
     from pynamodb.transactions import TransactWrite
 
 GARBAGE_AFTER = timedelta(days=1)
@@ -90,6 +94,23 @@ class DynamoPresenceStore:
             ),
         ]
 
+    def _token_writes(
+        self, writes: TransactWrite, digest: str, connection_id: str, now: float
+    ) -> None:
+        """The socket filed under its token, while the token still exists."""
+        if not digest:
+            return
+        # Race: a revocation deletes the token, then lists its sockets; a connect or
+        # restore committing after that delete would be missed, so it must fail.
+        writes.condition_check(TokenRecord, *schema.token_key(digest), TokenRecord.pk.exists())
+        writes.save(
+            TokenSocketRecord(
+                *schema.token_socket_key(digest, connection_id),
+                connection_id=connection_id,
+                expires_at=self._ttl(now),
+            )
+        )
+
     def _lease_writes(
         self, writes: TransactWrite, subscription: Subscription, token: str, now: float
     ) -> None:
@@ -146,47 +167,54 @@ class DynamoPresenceStore:
         assert isinstance(connection, ConnectionRecord)
         connection.holds_lease = True
         connection.session_id = subscription.session_id
+
         # One transaction: the stream is attached no later than routing turns on,
         # so a dispatch can never go into a stream nobody holds yet.
+        def build(writes: TransactWrite) -> None:
+            writes.save(connection)
+            writes.save(member)
+            self._lease_writes(writes, subscription, token, now)
+            self._token_writes(writes, subscription.token_digest, subscription.connection_id, now)
+
         try:
-            with transaction() as writes:
-                writes.save(connection)
-                writes.save(member)
-                self._lease_writes(writes, subscription, token, now)
-        except TransactWriteError as error:
-            if failed_positions(error):
-                raise AccessDenied(f"agent {subscription.agent_id}") from error
-            raise
+            commit(build)
+        except Refused as refused:
+            raise AccessDenied(f"agent {subscription.agent_id}") from refused
 
     def restore(self, subscription: Subscription, token: str, now: float) -> bool:
+        def build(writes: TransactWrite) -> None:
+            # A heartbeat racing its own $disconnect must not resurrect the
+            # connection: the restore holds only while the connection item exists,
+            # and $disconnect removes that item before it touches the lease.
+            writes.condition_check(
+                ConnectionRecord,
+                *schema.connection_key(subscription.connection_id),
+                ConnectionRecord.pk.exists(),
+            )
+            self._lease_writes(writes, subscription, token, now)
+            # A revoked token brings nothing back, and the agent must still be the
+            # caller's (the condition in _lease_writes).
+            self._token_writes(writes, subscription.token_digest, subscription.connection_id, now)
+
         try:
-            with transaction() as writes:
-                # A heartbeat racing its own $disconnect must not resurrect the
-                # connection: the restore holds only while the connection item exists,
-                # and $disconnect removes that item before it touches the lease.
-                writes.condition_check(
-                    ConnectionRecord,
-                    *schema.connection_key(subscription.connection_id),
-                    ConnectionRecord.pk.exists(),
-                )
-                self._lease_writes(writes, subscription, token, now)
-        except TransactWriteError as error:
-            if failed_positions(error):
-                return False
-            raise
+            commit(build)
+        except Refused:
+            return False
         return True
 
     def touch(self, agent_id: int, connection_id: str, now: float) -> bool:
         lease = LeaseRecord(*schema.lease_key(agent_id, connection_id))
         try:
-            lease.update(
-                actions=[
-                    LeaseRecord.last_seen_at.set(now),
-                    LeaseRecord.expires_at.set(self._ttl(now)),
-                ],
-                # Never recreate a lease that a reap or a disconnect deleted: that is
-                # restore's job, which rechecks the connection.
-                condition=LeaseRecord.pk.exists(),
+            retrying(
+                lambda: lease.update(
+                    actions=[
+                        LeaseRecord.last_seen_at.set(now),
+                        LeaseRecord.expires_at.set(self._ttl(now)),
+                    ],
+                    # Never recreate a lease that a reap or a disconnect deleted: that
+                    # is restore's job, which rechecks the connection.
+                    condition=LeaseRecord.pk.exists(),
+                )
             )
         except UpdateError as error:
             if condition_failed(error):
@@ -211,30 +239,36 @@ class DynamoPresenceStore:
         else:
             raise ValueError("an attachment names an agent or a topic")
         connection, member = self._stream_items(attachment, now)
+
+        def build(writes: TransactWrite) -> None:
+            # Access may have been withdrawn since the authorizer read the target.
+            writes.condition_check(target_model, *target_key, condition)
+            writes.save(connection)
+            writes.save(member)
+            self._token_writes(writes, attachment.token_digest, attachment.connection_id, now)
+
         try:
-            with transaction() as writes:
-                # Access may have been withdrawn since the authorizer read the target.
-                writes.condition_check(target_model, *target_key, condition)
-                writes.save(connection)
-                writes.save(member)
-        except TransactWriteError as error:
-            if failed_positions(error):
-                raise AccessDenied(attachment.stream) from error
-            raise
+            commit(build)
+        except Refused as refused:
+            raise AccessDenied(attachment.stream) from refused
 
     def drop_connection(self, connection_id: str, stream: str) -> None:
-        with transaction() as writes:
+        def build(writes: TransactWrite) -> None:
             writes.delete(ConnectionRecord(*schema.connection_key(connection_id)))
             writes.delete(StreamMemberRecord(*schema.member_key(stream, connection_id)))
 
+        commit(build)
+
     def drop_lease(self, agent_id: int, connection_id: str) -> Lease | None:
         try:
-            response = LeaseRecord._get_connection().delete_item(
-                *schema.lease_key(agent_id, connection_id),
-                # A stale or duplicate $disconnect finds its lease already reaped and
-                # must then change nothing and schedule nothing.
-                condition=LeaseRecord.pk.exists(),
-                return_values="ALL_OLD",
+            response = retrying(
+                lambda: LeaseRecord._get_connection().delete_item(
+                    *schema.lease_key(agent_id, connection_id),
+                    # A stale or duplicate $disconnect finds its lease already reaped
+                    # and must then change nothing and schedule nothing.
+                    condition=LeaseRecord.pk.exists(),
+                    return_values="ALL_OLD",
+                )
             )
         except DeleteError as error:
             if condition_failed(error):
@@ -246,11 +280,10 @@ class DynamoPresenceStore:
     def reap(self, stale: Sequence[Lease], cutoff: float) -> list[Lease]:
         reaped: list[Lease] = []
         for lease in stale:
+            record = LeaseRecord(*schema.lease_key(lease.agent_id, lease.connection_id))
             try:
-                LeaseRecord(*schema.lease_key(lease.agent_id, lease.connection_id)).delete(
-                    # A heartbeat may have refreshed it since it was read as stale.
-                    condition=LeaseRecord.last_seen_at < cutoff
-                )
+                # A heartbeat may have refreshed it since it was read as stale.
+                retrying(partial(record.delete, condition=LeaseRecord.last_seen_at < cutoff))
             except DeleteError as error:
                 if condition_failed(error):
                     continue
@@ -261,34 +294,38 @@ class DynamoPresenceStore:
     def clear_routing(self, seen: Presence, stale: Sequence[Lease], cutoff: float) -> bool:
         if len(stale) > MAX_STALE_PER_CLEAR:
             raise ValueError("too many stale leases for one transaction; reap first")
-        try:
-            with transaction() as writes:
-                for lease in stale:
-                    writes.delete(
-                        LeaseRecord(*schema.lease_key(lease.agent_id, lease.connection_id)),
-                        # A heartbeat that refreshed this lease since the read makes
-                        # the agent live again: the clear must not happen. A lease
-                        # someone else already deleted is no obstacle.
-                        condition=LeaseRecord.pk.does_not_exist()
-                        | (LeaseRecord.last_seen_at < cutoff),
-                    )
-                writes.update(
-                    UserRecord(*schema.user_key(seen.agent_id)),
-                    actions=[
-                        UserRecord.routing_expression.set(""),
-                        UserRecord.routing_subscription_token.remove(),
-                        UserRecord.gsi1pk.remove(),
-                        UserRecord.gsi1sk.remove(),
-                        # The agent-wide grace is scheduled right after this clear.
-                        UserRecord.grace_scheduled.set(True),
-                    ],
-                    # A subscribe or restore since the read bumped the version: it wins.
-                    condition=schema.presence_version_is(seen.version),
+
+        def build(writes: TransactWrite) -> None:
+            for lease in stale:
+                writes.delete(
+                    LeaseRecord(*schema.lease_key(lease.agent_id, lease.connection_id)),
+                    # A heartbeat that refreshed this lease since the read makes the
+                    # agent live again: the clear must not happen. A lease someone
+                    # else already deleted is no obstacle.
+                    condition=LeaseRecord.pk.does_not_exist() | (LeaseRecord.last_seen_at < cutoff),
                 )
-        except TransactWriteError as error:
-            if failed_positions(error):
-                return False
-            raise
+            actions: list[Action] = [
+                UserRecord.routing_expression.set(""),
+                UserRecord.routing_subscription_token.remove(),
+                # The agent-wide grace is scheduled right after this clear.
+                UserRecord.grace_scheduled.set(True),
+            ]
+            # A subscribe or restore since the read bumped the version: it wins.
+            condition = schema.presence_version_is(seen.version)
+            if seen.routing_on:
+                actions += [UserRecord.gsi1pk.remove(), UserRecord.gsi1sk.remove()]
+                # Race: a departure that cleared routing since the read may already
+                # have recorded an owed grace under GRACE_OWED; clearing again would
+                # erase that index entry, and no sweep would pay the debt.
+                condition &= UserRecord.routing_expression == "true"
+            writes.update(
+                UserRecord(*schema.user_key(seen.agent_id)), actions=actions, condition=condition
+            )
+
+        try:
+            commit(build)
+        except Refused:
+            return False
         return True
 
     def close_agent(self, seen: Presence, owner_id: int, now: float) -> bool:
@@ -297,49 +334,51 @@ class DynamoPresenceStore:
         overflow = list(seen.leases[MAX_STALE_PER_CLEAR:])
         for lease in overflow:
             LeaseRecord(*schema.lease_key(lease.agent_id, lease.connection_id)).delete()
+
+        def build(writes: TransactWrite) -> None:
+            for lease in seen.leases[:MAX_STALE_PER_CLEAR]:
+                # Deleting a lease a disconnect already took is a no-op.
+                writes.delete(LeaseRecord(*schema.lease_key(lease.agent_id, lease.connection_id)))
+            writes.update(
+                UserRecord(*schema.user_key(seen.agent_id)),
+                actions=[
+                    UserRecord.unregistered_at.set(UserRecord.unregistered_at | now),
+                    UserRecord.routing_expression.set(""),
+                    UserRecord.routing_subscription_token.remove(),
+                    UserRecord.presence_version.add(1),
+                    UserRecord.gsi1pk.remove(),
+                    UserRecord.gsi1sk.remove(),
+                    UserRecord.grace_owed_token.remove(),
+                    UserRecord.grace_owed_due.remove(),
+                ],
+                # A subscribe or restore since the read added a lease this
+                # transaction would not delete: read again. The owner is checked in
+                # the write, so an agent handed over meanwhile is not closed.
+                condition=schema.presence_version_is(seen.version)
+                & (UserRecord.created_by == owner_id),
+            )
+
         try:
-            with transaction() as writes:
-                for lease in seen.leases[:MAX_STALE_PER_CLEAR]:
-                    # Deleting a lease a disconnect already took is a no-op.
-                    writes.delete(
-                        LeaseRecord(*schema.lease_key(lease.agent_id, lease.connection_id))
-                    )
-                writes.update(
-                    UserRecord(*schema.user_key(seen.agent_id)),
-                    actions=[
-                        UserRecord.unregistered_at.set(UserRecord.unregistered_at | now),
-                        UserRecord.routing_expression.set(""),
-                        UserRecord.routing_subscription_token.remove(),
-                        UserRecord.presence_version.add(1),
-                        UserRecord.gsi1pk.remove(),
-                        UserRecord.gsi1sk.remove(),
-                        UserRecord.grace_owed_token.remove(),
-                        UserRecord.grace_owed_due.remove(),
-                    ],
-                    # A subscribe or restore since the read added a lease this
-                    # transaction would not delete: read again. The owner is checked
-                    # in the write, so an agent handed over meanwhile is not closed.
-                    condition=schema.presence_version_is(seen.version)
-                    & (UserRecord.created_by == owner_id),
-                )
-        except TransactWriteError as error:
-            if failed_positions(error):
-                return False
-            raise
+            commit(build)
+        except Refused:
+            return False
         return True
 
     def owe_grace(self, cancellation: GraceCancellation, due_at: float) -> bool:
+        agent = UserRecord(*schema.user_key(cancellation.agent_id))
         try:
-            UserRecord(*schema.user_key(cancellation.agent_id)).update(
-                actions=[
-                    UserRecord.grace_owed_token.set(cancellation.subscription_token),
-                    UserRecord.grace_owed_due.set(due_at),
-                    UserRecord.gsi1pk.set(schema.GRACE_OWED),
-                    UserRecord.gsi1sk.set(schema.agent_sort(cancellation.agent_id)),
-                ],
-                # If a subscribe turned routing back on meanwhile, nothing is owed,
-                # and its ROUTED index entry must not be overwritten.
-                condition=UserRecord.routing_expression != "true",
+            retrying(
+                lambda: agent.update(
+                    actions=[
+                        UserRecord.grace_owed_token.set(cancellation.subscription_token),
+                        UserRecord.grace_owed_due.set(due_at),
+                        UserRecord.gsi1pk.set(schema.GRACE_OWED),
+                        UserRecord.gsi1sk.set(schema.agent_sort(cancellation.agent_id)),
+                    ],
+                    # If a subscribe turned routing back on meanwhile, nothing is owed,
+                    # and its ROUTED index entry must not be overwritten.
+                    condition=UserRecord.routing_expression != "true",
+                )
             )
         except UpdateError as error:
             if condition_failed(error):
@@ -356,16 +395,19 @@ class DynamoPresenceStore:
         return owed
 
     def settle_owed_grace(self, cancellation: GraceCancellation) -> None:
+        agent = UserRecord(*schema.user_key(cancellation.agent_id))
         try:
-            UserRecord(*schema.user_key(cancellation.agent_id)).update(
-                actions=[
-                    UserRecord.grace_owed_token.remove(),
-                    UserRecord.grace_owed_due.remove(),
-                    UserRecord.gsi1pk.remove(),
-                    UserRecord.gsi1sk.remove(),
-                ],
-                # Only the debt we paid: a newer departure may have replaced it.
-                condition=UserRecord.grace_owed_token == cancellation.subscription_token,
+            retrying(
+                lambda: agent.update(
+                    actions=[
+                        UserRecord.grace_owed_token.remove(),
+                        UserRecord.grace_owed_due.remove(),
+                        UserRecord.gsi1pk.remove(),
+                        UserRecord.gsi1sk.remove(),
+                    ],
+                    # Only the debt we paid: a newer departure may have replaced it.
+                    condition=UserRecord.grace_owed_token == cancellation.subscription_token,
+                )
             )
         except UpdateError as error:
             if not condition_failed(error):

@@ -44,6 +44,8 @@ class Subscription:
     user_id: int
     agent_id: int
     session_id: str
+    token_digest: str = ""
+    """The digest of the bearer token the socket was opened with ("" if unknown)."""
 
 
 @dataclass(frozen=True)
@@ -55,3 +57,4 @@ class Attachment:
     stream: str
     agent_id: int | None = None
     topic_id: int | None = None
+    token_digest: str = ""

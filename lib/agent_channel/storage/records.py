@@ -97,6 +97,13 @@ class TokenRecord(Record, discriminator="token"):
     created_at = NumberAttribute()
 
 
+class TokenSocketRecord(Record, discriminator="token_socket"):
+    """A socket opened with a token, under the token's partition: revoking the token
+    finds every socket to close with one consistent Query."""
+
+    connection_id = UnicodeAttribute()
+
+
 class ConnectionRecord(Record, discriminator="connection"):
     """An open socket: who opened it and which stream it joined."""
 
@@ -144,6 +151,8 @@ class TaskRecord(Record, discriminator="task"):
     pending_tool_call = UnicodeAttribute(null=True)
     created_at = NumberAttribute()
     updated_at = NumberAttribute()
+    cancel_reason = UnicodeAttribute(null=True)
+    """Why it was cancelled; the task-event pipe carries it into task.cancelled."""
     # At-least-once delivery: how many times the task was delegated (the fencing
     # generation), the dispatch message as sent, the generation a session
     # acknowledged, and the redelivery schedule.

@@ -7,6 +7,7 @@ The layout puts what one decision needs into one partition:
 | user or agent         | ``USER#<id>``              | ``USER``            |
 | lease (presence row)  | ``USER#<agent_id>``        | ``LEASE#<conn_id>`` |
 | token (hashed)        | ``TOKEN#<sha256>``         | ``TOKEN``           |
+| socket of a token     | ``TOKEN#<sha256>``         | ``CONN#<conn_id>``  |
 | connection            | ``CONN#<conn_id>``         | ``CONN``            |
 | stream membership     | ``STREAM#<stream>``        | ``CONN#<conn_id>``  |
 | topic                 | ``TOPIC#<id>``             | ``TOPIC``           |
@@ -61,8 +62,17 @@ def lease_key(agent_id: int, connection_id: str) -> Key:
     return user_partition(agent_id), f"LEASE#{connection_id}"
 
 
+def token_partition(digest: str) -> str:
+    """A token and the sockets opened with it (so a revocation finds them all)."""
+    return f"TOKEN#{digest}"
+
+
 def token_key(digest: str) -> Key:
-    return f"TOKEN#{digest}", "TOKEN"
+    return token_partition(digest), "TOKEN"
+
+
+def token_socket_key(digest: str, connection_id: str) -> Key:
+    return token_partition(digest), f"{MEMBER_PREFIX}{connection_id}"
 
 
 def connection_key(connection_id: str) -> Key:

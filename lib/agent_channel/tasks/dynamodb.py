@@ -7,15 +7,21 @@ it starts from, the slot taken or freed beside it, and any guard on another item
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
-
-from pynamodb.exceptions import TransactWriteError
+from typing import TYPE_CHECKING, Any
 
 from agent_channel import clock
 from agent_channel.storage import schema
 from agent_channel.storage.counters import next_id
-from agent_channel.storage.records import Record, SlotRecord, TaskRecord, TopicRecord, UserRecord
-from agent_channel.storage.transactions import transaction
+from agent_channel.storage.records import (
+    ConnectionRecord,
+    LeaseRecord,
+    Record,
+    SlotRecord,
+    TaskRecord,
+    TopicRecord,
+    UserRecord,
+)
+from agent_channel.storage.transactions import Refused, commit, retrying
 from agent_channel.tasks.model import (
     DeliveryPlan,
     DispatchContext,
@@ -24,11 +30,17 @@ from agent_channel.tasks.model import (
     TransitionRefused,
 )
 
+MAX_LEASE_GUARDS = 96
+"""Lease or connection guards one transition may carry (100 items: the task, a slot,
+the agent and these). A session holds one or two leases and an agent a few
+sockets; beyond this many, the rest are left unguarded."""
+
 if TYPE_CHECKING:
-    from collections.abc import Collection, Sequence
+    from collections.abc import Collection, Mapping, Sequence
 
     from pynamodb.expressions.condition import Condition
     from pynamodb.expressions.update import Action
+    from pynamodb.transactions import TransactWrite
 
 
 @dataclass(frozen=True)
@@ -69,14 +81,11 @@ def task_from(record: TaskRecord) -> Task:
     )
 
 
-def _refused_status(error: TransactWriteError, task_id: int) -> Status | None:
+def _refused_status(item: Mapping[str, Any] | None) -> Status | None:
     """The task's status as a refused transition found it, from the item its failed
-    condition returned; None when no condition on the task failed."""
-    task_pk = schema.task_key(task_id)[0]
-    for reason in error.cancellation_reasons or []:
-        item = reason.raw_item if reason else None
-        if item and item.get("pk", {}).get("S") == task_pk and "status" in item:
-            return Status(item["status"]["S"])
+    condition returned; None when the task's own condition did not fail."""
+    if item and "status" in item:
+        return Status(item["status"]["S"])
     return None
 
 
@@ -108,7 +117,7 @@ class DynamoTaskStore:
             gsi1sk=schema.task_status_sort(topic_id, task_id),
         )
         # A fresh id from the counter; never overwrite a task, whatever the counter says.
-        record.save(condition=TaskRecord.pk.does_not_exist())
+        retrying(lambda: record.save(condition=TaskRecord.pk.does_not_exist()))
         return task_from(record)
 
     def get(self, task_id: int) -> Task | None:
@@ -152,6 +161,8 @@ class DynamoTaskStore:
         pending_tool_call: str | None = None,
         *,
         delivery: DeliveryPlan | None = None,
+        presence_version: int | None = None,
+        connections: Sequence[str] = (),
     ) -> Task:
         extra: list[Action] = (
             [TaskRecord.pending_tool_call.set(pending_tool_call)] if pending_tool_call else []
@@ -167,7 +178,35 @@ class DynamoTaskStore:
                 TaskRecord.delivery_attempts.set(1),
                 TaskRecord.next_delivery_at.set(delivery.next_delivery_at),
             ]
-        delegated = self._transition(task, {Status.RUNNING}, Status.DELEGATED, extra_actions=extra)
+        guards = []
+        if presence_version is not None:
+            # A dispatch decided on this presence (routing on, these stream members):
+            # a last one out since then switched routing off, and a subscribe or
+            # restore since then bumped the version and may hold a socket the
+            # dispatch never read; either way the task must not become delegated
+            # to the connections it read.
+            guards.append(
+                _Guard(
+                    UserRecord,
+                    schema.user_key(task.agent_id),
+                    (UserRecord.routing_expression == "true")
+                    & schema.presence_version_is(presence_version),
+                )
+            )
+        for connection_id in connections[:MAX_LEASE_GUARDS]:
+            # Race: a socket the dispatch will post to is leaving ($disconnect removes
+            # its connection item first); if its session then comes back, the
+            # grace is withdrawn and nobody would ever get the task.
+            guards.append(
+                _Guard(
+                    ConnectionRecord,
+                    schema.connection_key(connection_id),
+                    ConnectionRecord.pk.exists(),
+                )
+            )
+        delegated = self._transition(
+            task, {Status.RUNNING}, Status.DELEGATED, extra_actions=extra, guards=guards
+        )
         if pending_tool_call:
             delegated = replace(delegated, pending_tool_call=pending_tool_call)
         if delivery is not None:
@@ -197,9 +236,22 @@ class DynamoTaskStore:
         )
         return replace(done, pending_tool_call=None, next_delivery_at=None)
 
-    def cancel_delegated(self, task: Task, *, presence_version: int | None = None) -> Task:
+    def cancel_delegated(
+        self,
+        task: Task,
+        *,
+        presence_version: int | None = None,
+        stale_leases: Sequence[str] = (),
+        stale_before: float = 0.0,
+        reason: str | None = None,
+    ) -> Task:
         return self.cancel(
-            task, from_statuses={Status.DELEGATED}, presence_version=presence_version
+            task,
+            from_statuses={Status.DELEGATED},
+            presence_version=presence_version,
+            stale_leases=stale_leases,
+            stale_before=stale_before,
+            reason=reason,
         )
 
     def cancel(
@@ -208,6 +260,9 @@ class DynamoTaskStore:
         *,
         from_statuses: Collection[Status],
         presence_version: int | None = None,
+        stale_leases: Sequence[str] = (),
+        stale_before: float = 0.0,
+        reason: str | None = None,
     ) -> Task:
         guards = []
         if presence_version is not None:
@@ -220,11 +275,27 @@ class DynamoTaskStore:
                     schema.presence_version_is(presence_version),
                 )
             )
+        for connection_id in stale_leases[:MAX_LEASE_GUARDS]:
+            # A heartbeat's touch revives a stale lease it finds unreaped without
+            # bumping the version: a session back that way must keep its work too.
+            guards.append(
+                _Guard(
+                    LeaseRecord,
+                    schema.lease_key(task.agent_id, connection_id),
+                    LeaseRecord.pk.does_not_exist() | (LeaseRecord.last_seen_at <= stale_before),
+                )
+            )
         cancelled = self._transition(
             task,
             set(from_statuses),
             Status.CANCELLED,
-            extra_actions=[TaskRecord.pending_tool_call.remove(), *_delivery_done()],
+            extra_actions=[
+                TaskRecord.pending_tool_call.remove(),
+                *_delivery_done(),
+                # In the same write as the status: the stream record that becomes
+                # the task.cancelled event carries it (the transactional outbox).
+                *([TaskRecord.cancel_reason.set(reason)] if reason else []),
+            ],
             free_slot=True,
             guards=guards,
         )
@@ -257,38 +328,45 @@ class DynamoTaskStore:
             *extra_actions,
         ]
         slot_pk, slot_sk = schema.slot_key(task.agent_id, task.task_id)
-        try:
-            with transaction() as writes:
-                # The status condition is the whole race guard: a reply and a grace
-                # cancellation both start from delegated, and only the first commits.
-                writes.update(
-                    TaskRecord(*schema.task_key(task.task_id)),
-                    actions=actions,
-                    condition=condition,
-                    # A refusal then carries the task as it is, so the caller can say
-                    # why (done already, cancelled, ...) without another read.
-                    return_values="ALL_OLD",
-                )
-                if take_slot:
-                    writes.save(
-                        SlotRecord(
-                            slot_pk,
-                            slot_sk,
-                            agent_id=task.agent_id,
-                            task_id=task.task_id,
-                            acquired_at=now,
-                        )
+
+        def build(writes: TransactWrite) -> None:
+            # The status condition is the whole race guard between transitions: a
+            # reply and a grace cancellation both start from delegated, and only the
+            # first commits.
+            writes.update(
+                TaskRecord(*schema.task_key(task.task_id)),
+                actions=actions,
+                condition=condition,
+                # A refusal then carries the task as it is, so the caller can say
+                # why (done already, cancelled, ...) without another read.
+                return_values="ALL_OLD",
+            )
+            if take_slot:
+                writes.save(
+                    SlotRecord(
+                        slot_pk,
+                        slot_sk,
+                        agent_id=task.agent_id,
+                        task_id=task.task_id,
+                        acquired_at=now,
                     )
-                if free_slot:
-                    # Deleting a slot that is not there is a no-op: release is idempotent.
-                    writes.delete(SlotRecord(slot_pk, slot_sk))
-                for guard in guards:
-                    writes.condition_check(guard.model, *guard.key, guard.condition)
-        except TransactWriteError as error:
+                )
+            if free_slot:
+                # Deleting a slot that is not there is a no-op: release is idempotent.
+                writes.delete(SlotRecord(slot_pk, slot_sk))
+            for guard in guards:
+                writes.condition_check(guard.model, *guard.key, guard.condition)
+
+        try:
+            commit(build)
+        except Refused as refused:
+            task_key = schema.task_key(task.task_id)
             raise TransitionRefused(
                 f"task {task.task_id} is not {sorted(allowed_from)}",
-                current=_refused_status(error, task.task_id),
-            ) from error
+                # If the task's own status condition held, what failed was a guard.
+                guard_failed=task_key not in refused.keys,
+                current=_refused_status(refused.items.get(task_key)),
+            ) from refused
         # A transaction returns no item, and a read after it would cost one more
         # request: the new task is the old one with what this transaction wrote
         # (every other field of a task is fixed when it is created).

@@ -13,14 +13,23 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from agent_channel.observability import count, logger
-
 if TYPE_CHECKING:
     from mypy_boto3_events import EventBridgeClient
     from mypy_boto3_events.type_defs import PutEventsRequestEntryTypeDef
 
 SOURCE = "agent-channel"
 TASK_CANCELLED = "task.cancelled"
+DETAIL_FIELDS = (
+    "event_id",
+    "task_id",
+    "agent_id",
+    "topic_id",
+    "reason",
+    "cancelled_at",
+    "previous_status",
+)
+"""task.cancelled's detail as the task-event pipe puts it on the bus (docs/OPERATIONS.md);
+the function publishers below serve the other events."""
 DISPATCH_GIVEN_UP = "dispatch.given_up"
 
 PUBLISH_ATTEMPTS = 3
@@ -32,27 +41,6 @@ RETRY_PAUSE_SECONDS = 0.2
 
 class EventNotPublished(Exception):
     """The bus refused an event after every attempt."""
-
-
-@dataclass(frozen=True)
-class TaskCancelled:
-    task_id: int
-    agent_id: int
-    topic_id: int
-    reason: str
-    cancelled_at: float
-    previous_status: str = "delegated"
-    """What the task was when it was cancelled (queued, pending, running, delegated)."""
-
-    def detail(self) -> dict[str, object]:
-        return {
-            "task_id": self.task_id,
-            "agent_id": self.agent_id,
-            "topic_id": self.topic_id,
-            "reason": self.reason,
-            "cancelled_at": self.cancelled_at,
-            "previous_status": self.previous_status,
-        }
 
 
 @dataclass(frozen=True)
@@ -76,27 +64,6 @@ class DispatchGivenUp:
         }
 
 
-class TaskEvents(Protocol):
-    def task_cancelled(self, event: TaskCancelled) -> None:
-        """Tell the backend a task was cancelled; raises EventNotPublished."""
-
-
-def announce(events: TaskEvents, event: TaskCancelled) -> bool:
-    """Publish a cancellation that has committed; False if it could not be.
-
-    A retry of the caller would not find the task open again, so failing it would
-    not bring the event back: the failure is made loud (logged, counted as
-    ``CancelEventFailures``) and the caller reports the task as unannounced.
-    """
-    try:
-        events.task_cancelled(event)
-    except Exception:
-        count("CancelEventFailures")
-        logger.exception("task.cancelled event not published", extra={"task_id": event.task_id})
-        return False
-    return True
-
-
 class DeliveryEvents(Protocol):
     def dispatch_given_up(self, event: DispatchGivenUp) -> None:
         """Tell the backend a dispatch was given up; raises EventNotPublished."""
@@ -106,9 +73,6 @@ class EventBridgeTaskEvents:
     def __init__(self, client: EventBridgeClient, bus_name: str) -> None:
         self._client = client
         self._bus_name = bus_name
-
-    def task_cancelled(self, event: TaskCancelled) -> None:
-        self._publish(TASK_CANCELLED, event.task_id, event.detail())
 
     def dispatch_given_up(self, event: DispatchGivenUp) -> None:
         self._publish(DISPATCH_GIVEN_UP, event.task_id, event.detail())

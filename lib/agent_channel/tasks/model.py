@@ -25,13 +25,17 @@ OPEN_STATUSES = BEFORE_DELEGATION | {Status.DELEGATED}
 
 class TransitionRefused(Exception):
     """The task is not in the status the transition starts from (someone else won),
-    or a condition the transition was made under no longer holds.
+    or a condition the transition was made under no longer holds (``guard_failed``:
+    the status was right, another item had changed).
 
     ``current`` is the task's status when the store could tell it from the refusal
-    itself (None: unknown, e.g. the transaction met a concurrent one)."""
+    itself (None: unknown, e.g. a guard failed rather than the status)."""
 
-    def __init__(self, message: str, *, current: Status | None = None) -> None:
+    def __init__(
+        self, message: str, *, guard_failed: bool = False, current: Status | None = None
+    ) -> None:
         super().__init__(message)
+        self.guard_failed = guard_failed
         self.current = current
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 from agent_channel.tasks.model import DeliveryPlan, DispatchContext, Status, Task
 
 if TYPE_CHECKING:
-    from collections.abc import Collection
+    from collections.abc import Collection, Sequence
 
 
 class TaskStore(Protocol):
@@ -43,18 +43,34 @@ class TaskStore(Protocol):
         pending_tool_call: str | None = None,
         *,
         delivery: DeliveryPlan | None = None,
+        presence_version: int | None = None,
+        connections: Sequence[str] = (),
     ) -> Task:
         """running -> delegated: handed to a channel agent, waiting for its reply. With
-        ``delivery``, records the generation, the message and its redelivery time."""
+        ``delivery``, records the generation, the message and its redelivery time. With
+        ``presence_version``, only while the agent's routing is on and its presence
+        version is still that one (no last one out, subscribe or restore since), and
+        while each of ``connections`` (the sockets the work goes to) is still open."""
 
     def claim_reply(self, task: Task, *, generation: int | None = None) -> Task:
         """delegated -> done, at most once; clears the pending tool call, frees the slot.
         With ``generation``, only while the task is still of that generation."""
 
-    def cancel_delegated(self, task: Task, *, presence_version: int | None = None) -> Task:
+    def cancel_delegated(
+        self,
+        task: Task,
+        *,
+        presence_version: int | None = None,
+        stale_leases: Sequence[str] = (),
+        stale_before: float = 0.0,
+        reason: str | None = None,
+    ) -> Task:
         """delegated -> cancelled, at most once; clears the pending tool call, frees
         the slot. With ``presence_version``, only while the agent's presence version
-        is still that one (no subscribe or restore since it was read)."""
+        is still that one (no subscribe or restore since it was read), and while each
+        lease of ``stale_leases`` (connection ids) is gone or still no newer than
+        ``stale_before`` (no heartbeat revived it). ``reason`` is recorded on the task,
+        in the same write, for the task.cancelled event."""
 
     def cancel(
         self,
@@ -62,11 +78,13 @@ class TaskStore(Protocol):
         *,
         from_statuses: Collection[Status],
         presence_version: int | None = None,
+        stale_leases: Sequence[str] = (),
+        stale_before: float = 0.0,
+        reason: str | None = None,
     ) -> Task:
         """Any of ``from_statuses`` -> cancelled, at most once; clears the pending
-        tool call and frees the slot (a no-op for a task that held none). With
-        ``presence_version``, only while the agent's presence version is still that
-        one, as for cancel_delegated."""
+        tool call and frees the slot (a no-op for a task that held none). The guards
+        and ``reason`` are those of cancel_delegated."""
 
     def release_slot(self, agent_id: int, task_id: int) -> None:
         """Free a slot; idempotent."""
