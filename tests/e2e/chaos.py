@@ -96,7 +96,7 @@ class ChaosReport:
 
 def run_chaos(dev: DevServer, dispatches: int) -> ChaosReport:
     agent_id, topic_id = dev.new_agent("chaos")
-    backend = LocalTransport(dev.backend)
+    backend = LocalTransport(dev.backend, secret=dev.secret)
     report = ChaosReport(dispatches)
     lock = threading.Lock()
 

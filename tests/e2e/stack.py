@@ -26,7 +26,9 @@ COMMAND_TIMEOUT = 30.0
 HEARTBEAT_SECONDS = 1
 STALE_AFTER_SECONDS = 3
 GRACE_SECONDS = 3
-IDLE_TIMEOUT_SECONDS = 8
+IDLE_TIMEOUT_SECONDS = 14
+"""Long enough that a sweep on a loaded machine (stale after 3 s, then the next
+sweep) acts before the idle timeout closes a frozen plugin's socket."""
 """API Gateway's 10 minutes, shortened: after staleness and a sweep, before a test ends."""
 READY = re.compile(r"^READY (ws://\S+) (\{.*\})$")
 TOKEN_LINE = re.compile(r"^\s+token\s+(\S+)$")
@@ -113,6 +115,11 @@ class DevServer:
     output: LineReader
     data_dir: Path
     secret_file: Path
+
+    @property
+    def secret(self) -> str:
+        """The stack's per-run backend secret (what its own tools send)."""
+        return self.secret_file.read_text().strip()
 
     @property
     def callback_url(self) -> str:

@@ -27,7 +27,7 @@ def post(dev: DevServer, body: bytes, headers: dict[str, str]) -> tuple[int, Any
 
 
 def secret(dev: DevServer) -> str:
-    return dev.secret_file.read_text().strip()
+    return dev.secret
 
 
 def task_ids(dev: DevServer) -> list[int]:

@@ -85,7 +85,7 @@ def post(dev: DevServer, path: str, command: dict[str, Any]) -> dict[str, Any]:
     request = urllib.request.Request(  # noqa: S310 - loopback URL of the test's own server
         dev.backend + path,
         data=json.dumps(command).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {dev.secret}"},
         method="POST",
     )
     with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310

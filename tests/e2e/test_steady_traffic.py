@@ -86,7 +86,7 @@ async def settled_presence(dev: DevServer, agent_id: int, *, live: int, what: st
 
 def test_sessions_stay_live_and_routable_through_steady_broadcasts(dev: DevServer) -> None:
     agent_id, topic_id = dev.new_agent("steady")
-    backend = LocalTransport(dev.backend)
+    backend = LocalTransport(dev.backend, secret=dev.secret)
     stop = threading.Event()
     answers: list[dict[str, Any]] = []
 
