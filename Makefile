@@ -4,7 +4,7 @@ VENV   := .venv
 SAMENV := .venv-sam
 BIN    := $(VENV)/bin
 
-.PHONY: setup dev test lint typecheck check bench bench-local bench-load mutate chaos simulate clean
+.PHONY: setup dev test lint typecheck check bench bench-local bench-load mutate chaos simulate interleavings clean
 
 # A project venv with the package and its dev tools; AWS SAM CLI in a venv of its
 # own, because it pins versions of boto3 and others that the project must not inherit.
@@ -69,6 +69,11 @@ chaos: setup
 simulate: setup
 	$(BIN)/python -m agent_channel_dev.scale --cost 15 30 --lambda-heartbeats
 	$(BIN)/python -m agent_channel_dev.scale --agents 100000 1000000 --storm-at 5
+
+# Every interleaving of the scenarios the default suite only samples (minutes).
+interleavings: setup
+	AGENT_CHANNEL_EXHAUSTIVE=1 $(BIN)/pytest -s -p no:cacheprovider --timeout 3600 \
+		tests/concurrency/test_presence_interleavings.py -k exhaustively_on_demand
 
 clean:
 	rm -rf $(VENV) $(SAMENV) .pytest_cache .mypy_cache .ruff_cache mutants mutation-results.txt

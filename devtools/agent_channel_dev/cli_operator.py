@@ -137,15 +137,34 @@ def add_operator_commands(commands: argparse._SubParsersAction[argparse.Argument
                 "request_id": a.request,
                 "behavior": a.behavior,
                 "decided_by": a.by,
+                "reason": a.reason,
             }
         ],
     )
     p.add_argument("--agent", type=int, required=True)
     p.add_argument("--request", required=True, help="the permission request id")
     p.add_argument("--by", type=int, required=True, help="the deciding user")
+    p.add_argument("--reason", default=None, help="why (sent to the agent with the decision)")
     behavior = p.add_mutually_exclusive_group(required=True)
     behavior.add_argument("--allow", dest="behavior", action="store_const", const="allow")
     behavior.add_argument("--deny", dest="behavior", action="store_const", const="deny")
+
+    p = sub(
+        "unregister-agent",
+        "close an agent for work: cancel its open tasks, close its sockets, archive its "
+        "session topics",
+        lambda a: [
+            {"op": "unregister_agent", "agent_id": a.agent, "acting_user_id": a.acting_user}
+        ],
+    )
+    p.add_argument("--agent", type=int, required=True)
+    p.add_argument(
+        "--as-user",
+        dest="acting_user",
+        type=int,
+        default=None,
+        help="the acting user; refused unless they own the agent",
+    )
 
     p = sub("broadcast", "send a JSON object to an agent's or a topic's stream", _broadcast)
     target = p.add_mutually_exclusive_group(required=True)

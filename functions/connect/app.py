@@ -9,6 +9,7 @@ from agent_channel.lambda_kit import cold_start  # isort: split
 from typing import Any
 
 from agent_channel import clock
+from agent_channel.config import settings
 from agent_channel.identity.authorizer import BadConnectRequest, parse_connect_query
 from agent_channel.identity.caller import Target
 from agent_channel.lambda_kit import wiring
@@ -38,6 +39,11 @@ def handler(event: SocketEvent) -> dict[str, Any]:
         subscription = caller.subscription(event.connection_id)
         if subscription is not None:
             rules.subscribe(store, scheduler, subscription, grace_scheduled=caller.grace_scheduled)
+            if caller.siblings:
+                # Only when the authorizer saw routing on: with no sibling there is
+                # nothing to reap, and the first session's $connect keeps its two
+                # requests (docs/ARCHITECTURE.md, "Reaping on subscribe").
+                rules.reap_on_subscribe(store, scheduler, settings(), subscription)
         else:
             attachment = Attachment(
                 event.connection_id,

@@ -98,6 +98,7 @@ def test_decide_permission_first_wins_and_strangers_are_refused(
     assert first["ok"] is True
     assert first["behavior"] == "allow"
     assert first["decided_by"] == world.owner_id
+    assert first["reason"] is None
     assert first["delivered"] == [socket]
     assert again == {
         "ok": False,
@@ -130,8 +131,30 @@ def test_dispatch_and_claim_reply(world: World, management: ManagementApi) -> No
     claimed = invoke({"op": "claim_reply", "task_id": task_id, "agent_id": world.agent_id})
     twice = invoke({"op": "claim_reply", "task_id": task_id})
     assert claimed == {"ok": True, "op": "claim_reply", "task_id": task_id, "status": "done"}
-    assert twice["ok"] is False
-    assert twice["error"] == "reply_not_claimable"
+    assert twice == {
+        "ok": False,
+        "error": "reply_duplicate",
+        "message": twice["message"],
+        "task_id": task_id,
+        "status": "done",
+    }
+
+
+def test_a_reply_to_work_taken_away_says_so(world: World, management: ManagementApi) -> None:
+    gateway, sink = Gateway(), management.sink
+    connect_agent(gateway, sink, world, "a1=")
+    task_id = running_task_id(world)
+    assert invoke({"op": "dispatch", "task_id": task_id})["ok"]
+    task = tasks.get(task_id)
+    assert task is not None
+    tasks.cancel_delegated(task)  # as a grace cancellation would
+
+    answer = invoke({"op": "claim_reply", "task_id": task_id, "agent_id": world.agent_id})
+
+    assert answer["ok"] is False
+    assert answer["error"] == "reply_not_delegated"
+    assert answer["status"] == "cancelled"
+    assert answer["task_id"] == task_id
 
 
 def test_dispatch_to_an_unroutable_agent_is_an_error(
@@ -216,6 +239,7 @@ def test_each_function_serves_its_own_ops_only(world: World, management: Managem
         "create_task",
         "list_tasks",
         "presence",
+        "unregister_agent",
     }
     assert admin == {"create_user", "create_agent", "create_topic", "issue_token", "revoke_token"}
     # The command line routes by the same names.
@@ -224,3 +248,35 @@ def test_each_function_serves_its_own_ops_only(world: World, management: Managem
     refused = invoke({"op": "issue_token", "user_id": world.owner_id})
     assert refused["ok"] is False
     assert refused["error"] == "unknown_op"
+
+
+def test_decide_permission_takes_a_reason(world: World, management: ManagementApi) -> None:
+    gateway, sink = Gateway(), management.sink
+    socket = connect_agent(gateway, sink, world, "a1=")
+
+    answer = invoke(
+        {
+            "op": "decide_permission",
+            "agent_id": world.agent_id,
+            "request_id": "r1",
+            "behavior": "deny",
+            "decided_by": world.owner_id,
+            "reason": "too broad",
+        }
+    )
+    bad = invoke(
+        {
+            "op": "decide_permission",
+            "agent_id": world.agent_id,
+            "request_id": "r2",
+            "behavior": "deny",
+            "decided_by": world.owner_id,
+            "reason": 7,
+        }
+    )
+
+    assert answer["ok"] is True
+    assert answer["reason"] == "too broad"
+    assert sink.json_messages(socket)[0]["reason"] == "too broad"
+    assert bad["ok"] is False
+    assert bad["error"] == "invalid_command"

@@ -10,7 +10,13 @@ import pytest
 from agent_channel.config import CHANNEL_AGENT_MODEL
 from agent_channel.delivery import decisions
 from agent_channel.delivery.decision_store import AlreadyDecided, NotOwner
-from agent_channel.delivery.decisions import InvalidDecision, decide
+from agent_channel.delivery.decisions import (
+    MAX_REASON_LENGTH,
+    InvalidDecision,
+    decide,
+    decision_message,
+    record_decision,
+)
 from agent_channel.identity import accounts
 from agent_channel.lambda_kit import wiring
 from agent_channel.storage import schema
@@ -67,6 +73,7 @@ def test_decision_is_stamped_and_pushed_to_every_session_of_the_agent(
         "request_id": "r1",
         "behavior": "allow",
         "agent_id": world.agent_id,
+        "decided_by": world.owner_id,
     }
     assert sink.json_messages(first) == [expected]
     assert sink.json_messages(second) == [expected]
@@ -294,3 +301,56 @@ def test_decision_is_kept_when_the_management_api_is_unreachable(
     assert decided.broadcast.failed == (socket,)
     assert decided.broadcast.gone == ()
     assert stored(world.agent_id, "r1") is not None
+
+
+def test_reason_and_decider_are_stored_and_pushed(
+    world: World, management: ManagementApi, fake_clock: FakeClock
+) -> None:
+    gateway, sink = Gateway(), management.sink
+    socket = connect_agent(gateway, sink, world, "a1=", session_id="s1")
+
+    decide(
+        wiring.decision_store(),
+        agent_id=world.agent_id,
+        request_id="r-why",
+        behavior="deny",
+        decided_by=world.owner_id,
+        reason="not on the production database",
+        client=management.client,
+        on_gone=wiring.gone_handler(),
+    )
+
+    [pushed] = sink.json_messages(socket)
+    assert pushed["decided_by"] == world.owner_id
+    assert pushed["reason"] == "not on the production database"
+    record = stored(world.agent_id, "r-why")
+    assert record is not None
+    assert record.reason == "not on the production database"
+    assert record.decided_by == world.owner_id
+
+
+@pytest.mark.parametrize("reason", ["", "   "])
+def test_a_blank_reason_is_no_reason(world: World, reason: str) -> None:
+    record = record_decision(
+        wiring.decision_store(),
+        agent_id=world.agent_id,
+        request_id="r-blank",
+        behavior="allow",
+        decided_by=world.owner_id,
+        reason=reason,
+    )
+    assert record.reason is None
+    assert "reason" not in decision_message(record)
+
+
+def test_an_oversized_reason_is_refused_and_nothing_is_stored(world: World) -> None:
+    with pytest.raises(InvalidDecision, match="reason"):
+        record_decision(
+            wiring.decision_store(),
+            agent_id=world.agent_id,
+            request_id="r-long",
+            behavior="allow",
+            decided_by=world.owner_id,
+            reason="x" * (MAX_REASON_LENGTH + 1),
+        )
+    assert decision_items() == []

@@ -9,7 +9,8 @@ from agent_channel.delivery.dispatch import (
     AgentNotRoutable,
     InvalidComment,
     InvalidTransition,
-    ReplyAlreadyClaimed,
+    ReplyDuplicate,
+    ReplyNotDelegated,
     TaskNotFound,
     claim_reply,
     dispatch,
@@ -241,8 +242,10 @@ def test_reply_claimed_twice_completes_once(world: World, management: Management
     assert done.pending_tool_call is None
     assert tasks.held_slots(world.agent_id) == []
 
-    with pytest.raises(ReplyAlreadyClaimed):
+    with pytest.raises(ReplyDuplicate) as refused:
         claim_reply(tasks, int(task.task_id))
+    assert refused.value.code == "reply_duplicate"
+    assert refused.value.details == {"task_id": int(task.task_id), "status": "done"}
     assert status(int(task.task_id)) == "done"
 
 
@@ -250,9 +253,19 @@ def test_reply_after_a_grace_cancellation_is_refused(world: World) -> None:
     task = running_task(world)
     delegated = tasks.delegate(task)
     tasks.cancel_delegated(delegated)
-    with pytest.raises(ReplyAlreadyClaimed):
+    with pytest.raises(ReplyNotDelegated) as refused:
         claim_reply(tasks, int(task.task_id))
+    assert refused.value.code == "reply_not_delegated"
+    assert refused.value.details == {"task_id": int(task.task_id), "status": "cancelled"}
     assert status(int(task.task_id)) == "cancelled"
+
+
+def test_reply_to_a_task_never_handed_over_is_not_delegated(world: World) -> None:
+    task = running_task(world)
+    with pytest.raises(ReplyNotDelegated) as refused:
+        claim_reply(tasks, int(task.task_id))
+    assert refused.value.details["status"] == "running"
+    assert status(int(task.task_id)) == "running"
 
 
 def test_reply_from_another_agent_is_refused(world: World) -> None:
@@ -271,7 +284,8 @@ def test_concurrent_claims_complete_once_in_every_interleaving(world: World) -> 
         def claiming() -> str:
             try:
                 claim_reply(tasks, task_id)
-            except ReplyAlreadyClaimed:
+            except ReplyDuplicate:
+                # The loser of two copies of one reply is told it was a duplicate.
                 return "refused"
             return "claimed"
 

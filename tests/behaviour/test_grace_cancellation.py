@@ -31,7 +31,7 @@ from agent_channel.storage.records import LeaseRecord, UserRecord
 from agent_channel.storage.transactions import _dynamodb
 from agent_channel.tasks.dynamodb import DynamoTaskStore
 from agent_channel.tasks.events import TASK_CANCELLED
-from agent_channel.tasks.model import TransitionRefused
+from agent_channel.tasks.model import Status, TransitionRefused
 from tests.support.clock import FakeClock
 from tests.support.event_tap import EventTap, install_event_tap
 from tests.support.fixtures import World
@@ -72,6 +72,13 @@ def delegated_task(topic_id: float, agent_id: float, tool_call: str = "Bash:ls")
     """Ids as PynamoDB's number attributes hand them out (typed float)."""
     task = tasks.create(topic_id=int(topic_id), agent_id=int(agent_id), content="do it")
     return int(tasks.delegate(tasks.start(task), tool_call).task_id)
+
+
+def waiting_task(topic_id: float, agent_id: float, waiting: Status) -> int:
+    task = tasks.create(
+        topic_id=int(topic_id), agent_id=int(agent_id), content="later", status=waiting
+    )
+    return int(task.task_id)
 
 
 def running_task(topic_id: float, agent_id: float) -> int:
@@ -295,7 +302,8 @@ def test_an_unknown_agent_changes_nothing(world: World, tap: EventTap) -> None:
 @pytest.fixture
 def two_sessions(world: World) -> dict[str, int]:
     """The agent serves sessions s1 and s2, each with a private topic and a delegated
-    task there, plus a delegated task on a shared topic; s1's socket drops."""
+    task there, plus a delegated task on a shared topic. s1's topic also has a queue:
+    a running task (holding a slot), a pending and a queued one. s1's socket drops."""
     t1 = accounts.create_topic(
         world.owner_id, "s1", primary_agent_id=world.agent_id, session_id="s1"
     )
@@ -305,14 +313,21 @@ def two_sessions(world: World) -> dict[str, int]:
     ids = {
         "s1_task": delegated_task(t1.topic_id, world.agent_id),
         "s1_busy": running_task(t1.topic_id, world.agent_id),
+        "s1_pending": waiting_task(t1.topic_id, world.agent_id, Status.PENDING),
+        "s1_queued": waiting_task(t1.topic_id, world.agent_id, Status.QUEUED),
         "s2_task": delegated_task(t2.topic_id, world.agent_id),
+        "s2_queued": waiting_task(t2.topic_id, world.agent_id, Status.QUEUED),
         "shared_task": delegated_task(world.topic_id, world.agent_id),
+        "shared_queued": waiting_task(world.topic_id, world.agent_id, Status.QUEUED),
         "s1_topic": int(t1.topic_id),
     }
     connect(world, "c-s1", "s1")
     connect(world, "c-s2", "s2")
     assert drop(world, "c-s1") is presence.Settled.SIBLING_REMAINS
     return ids
+
+
+S1_QUEUE = ("s1_busy", "s1_pending", "s1_queued")
 
 
 def test_session_scope_cancels_only_that_sessions_topic(
@@ -323,18 +338,69 @@ def test_session_scope_cancels_only_that_sessions_topic(
     result = run(GraceCancellation(world.agent_id, "ignored", "s1"))
 
     assert result.outcome is Outcome.CANCELLED
-    assert result.cancelled == [two_sessions["s1_task"]]
-    assert status(two_sessions["s1_task"]) == "cancelled"
-    assert status(two_sessions["s1_busy"]) == "running"
-    assert status(two_sessions["s2_task"]) == "delegated"
-    assert status(two_sessions["shared_task"]) == "delegated"
-    [event] = tap.drain()
-    assert int(event["detail"]["task_id"]) == two_sessions["s1_task"]
-    assert int(event["detail"]["topic_id"]) == two_sessions["s1_topic"]
-    assert event["detail"]["reason"] == REASON_SESSION_OFFLINE
+    s1_work = [two_sessions[key] for key in (*S1_QUEUE, "s1_task")]
+    assert sorted(result.cancelled) == sorted(s1_work)
+    for task_id in s1_work:
+        assert status(task_id) == "cancelled"
+    for key in ("s2_task", "shared_task"):
+        assert status(two_sessions[key]) == "delegated"
+    for key in ("s2_queued", "shared_queued"):
+        assert status(two_sessions[key]) == "queued"
+    published = tap.drain()
+    assert sorted(int(event["detail"]["task_id"]) for event in published) == sorted(s1_work)
+    for event in published:
+        assert int(event["detail"]["topic_id"]) == two_sessions["s1_topic"]
+        assert event["detail"]["reason"] == REASON_SESSION_OFFLINE
     seen = wiring.presence_store().read(world.agent_id)
     assert seen is not None
     assert seen.routing_on, "a session grace never touches routing"
+
+
+def test_session_scope_drains_the_queue_before_the_delegated_work(
+    world: World, fake_clock: FakeClock, two_sessions: dict[str, int], tap: EventTap
+) -> None:
+    """Cancelling the delegated task first would invite the backend to promote the
+    next queued task of the topic to a session that is gone."""
+    fake_clock.advance(settings().grace_seconds)
+
+    result = run(GraceCancellation(world.agent_id, "ignored", "s1"))
+
+    assert result.cancelled[-1] == two_sessions["s1_task"]
+    assert sorted(result.cancelled[:-1]) == sorted(two_sessions[key] for key in S1_QUEUE)
+    published = [event["detail"] for event in tap.drain()]
+    assert [int(detail["task_id"]) for detail in published] == result.cancelled
+    previous = {int(detail["task_id"]): detail["previous_status"] for detail in published}
+    assert previous == {
+        two_sessions["s1_busy"]: "running",
+        two_sessions["s1_pending"]: "pending",
+        two_sessions["s1_queued"]: "queued",
+        two_sessions["s1_task"]: "delegated",
+    }
+    # The running task's slot and the delegated task's slot are both released;
+    # the other sessions' delegated tasks keep theirs.
+    assert sorted(tasks.held_slots(world.agent_id)) == sorted(
+        [two_sessions["s2_task"], two_sessions["shared_task"]]
+    )
+
+
+def test_the_queue_drain_is_conditioned_on_the_presence_the_recheck_read(
+    world: World, fake_clock: FakeClock, two_sessions: dict[str, int], tap: EventTap
+) -> None:
+    """s1 comes back between the recheck and the first cancel of its queue: that
+    cancel is refused, the recheck sees the session back, and nothing is cancelled."""
+    fake_clock.advance(settings().grace_seconds)
+
+    with before_transaction(lambda: connect(world, "c-s1-back", "s1"), is_cancel) as fired:
+        result = run(GraceCancellation(world.agent_id, "ignored", "s1"))
+
+    assert fired
+    assert result.outcome is Outcome.SESSION_BACK
+    assert result.cancelled == []
+    assert status(two_sessions["s1_task"]) == "delegated"
+    assert status(two_sessions["s1_busy"]) == "running"
+    assert status(two_sessions["s1_queued"]) == "queued"
+    assert two_sessions["s1_busy"] in tasks.held_slots(world.agent_id)
+    assert tap.drain() == []
 
 
 def test_the_same_session_reconnected_cancels_nothing(
@@ -361,7 +427,8 @@ def test_a_session_back_but_stale_again_is_reaped_and_cancelled(
     result = run(GraceCancellation(world.agent_id, "ignored", "s1"))
 
     assert result.outcome is Outcome.CANCELLED
-    assert result.cancelled == [two_sessions["s1_task"]]
+    assert result.cancelled[-1] == two_sessions["s1_task"]
+    assert sorted(result.cancelled[:-1]) == sorted(two_sessions[key] for key in S1_QUEUE)
     assert lease_ids(world.agent_id) == {"c-s2"}
     assert status(two_sessions["s2_task"]) == "delegated"
 
@@ -447,8 +514,9 @@ def test_a_sibling_subscribe_during_a_session_cancel_only_delays_it(
 
     assert fired
     assert result.outcome is Outcome.CANCELLED
-    assert result.cancelled == [two_sessions["s1_task"]]
-    assert len(tap.drain()) == 1
+    assert result.cancelled[-1] == two_sessions["s1_task"]
+    assert len(result.cancelled) == 1 + len(S1_QUEUE)
+    assert len(tap.drain()) == 1 + len(S1_QUEUE), "one event per task, none twice"
 
 
 def test_a_duplicate_invocation_is_harmless(
@@ -673,3 +741,94 @@ def test_every_interleaving_keeps_invariant_3(
     assert runs > 1
     if "back" in actors:
         assert {"cancelled", "routed_again"} <= outcomes, outcomes
+
+
+# --- every interleaving of a session-scoped drain -------------------------------------
+
+
+def session_drain_races(clock: FakeClock, choose: Chooser, actors: tuple[str, ...]) -> Run:
+    """s1 left while s2 stays; s1's own topic has a delegated task and a queued one.
+    The session grace fires while s1 comes back and/or the backend starts the queued
+    task, as separate Lambda instances interleaving their DynamoDB calls."""
+    with fresh_world(clock) as world:
+        tap = install_event_tap(settings().event_bus_name)
+        world.open("a", "s1")
+        world.open("b", "s2")
+        agent_id = int(world.agent_id)
+        owner = accounts.create_user("reader")
+        topic = accounts.create_topic(
+            int(owner.user_id), "s1", primary_agent_id=agent_id, session_id="s1"
+        )
+        delegated = delegated_task(topic.topic_id, agent_id)
+        queued = waiting_task(topic.topic_id, agent_id, Status.QUEUED)
+        world.disconnect("a")()
+        payload = json.loads(
+            boto3.client("scheduler").get_schedule(
+                Name=schedule_name(agent_id, "s1"), GroupName=settings().schedule_group
+            )["Target"]["Input"]
+        )
+        clock.advance(settings().grace_seconds)
+
+        def start() -> str:
+            task = tasks.get(queued)
+            assert task is not None
+            try:
+                tasks.start(task)
+            except TransitionRefused:
+                return "refused"
+            return "started"
+
+        everyone: dict[str, Callable[[], Any]] = {
+            "grace": lambda: invoke("cancel_offline", payload),
+            "back": world.subscribe("c", "s1"),
+            "start": start,
+        }
+        run = run_once([(name, everyone[name]) for name in actors], choose)
+        try:
+            check_session_drain(run, agent_id, delegated, queued, tap)
+        except AssertionError as error:
+            raise InterleavingError(f"{error}\ntrace: {run.trace}") from error
+        return run
+
+
+def check_session_drain(
+    run: Run, agent_id: int, delegated: int, queued: int, tap: EventTap
+) -> None:
+    grace = run.results["grace"]
+    assert grace["ok"] is True
+    cancelled = grace["cancelled"]
+    final = {delegated: status(delegated), queued: status(queued)}
+    assert sorted(cancelled) == sorted(t for t, s in final.items() if s == "cancelled")
+    published = [int(event["detail"]["task_id"]) for event in tap.drain()]
+    assert published == cancelled, "one event per cancelled task, in the order cancelled"
+    if final[delegated] == "cancelled":
+        # The queue goes first: no delegated cancel while the topic still had a queue.
+        assert final[queued] == "cancelled", final
+        assert cancelled.index(delegated) == len(cancelled) - 1
+    if "back" in run.results and cancelled:
+        # Every committed cancel held the rechecks: it came before s1's subscribe.
+        writes = [who for who, op in run.trace if op == "TransactWriteItems"]
+        before_back = writes[: writes.index("back")].count("grace")
+        assert len(cancelled) <= before_back, "a cancel committed after s1 was back"
+    held = set(tasks.held_slots(agent_id))
+    assert (delegated in held) == (final[delegated] == "delegated")
+    assert (queued in held) == (final[queued] == "running"), "a cancelled start left its slot"
+
+
+@pytest.mark.parametrize("actors", [("grace", "back"), ("grace", "start")], ids="+".join)
+def test_every_interleaving_of_a_session_drain(
+    fake_clock: FakeClock, actors: tuple[str, ...]
+) -> None:
+    start = fake_clock.value
+    outcomes: set[str] = set()
+
+    def one(choose: Chooser) -> None:
+        fake_clock.value = start
+        run = session_drain_races(fake_clock, choose, actors)
+        outcomes.add(run.results["grace"]["outcome"])
+
+    runs = explore(one)
+    assert runs > 1
+    print(f"{'+'.join(actors)}: {runs} interleavings, outcomes {sorted(outcomes)}")
+    if "back" in actors:
+        assert {"cancelled", "session_back"} <= outcomes, outcomes

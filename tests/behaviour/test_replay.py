@@ -54,6 +54,7 @@ def decision(world: World, request_id: str, behavior: str = "allow") -> dict[str
         "request_id": request_id,
         "behavior": behavior,
         "agent_id": world.agent_id,
+        "decided_by": world.owner_id,
     }
 
 
@@ -314,3 +315,22 @@ def test_ids_are_normalized_strings_only_blanks_dropped_duplicates_removed_order
         decisions.normalize_request_ids(["a", 1], limit=5)
     with pytest.raises(decisions.BadReplayRequest):
         decisions.normalize_request_ids(["a", True], limit=5)
+
+
+def test_replay_carries_the_reason_and_the_decider(world: World, management: ManagementApi) -> None:
+    gateway, sink = Gateway(), management.sink
+    socket = connect_agent(gateway, sink, world, "a1=")
+    decisions.record_decision(
+        wiring.decision_store(),
+        agent_id=world.agent_id,
+        request_id="r-why",
+        behavior="deny",
+        decided_by=world.owner_id,
+        reason="use the staging copy",
+    )
+
+    replay(gateway, socket, ["r-why"])
+
+    assert sink.json_messages(socket) == [
+        {**decision(world, "r-why", "deny"), "reason": "use the staging copy"}
+    ]

@@ -12,7 +12,7 @@ import pytest
 
 from agent_channel.config import settings
 from agent_channel.delivery import history, redelivery
-from agent_channel.delivery.dispatch import ReplyAlreadyClaimed, claim_reply, dispatch
+from agent_channel.delivery.dispatch import ReplyRefused, claim_reply, dispatch
 from agent_channel.lambda_kit import wiring
 from agent_channel.storage import schema
 from agent_channel.tasks.model import TransitionRefused
@@ -180,7 +180,7 @@ def finishing_races_redelivery(*finishers: str) -> Scenario:
         def claim() -> Any:
             try:
                 return claim_reply(store, task_id, generation=1).status
-            except ReplyAlreadyClaimed:
+            except ReplyRefused:
                 return "refused"
 
         def grace() -> Any:

@@ -3,6 +3,7 @@ random interleavings of larger ones, and proof that the harness can fail."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -167,6 +168,26 @@ def sweep_races_disconnect_of_stale_lease(world: PresenceWorld) -> tuple[list, C
     return actors, check
 
 
+def subscribe_reaps_while_the_stale_sibling_heartbeats(
+    world: PresenceWorld,
+) -> tuple[list, Callable]:
+    """A new session reaps a sibling's stale lease on subscribe while that sibling's
+    plugin, only slow, heartbeats: the heartbeat wins (refreshed, or restored after
+    the reap), and the crashed-looking row never outlives its connection."""
+    world.open("a", session_id="sa")
+    world.make_stale("a")
+    actors = [("sub_b", world.subscribe("b", "sb")), ("beat_a", world.heartbeat("a"))]
+
+    def check(world: PresenceWorld, run: Run) -> None:
+        presence = world.presence()
+        assert presence.routing_on
+        assert {lease.connection_id for lease in presence.leases} == {"a=", "b="}, run.trace
+        cutoff = world.clock() - 45
+        assert all(lease.is_live(cutoff) for lease in presence.leases), presence
+
+    return actors, check
+
+
 def _beside_a_crashed_lease(world: PresenceWorld) -> None:
     """Sessions a and b about to leave, c crashed without a $disconnect, d staying."""
     for name in ("a", "b", "c", "d"):
@@ -200,6 +221,24 @@ def sibling_disconnects_leave_the_reap_to_the_sweep(world: PresenceWorld) -> tup
     return actors, check
 
 
+def subscribe_reaps_while_the_stale_sibling_disconnects(
+    world: PresenceWorld,
+) -> tuple[list, Callable]:
+    """The reap on subscribe and the crashed sibling's late $disconnect both go for
+    the same lease: exactly one takes it, and routing stays on for the new session."""
+    world.open("a", session_id="sa")
+    world.make_stale("a")
+    actors = [("sub_b", world.subscribe("b", "sb")), ("dis_a", world.disconnect("a"))]
+
+    def check(world: PresenceWorld, run: Run) -> None:
+        presence = world.presence()
+        assert presence.routing_on
+        assert [lease.connection_id for lease in presence.leases] == ["b="], run.trace
+        check_no_stale_disconnect_acted(run, ["dis_a"])
+
+    return actors, check
+
+
 def sweep_races_a_sibling_disconnect(world: PresenceWorld) -> tuple[list, Callable]:
     _beside_a_crashed_lease(world)
     actors = [("dis_a", world.disconnect("a")), ("sweep", world.sweep())]
@@ -215,13 +254,14 @@ def sweep_races_a_sibling_disconnect(world: PresenceWorld) -> tuple[list, Callab
 
 
 SMALL_SCENARIOS = [
-    two_subscribes_and_a_disconnect,
     two_disconnects,
     disconnect_heartbeat_and_sweep,
     subscribe_races_last_disconnect,
     heartbeat_races_own_disconnect,
     duplicate_disconnect_with_sibling,
     sweep_races_disconnect_of_stale_lease,
+    subscribe_reaps_while_the_stale_sibling_heartbeats,
+    subscribe_reaps_while_the_stale_sibling_disconnects,
     sibling_disconnects_leave_the_reap_to_the_sweep,
     sweep_races_a_sibling_disconnect,
 ]
@@ -256,6 +296,28 @@ def test_every_interleaving_keeps_the_invariants(scenario: Callable, fake_clock:
     runs = explore(lambda choose: run_scenario(scenario, fake_clock, choose, services))
     assert runs > 1, "the scenario should have more than one interleaving"
     print(f"{scenario.__name__}: {runs} interleavings")
+
+
+EXHAUSTIVE_ON_DEMAND = [two_subscribes_and_a_disconnect]
+"""Small, but with 824 interleavings since each subscribe beside a routed agent reads
+its partition to reap: explored exhaustively by ``make interleavings``
+(AGENT_CHANNEL_EXHAUSTIVE=1), sampled at random in the default suite."""
+
+SAMPLED_RUNS = 60
+
+
+@pytest.mark.parametrize("scenario", EXHAUSTIVE_ON_DEMAND, ids=lambda s: s.__name__)
+def test_larger_small_scenarios_exhaustively_on_demand(
+    scenario: Callable, fake_clock: FakeClock
+) -> None:
+    if os.environ.get("AGENT_CHANNEL_EXHAUSTIVE") == "1":
+        runs = explore(lambda choose: run_scenario(scenario, fake_clock, choose))
+        print(f"{scenario.__name__}: {runs} interleavings")
+        return
+    traces = set()
+    for seed in range(SAMPLED_RUNS):
+        traces.add(tuple(run_scenario(scenario, fake_clock, random_chooser(seed)).trace))
+    assert len(traces) > SAMPLED_RUNS // 2, "the random schedules should differ"
 
 
 class UnconditionedClearStore(DynamoPresenceStore):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from agent_channel.presence.dynamodb import DynamoPresenceStore
+from agent_channel.storage import schema
+from agent_channel.storage.records import LeaseRecord
 from agent_channel.tasks.dynamodb import DynamoTaskStore
 from agent_channel.tasks.model import Status
 from agent_channel_dev.instruments.request_counter import counting_requests
+from tests.support.clock import FakeClock
 from tests.support.fixtures import World
 from tests.support.gateway import Gateway
 
@@ -57,6 +60,34 @@ def test_last_one_out_takes_four_dynamodb_requests(world: World) -> None:
         "Query",
         "TransactWriteItems",
     ]
+    assert counter.of("scheduler") == ["CreateSchedule"]
+
+
+def test_connect_beside_a_live_sibling_adds_one_query(world: World) -> None:
+    """Reaping on subscribe reads the partition only when the authorizer saw routing
+    on: with no sibling, $connect keeps its two requests (above)."""
+    gateway = Gateway()
+    connect(gateway, world, "s1")
+    with counting_requests() as counter:
+        connect(gateway, world, "s2")
+    assert counter.of("dynamodb") == ["BatchGetItem", "TransactWriteItems", "Query"]
+
+
+def test_connect_beside_a_crashed_sibling_reaps_it(world: World, fake_clock: FakeClock) -> None:
+    gateway = Gateway()
+    crashed = connect(gateway, world, "s1")
+    lease = LeaseRecord(*schema.lease_key(world.agent_id, crashed))
+    lease.update(actions=[LeaseRecord.last_seen_at.set(fake_clock() - 10_000)])
+    with counting_requests() as counter:
+        connect(gateway, world, "s2")
+    assert counter.of("dynamodb") == [
+        "BatchGetItem",
+        "TransactWriteItems",
+        "Query",
+        "DeleteItem",
+    ]
+    # The crashed session's own topics get their session-scoped grace (and no
+    # courtesy withdraw: no agent-wide grace was recorded as pending).
     assert counter.of("scheduler") == ["CreateSchedule"]
 
 

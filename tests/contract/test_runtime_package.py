@@ -202,7 +202,7 @@ def test_a_handler_loads_only_what_its_route_uses(folder: str, forbidden: tuple[
 @pytest.mark.parametrize(
     "prefix",
     ["USER#", "LEASE#", "TOKEN#", "CONN#", "STREAM#", "TOPIC#", "TASK#", "DECISION#", "REQ#",
-     "SLOTS#", "COUNTER#", "ROUTED#", '"GRACE_OWED"', "#STATUS#", "#SESSION#"],
+     "SLOTS#", "COUNTER#", "ROUTED#", '"GRACE_OWED"', "#STATUS#", "#SESSION_TOPICS", "SESSION#"],
 )  # fmt: skip
 def test_a_key_prefix_is_written_in_one_module(prefix: str) -> None:
     # As `grep -rn 'TOPIC#' lib` would: comments and docstrings count too.

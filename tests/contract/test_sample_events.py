@@ -78,6 +78,7 @@ EVENT_FUNCTIONS = {
     "cancel_offline_session.json": "cancel_offline",
     "backend_decide_permission.json": "backend",
     "backend_dispatch.json": "backend",
+    "backend_unregister_agent.json": "backend",
     "admin_create_agent.json": "admin",
     "admin_issue_token.json": "admin",
     "ack.json": "stream",
@@ -545,8 +546,15 @@ def test_replay_event_resends_only_recorded_decisions(sample: Sample) -> None:
             "request_id": "perm-1",
             "behavior": "allow",
             "agent_id": 42,
+            "decided_by": 7,
         },
-        {"type": "permission_decision", "request_id": "perm-2", "behavior": "deny", "agent_id": 42},
+        {
+            "type": "permission_decision",
+            "request_id": "perm-2",
+            "behavior": "deny",
+            "agent_id": 42,
+            "decided_by": 7,
+        },
     ]
 
 
@@ -676,8 +684,20 @@ def test_backend_decide_permission_event_records_and_pushes(sample: Sample) -> N
         "request_id": "perm-3",
         "behavior": "allow",
         "agent_id": 42,
+        "decided_by": 7,
         "seq": 1,
     }
+
+
+def test_backend_unregister_agent_event_closes_the_agent(sample: Sample) -> None:
+    sample.run("connect.json")
+    delegated = sample.delegated_task(sample.other_topic_id)
+    result = sample.run("backend_unregister_agent.json")
+    assert result["ok"] is True, result
+    assert result["cancelled"] == [delegated]
+    assert len(result["closed_connections"]) == 1
+    closes = [c for c in sample.recorder.calls if c.operation == "DeleteConnection"]
+    assert len(closes) == 1
 
 
 def test_backend_dispatch_event_delegates_to_the_routed_agent(sample: Sample) -> None:

@@ -95,10 +95,11 @@ IDEMPOTENT = {
 """Powertools' DynamoDB persistence layer: get, put (conditional), update, delete."""
 CALLS: dict[str, set[tuple[str, str]]] = {
     "authorize": {("dynamodb:BatchGetItem", "table")},
-    "connect": {
+    # Reaping on subscribe deletes stale leases and schedules session graces.
+    "connect": DISCONNECT_PATH
+    | {
         ("dynamodb:ConditionCheckItem", "table"),
         ("dynamodb:PutItem", "table"),
-        ("dynamodb:UpdateItem", "table"),
         ("scheduler:DeleteSchedule", "group"),
     },
     "disconnect": DISCONNECT_PATH,
@@ -149,6 +150,9 @@ CALLS: dict[str, set[tuple[str, str]]] = {
         ("dynamodb:Query", "index:gsi1"),
         ("execute-api:ManageConnections", "connections"),
         ("lambda:InvokeFunction", "fanout-worker"),
+        # unregister_agent
+        ("execute-api:ManageConnections", "connections:delete"),
+        ("scheduler:DeleteSchedule", "group"),
     }
     | IDEMPOTENT,
     "fanout": GONE_PATH | {("execute-api:ManageConnections", "connections")},
@@ -177,7 +181,7 @@ CALL_MARKERS = {
     "scheduler:DeleteSchedule": r"\.delete_schedule\(",
     "iam:PassRole": r"\"RoleArn\"",
     "events:PutEvents": r"\.put_events\(",
-    "execute-api:ManageConnections": r"\.post_to_connection\(",
+    "execute-api:ManageConnections": r"\.post_to_connection\(|\.delete_connection\(",
     "lambda:InvokeFunction": r"\.invoke\(\s*FunctionName=",
 }
 INDEX_QUERY_MARKER = r"\.gsi1\.query\("

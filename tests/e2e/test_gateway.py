@@ -167,6 +167,28 @@ def test_the_agent_command_replays_its_pending_requests_on_connect(
         "request_id": "perm-7",
         "behavior": "allow",
         "agent_id": agent_id,
+        "decided_by": dev.owner_id,
     }
     time.sleep(1)
     assert [m["request_id"] for m in session.received()] == ["perm-7"]  # perm-8: undecided
+
+
+def test_unregistering_closes_the_sessions_and_refuses_them_back(
+    dev: DevServer, agents: AgentFactory
+) -> None:
+    agent_id, topic_id = dev.new_agent("unregistered")
+    session = agents(agent_id, "only")
+    task_id = dev.dispatch(agent_id, topic_id, "about to be taken away")
+    session.wait_for("dispatch", task_id=task_id)
+
+    answer = dev.cli("unregister-agent", "--agent", str(agent_id), "--as-user", str(dev.owner_id))
+
+    assert answer["cancelled"] == [task_id]
+    assert len(answer["closed_connections"]) == 1
+    # Closed through @connections DELETE; its reconnect is refused with 403, on
+    # which the reference client stops instead of retrying.
+    wait_until(lambda: session.process.poll() is not None, 30, "the agent to give up")
+    assert any("403" in line for line in session.errors.lines), list(session.errors.lines)
+    assert dev.task_status(agent_id, task_id) == "cancelled"
+    presence = dev.presence(agent_id)
+    assert presence["routing"] is False and presence["leases"] == []

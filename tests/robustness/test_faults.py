@@ -657,7 +657,7 @@ def test_backend_commands_delivered_twice_take_effect_once(
     for command, second_error in (
         (decide, "already_decided"),
         ({"op": "dispatch", "task_id": task_id}, "invalid_transition"),
-        ({"op": "claim_reply", "task_id": task_id}, "reply_not_claimable"),
+        ({"op": "claim_reply", "task_id": task_id}, "reply_duplicate"),
     ):
         assert backend(command)["ok"], command
         after_first = table_items()
@@ -694,7 +694,8 @@ def test_a_validation_error_is_a_fault_not_a_refusal_and_changes_nothing(world: 
     with cancelled_transactions(["None", "ValidationError"]) as failed:
         answer = backend({"op": "claim_reply", "task_id": task_id})
     assert len(failed) == 1, "a fault is not retried"
-    assert answer["ok"] is False and answer["error"] != "reply_not_claimable", answer
+    assert answer["ok"] is False, answer
+    assert answer["error"] == "internal_error", "a fault is not a reply refusal"
     assert table_items() == before
 
 
@@ -703,7 +704,7 @@ def test_a_reply_really_refused_is_refused_once_without_retry(world: World) -> N
     assert backend({"op": "claim_reply", "task_id": task_id})["ok"]
     with counting_requests() as counted:
         again = backend({"op": "claim_reply", "task_id": task_id})
-    assert again["error"] == "reply_not_claimable"
+    assert again["error"] == "reply_duplicate"
     assert counted.by_operation("dynamodb")["TransactWriteItems"] == 1
 
 

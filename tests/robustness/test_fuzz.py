@@ -482,6 +482,7 @@ OPS = [
     "create_task",
     "presence",
     "list_tasks",
+    "unregister_agent",
 ]
 
 
@@ -509,6 +510,8 @@ backend_commands = st.one_of(
                     "request_id",
                     "behavior",
                     "decided_by",
+                    "reason",
+                    "acting_user_id",
                     "payload",
                     "comment",
                     "owner",

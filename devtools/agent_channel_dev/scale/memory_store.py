@@ -184,6 +184,21 @@ class MemoryPresenceStore:
         self.cleared.append(seen.agent_id)
         return True
 
+    def close_agent(self, seen: Presence, owner_id: int, now: float) -> bool:
+        # As the DynamoDB store: one transaction, conditioned on the version read.
+        agent = self.agents[seen.agent_id]
+        self.meter.dynamodb("TransactWriteItems", wru=2 * (USER_KB + LEASE_KB * len(seen.leases)))
+        if agent.version != seen.version:
+            return False
+        for lease in seen.leases:
+            agent.leases.pop(lease.connection_id, None)
+        agent.routing_on = False
+        agent.token = None
+        agent.owed = None
+        agent.version += 1
+        self._shard(seen.agent_id).discard(seen.agent_id)
+        return True
+
     def owe_grace(self, cancellation: GraceCancellation, due_at: float) -> bool:
         self.meter.dynamodb("UpdateItem", wru=USER_KB + 1)
         agent = self.agents[cancellation.agent_id]

@@ -5,6 +5,7 @@ the schedules that fire."""
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterable
 
 from agent_channel.grace.scheduler import GraceCancellation, schedule_name
 from agent_channel_dev.scale import aws
@@ -41,6 +42,16 @@ class MemoryGraceScheduler:
         for name in names:
             self._admit("DeleteSchedule", "scheduler_delete_per_second")
             self.pending.pop(name, None)
+
+    def withdraw_all(self, agent_id: int, session_ids: Iterable[str]) -> int:
+        names = [schedule_name(agent_id, None)]
+        names += sorted({schedule_name(agent_id, session) for session in session_ids if session})
+        withdrawn = 0
+        for name in names:
+            self._admit("DeleteSchedule", "scheduler_delete_per_second")
+            if self.pending.pop(name, None) is not None:
+                withdrawn += 1
+        return withdrawn
 
     def fire_due(self, now: float) -> int:
         """Schedules due by ``now`` run once (ActionAfterCompletion DELETE)."""

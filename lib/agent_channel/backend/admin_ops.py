@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from agent_channel.backend.router import Args, CommandContext, CommandError, OpSet
-from agent_channel.config import CHANNEL_AGENT_MODEL, settings
+from agent_channel.config import CHANNEL_AGENT_MODEL
 from agent_channel.identity import accounts
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def connection_closer() -> ApiGatewayManagementApiClient:
     """``@connections`` DELETE: boto3's client (the fan-out poster only posts)."""
     from agent_channel.lambda_kit import wiring
 
-    return wiring.aws().client("apigatewaymanagementapi", endpoint_url=settings().callback_url)
+    return wiring.connections_admin()
 
 
 @ops.op("revoke_token", "forget a bearer token and close every socket opened with it")

@@ -84,6 +84,7 @@ def _decide(args: Args, context: CommandContext) -> dict[str, Any]:
         request_id=args.string("request_id", max_length=decisions.MAX_REQUEST_ID_LENGTH),
         behavior=args.string("behavior", choices=tuple(b.value for b in decisions.Behavior)),
         decided_by=decided_by,
+        reason=args.optional_string("reason", max_length=decisions.MAX_REASON_LENGTH),
         client=context.management(),
         on_gone=context.on_gone(),
         history=context.history(),
@@ -95,6 +96,7 @@ def _decide(args: Args, context: CommandContext) -> dict[str, Any]:
         "behavior": record.behavior,
         "decided_at": record.decided_at,
         "decided_by": record.decided_by,
+        "reason": record.reason,
         **_delivery(decided.broadcast),
     }
 

@@ -30,9 +30,12 @@ from agent_channel.observability import logger
 if TYPE_CHECKING:
     from types import ModuleType
 
+    from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
+
     from agent_channel.delivery.decision_store import DecisionStore
     from agent_channel.delivery.fanout import ConnectionPoster, GoneHandler
     from agent_channel.delivery.history import History
+    from agent_channel.grace.scheduler import GraceScheduler
     from agent_channel.presence.store import PresenceStore
     from agent_channel.tasks.store import TaskStore
 
@@ -161,6 +164,12 @@ class CommandContext:
     presence_factory: Callable[[], PresenceStore] = field(
         default=lambda: _wiring().presence_store()
     )
+    closer_factory: Callable[[], ApiGatewayManagementApiClient] = field(
+        default=lambda: _wiring().connections_admin()
+    )
+    scheduler_factory: Callable[[], GraceScheduler] = field(
+        default=lambda: _wiring().grace_scheduler()
+    )
     history_factory: Callable[[], History] = field(default=lambda: _wiring().history())
 
     def management(self) -> ConnectionPoster:
@@ -177,6 +186,13 @@ class CommandContext:
 
     def presence(self) -> PresenceStore:
         return self.presence_factory()
+
+    def closer(self) -> ApiGatewayManagementApiClient:
+        """The @connections client that closes sockets (DELETE)."""
+        return self.closer_factory()
+
+    def scheduler(self) -> GraceScheduler:
+        return self.scheduler_factory()
 
     def history(self) -> History:
         return self.history_factory()
@@ -288,4 +304,6 @@ class Registry:
 def _refused(name: object, error: Exception) -> dict[str, Any]:
     code = str(getattr(error, "code", "refused"))
     logger.info("command refused", extra={"op": name, "code": code})
-    return {"ok": False, "error": code, "message": str(error)}
+    # A refusal may say more (a reply refusal gives the task's status).
+    details = getattr(error, "details", None) or {}
+    return {**details, "ok": False, "error": code, "message": str(error)}

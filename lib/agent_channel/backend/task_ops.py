@@ -1,5 +1,6 @@
-"""The task and presence ops of the backend: create and list an agent's tasks, and
-a look at its presence. Served by the delivery function (``delivery_commands``).
+"""The task and presence ops of the backend: create and list an agent's tasks, a
+look at its presence, and unregistering an agent (which ends its tasks and its
+presence). Served by the delivery function (``delivery_commands``).
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent_channel import clock
+from agent_channel.backend import unregister
 from agent_channel.backend.router import Args, CommandContext, CommandError, OpSet
 from agent_channel.config import settings
 from agent_channel.identity import accounts
@@ -39,8 +41,13 @@ def _create_task(args: Args, context: CommandContext) -> dict[str, Any]:
     agent = accounts.get_user(agent_id)
     if agent is None or not agent.is_agent:
         raise _not_found(f"agent {agent_id}")
-    if accounts.get_topic(topic_id) is None:
+    if agent.unregistered:
+        raise CommandError("agent_unregistered", f"agent {agent_id} is unregistered")
+    topic = accounts.get_topic(topic_id)
+    if topic is None:
         raise _not_found(f"topic {topic_id}")
+    if topic.archived:
+        raise CommandError("topic_archived", f"topic {topic_id} is archived")
     tasks = context.tasks()
     task = tasks.create(
         topic_id=topic_id,
@@ -93,3 +100,28 @@ def _list_tasks(args: Args, context: CommandContext) -> dict[str, Any]:
             found.append(_task(task))
     found.sort(key=lambda task: task["task_id"])
     return {"agent_id": agent_id, "tasks": found[:MAX_LISTED_TASKS]}
+
+
+@ops.op(
+    "unregister_agent",
+    "close an agent for work: cancel its open tasks, close its sockets, archive its "
+    "session topics (acting_user_id, when given, must own it); idempotent",
+)
+def _unregister_agent(args: Args, context: CommandContext) -> dict[str, Any]:
+    services = unregister.Services(
+        presence=context.presence(),
+        tasks=context.tasks(),
+        scheduler=context.scheduler(),
+        management=context.closer,
+    )
+    done = unregister.unregister_agent(
+        services, args.integer("agent_id"), acting_user_id=args.optional_integer("acting_user_id")
+    )
+    return {
+        "agent_id": done.agent_id,
+        "already_unregistered": done.already,
+        "closed_connections": done.closed_connections,
+        "cancelled": done.cancelled,
+        "archived_topics": done.archived_topics,
+        "withdrawn_schedules": done.withdrawn_schedules,
+    }

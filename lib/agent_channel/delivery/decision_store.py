@@ -20,6 +20,8 @@ class Decision:
     behavior: str
     decided_at: float
     decided_by: int
+    reason: str | None = None
+    """Why the human decided so, if they said (free text)."""
 
 
 class DecisionError(Refusal):

@@ -56,6 +56,9 @@ __all__ = [
 MAX_REQUEST_ID_LENGTH = 256
 """Far below DynamoDB's 1 KB sort key; a plugin's request ids are short."""
 
+MAX_REASON_LENGTH = 2000
+"""A sentence or a paragraph from the human; far below the 128 KB frame limit."""
+
 
 class Behavior(enum.StrEnum):
     ALLOW = "allow"
@@ -75,13 +78,21 @@ class TooManyIds(DecisionError):
 
 
 def decision_message(record: Decision) -> dict[str, Any]:
-    """What the agent's plugin receives, first time and on every replay."""
-    return {
+    """What the agent's plugin receives, first time and on every replay.
+
+    ``decided_by`` and ``reason`` are additions over the first protocol: a client
+    that does not know them ignores them. ``reason`` is sent only when recorded.
+    """
+    message: dict[str, Any] = {
         "type": "permission_decision",
         "request_id": record.request_id,
         "behavior": record.behavior,
         "agent_id": record.agent_id,
+        "decided_by": record.decided_by,
     }
+    if record.reason:
+        message["reason"] = record.reason
+    return message
 
 
 def _check_request_id(request_id: str) -> None:
@@ -91,8 +102,23 @@ def _check_request_id(request_id: str) -> None:
         raise InvalidDecision(f"request_id is longer than {MAX_REQUEST_ID_LENGTH} characters")
 
 
+def _check_reason(reason: str | None) -> str | None:
+    if reason is None or not reason.strip():
+        # A blank reason says nothing: stored and sent as no reason at all.
+        return None
+    if len(reason) > MAX_REASON_LENGTH:
+        raise InvalidDecision(f"reason is longer than {MAX_REASON_LENGTH} characters")
+    return reason
+
+
 def record_decision(
-    store: DecisionStore, *, agent_id: int, request_id: str, behavior: str, decided_by: int
+    store: DecisionStore,
+    *,
+    agent_id: int,
+    request_id: str,
+    behavior: str,
+    decided_by: int,
+    reason: str | None = None,
 ) -> Decision:
     """Store a decision, once. Raises NotOwner, AlreadyDecided or InvalidDecision."""
     try:
@@ -100,12 +126,14 @@ def record_decision(
     except ValueError:
         raise InvalidDecision("behavior must be 'allow' or 'deny'") from None
     _check_request_id(request_id)
+    reason = _check_reason(reason)
     decision = Decision(
         agent_id=agent_id,
         request_id=request_id,
         behavior=chosen.value,
         decided_at=clock.now(),
         decided_by=decided_by,
+        reason=reason,
     )
     store.record(decision)
     return decision
@@ -126,6 +154,7 @@ def decide(
     decided_by: int,
     client: ConnectionPoster,
     on_gone: GoneHandler | None,
+    reason: str | None = None,
     history: History | None = None,
 ) -> Decided:
     """Record the decision (first wins), then push it to every session of the agent,
@@ -135,7 +164,12 @@ def decide(
     the plugin's next resume (or replay) delivers it.
     """
     record = record_decision(
-        store, agent_id=agent_id, request_id=request_id, behavior=behavior, decided_by=decided_by
+        store,
+        agent_id=agent_id,
+        request_id=request_id,
+        behavior=behavior,
+        decided_by=decided_by,
+        reason=reason,
     )
     stream = agent_stream(agent_id)
     try:

@@ -12,10 +12,12 @@ once kept in the agent stream's history, its ``seq`` and ``epoch``. The delegate
 transition records the generation, the message and when to redeliver it unless
 a session acknowledges it (``delivery.acks``, ``delivery.redelivery``).
 
-Claiming the reply: ``delegated -> done`` at most once; a second claim, or a
-claim after a grace cancellation won, is refused; a reply naming an older
+Claiming the reply: ``delegated -> done`` at most once; a reply naming an older
 generation than the task's is refused (fencing), so it can never complete newer
-work.
+work. A refusal says why, with the task's status: ``reply_duplicate`` (already
+done: drop the copy) or ``reply_not_delegated`` (taken away, e.g. by a grace
+cancellation: the reply may be the only copy of an answer, keep it or route it
+elsewhere).
 """
 
 from __future__ import annotations
@@ -34,7 +36,13 @@ from agent_channel.delivery.redelivery import first_redelivery
 from agent_channel.delivery.streams import agent_stream, topic_stream
 from agent_channel.errors import Refusal
 from agent_channel.observability import count, logger
-from agent_channel.tasks.model import DeliveryPlan, DispatchContext, Task, TransitionRefused
+from agent_channel.tasks.model import (
+    DeliveryPlan,
+    DispatchContext,
+    Status,
+    Task,
+    TransitionRefused,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -67,8 +75,35 @@ class PresenceChanged(DispatchError):
     code = "presence_changed"
 
 
-class ReplyAlreadyClaimed(DispatchError):
+class ReplyRefused(DispatchError):
+    """A reply to a task that is not delegated; ``status`` says what it is now."""
+
     code = "reply_not_claimable"
+
+    def __init__(self, message: str, *, task_id: int, status: Status | None) -> None:
+        details = {"task_id": task_id, "status": None if status is None else status.value}
+        super().__init__(message, details=details)
+        self.status = status
+
+
+class ReplyDuplicate(ReplyRefused):
+    """The task is already done: this reply is a second copy, safe to drop."""
+
+    code = "reply_duplicate"
+
+
+class ReplyNotDelegated(ReplyRefused):
+    """The task was taken away (cancelled by a grace or an unregister, failed, or
+    never handed over): this reply may be the only copy of an answer, so the
+    backend keeps it or routes it elsewhere."""
+
+    code = "reply_not_delegated"
+
+
+class ReplyConflict(ReplyRefused):
+    """The task is still delegated but the claim met a concurrent write: try again."""
+
+    code = "reply_conflict"
 
 
 class StaleGeneration(DispatchError):
@@ -288,4 +323,29 @@ def claim_reply(
                 raise StaleGeneration(f"task {task_id} was dispatched again") from error
         # The status condition is the guard: a second claim, or a grace
         # cancellation that got there first, leaves nothing to claim.
-        raise ReplyAlreadyClaimed(f"task {task_id} is not delegated") from error
+        raise _refusal(task_id, error.current or _status_now(tasks, task_id)) from error
+
+
+def _status_now(tasks: TaskStore, task_id: int) -> Status | None:
+    current = tasks.get(task_id)
+    return None if current is None else current.status
+
+
+def _refusal(task_id: int, status: Status | None) -> ReplyRefused:
+    """Why a reply was refused, told by the task's status at the refusal."""
+    if status is Status.DONE:
+        return ReplyDuplicate(
+            f"task {task_id} is already done: a duplicate reply", task_id=task_id, status=status
+        )
+    if status is Status.DELEGATED:
+        return ReplyConflict(
+            f"task {task_id} is delegated, but the claim met a concurrent write; retry",
+            task_id=task_id,
+            status=status,
+        )
+    shown = "gone" if status is None else status.value
+    return ReplyNotDelegated(
+        f"task {task_id} is not delegated (it is {shown}): the reply was not taken",
+        task_id=task_id,
+        status=status,
+    )

@@ -36,6 +36,7 @@ def decision_from(record: DecisionRecord) -> Decision:
         behavior=record.behavior,
         decided_at=float(record.decided_at),
         decided_by=int(record.decided_by),
+        reason=record.reason,
     )
 
 
@@ -62,6 +63,7 @@ class DynamoDecisionStore:
             behavior=decision.behavior,
             decided_at=decision.decided_at,
             decided_by=decision.decided_by,
+            reason=decision.reason,
         )
 
         def build(writes: TransactWrite) -> None:

@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from agent_channel import clock
-from agent_channel.grace.task_book import CancelVerdict, TaskBook
+from agent_channel.grace.task_book import CancelVerdict, DelegatedTask, TaskBook
 from agent_channel.observability import count, logger
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from agent_channel.config import Settings
     from agent_channel.grace.scheduler import GraceCancellation
     from agent_channel.presence.model import Presence
@@ -153,20 +155,43 @@ def _cancel_all(
     reason: str,
     result: Result,
 ) -> bool:
-    """Cancel every delegated task in scope; True if presence changed on the way
-    (the caller must recheck before going on)."""
-    if go.topics is None:
-        tasks = book.delegated(agent_id)
+    """Cancel every task in scope; True if presence changed on the way (the caller
+    must recheck before going on).
+
+    A session's own topics are drained first: their queued, pending and running
+    tasks are cancelled before any delegated one. Otherwise the backend, told that
+    the delegated task was cancelled, could promote the next task of the queue and
+    hand it to the session that is gone, where it would hold its slot forever.
+    """
+    if go.topics is not None:
+        queue = [task for topic in go.topics for task in book.queue(agent_id, topic)]
+        if _cancel_each(queue, book.cancel_queued, go, reason, result):
+            return True
+        delegated = [task for topic in go.topics for task in book.delegated(agent_id, topic)]
     else:
-        tasks = [task for topic in go.topics for task in book.delegated(agent_id, topic)]
+        delegated = book.delegated(agent_id)
+    return _cancel_each(delegated, book.cancel, go, reason, result)
+
+
+def _cancel_each(
+    tasks: list[DelegatedTask],
+    cancel: Callable[[DelegatedTask, Presence, float, str], CancelVerdict],
+    go: Proceed,
+    reason: str,
+    result: Result,
+) -> bool:
+    """Cancel each task under the presence the rechecks read; True if it changed."""
     for task in tasks:
-        verdict = book.cancel(task, go.seen, go.cutoff, reason)
+        verdict = cancel(task, go.seen, go.cutoff, reason)
         if verdict is CancelVerdict.PRESENCE_CHANGED:
             return True
         if verdict is CancelVerdict.LOST:
             if task.task_id not in result.lost:
                 result.lost.append(task.task_id)
             continue
+        if task.task_id in result.lost:
+            # Listed again after a recheck, and this time it was ours.
+            result.lost.remove(task.task_id)
         result.cancelled.append(task.task_id)
         count("Cancellations")
     return False

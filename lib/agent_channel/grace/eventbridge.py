@@ -10,6 +10,8 @@ from agent_channel.grace.scheduler import GraceCancellation, schedule_name
 from agent_channel.observability import logger
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from mypy_boto3_scheduler import EventBridgeSchedulerClient
 
     from agent_channel.config import Settings
@@ -90,3 +92,17 @@ class EventBridgeGraceScheduler:
                 self._client.delete_schedule(Name=name, GroupName=self._settings.schedule_group)
             except self._client.exceptions.ResourceNotFoundException:
                 continue
+
+    def withdraw_all(self, agent_id: int, session_ids: Iterable[str]) -> int:
+        # By name: ListSchedules cannot be granted on the group alone, and a
+        # session's schedule matters only while it has a topic or a lease.
+        names = [schedule_name(agent_id, None)]
+        names += sorted({schedule_name(agent_id, session) for session in session_ids if session})
+        deleted = 0
+        for name in names:
+            try:
+                self._client.delete_schedule(Name=name, GroupName=self._settings.schedule_group)
+            except self._client.exceptions.ResourceNotFoundException:
+                continue
+            deleted += 1
+        return deleted

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,10 @@ class GraceScheduler(Protocol):
 
     def withdraw(self, agent_id: int, session_id: str | None) -> None:
         """Delete pending schedules for the agent (and session); best effort."""
+
+    def withdraw_all(self, agent_id: int, session_ids: Iterable[str]) -> int:
+        """Delete the agent-wide schedule and those of the given sessions; how many
+        were there to delete."""
 
 
 def schedule_name(agent_id: int, session_id: str | None) -> str:

@@ -10,6 +10,8 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from agent_channel.tasks.model import Status
+
 if TYPE_CHECKING:
     from agent_channel.presence.model import Presence
 
@@ -17,22 +19,30 @@ if TYPE_CHECKING:
 class CancelVerdict(enum.StrEnum):
     CANCELLED = "cancelled"
     LOST = "lost"
-    """No longer delegated: a reply (or an earlier run of this schedule) got it first."""
+    """No longer in the status cancelled from: a reply (or an earlier run of this
+    schedule) got it first."""
     PRESENCE_CHANGED = "presence_changed"
     """Still delegated, but presence changed since the recheck: decide again."""
 
 
 @dataclass(frozen=True)
 class DelegatedTask:
+    """A task in scope of a grace cancellation, as the index listed it."""
+
     task_id: int
     agent_id: int
     topic_id: int
+    status: Status = Status.DELEGATED
 
 
 class TaskBook(Protocol):
     def delegated(self, agent_id: int, topic_id: int | None = None) -> list[DelegatedTask]:
         """The agent's delegated tasks (of one topic, if given), by a key or an
         index path, never a scan. May lag; cancel() is what decides."""
+
+    def queue(self, agent_id: int, topic_id: int) -> list[DelegatedTask]:
+        """The agent's queued, pending and running tasks of one topic, by index; may
+        lag, cancel_queued() is what decides."""
 
     def session_topics(self, agent_id: int, session_id: str) -> list[int]:
         """The topics private to this session of the agent."""
@@ -45,3 +55,9 @@ class TaskBook(Protocol):
         presence is still as ``seen`` (no lease added, and no lease stale at
         ``cutoff`` refreshed since), so the rechecks still hold at the moment it
         commits."""
+
+    def cancel_queued(
+        self, task: DelegatedTask, seen: Presence, cutoff: float, reason: str
+    ) -> CancelVerdict:
+        """queued, pending or running -> cancelled, releasing the slot of running
+        work, under the same conditions as cancel()."""

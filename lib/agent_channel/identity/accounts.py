@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pynamodb.exceptions import DeleteError
+from pynamodb.exceptions import DeleteError, UpdateError
 
 from agent_channel import clock
 from agent_channel.config import CHANNEL_AGENT_MODEL
@@ -19,6 +19,7 @@ from agent_channel.storage.records import (
     TopicRecord,
     UserRecord,
 )
+from agent_channel.storage.transactions import condition_failed
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -32,6 +33,8 @@ class User:
     name: str
     created_by: int | None = None
     model: str | None = None
+    unregistered: bool = False
+    """An agent closed for work by unregister_agent: no connect, no new task."""
 
     @property
     def is_agent(self) -> bool:
@@ -52,6 +55,8 @@ class Topic:
     reader_ids: frozenset[int] = frozenset()
     primary_agent_id: int | None = None
     session_id: str | None = None
+    archived: bool = False
+    """Archived when its agent was unregistered: it takes no new task."""
 
     def readable_by(self, user_id: int) -> bool:
         return self.owner_id == user_id or user_id in self.reader_ids
@@ -63,6 +68,7 @@ def user_from(record: UserRecord) -> User:
         name=record.name,
         created_by=None if record.created_by is None else int(record.created_by),
         model=record.model,
+        unregistered=record.unregistered_at is not None,
     )
 
 
@@ -76,6 +82,7 @@ def topic_from(record: TopicRecord) -> Topic:
             None if record.primary_agent_id is None else int(record.primary_agent_id)
         ),
         session_id=record.session_id,
+        archived=record.archived_at is not None,
     )
 
 
@@ -172,8 +179,8 @@ def create_topic(
     )
     if session_id and primary_agent_id is not None:
         # Grace cancellation finds a session's own topic through this index entry.
-        record.gsi1pk = schema.session_topic_index(primary_agent_id, session_id)
-        record.gsi1sk = schema.session_topic_sort(topic_id)
+        record.gsi1pk = schema.session_topics_index(primary_agent_id)
+        record.gsi1sk = schema.session_topic_sort(session_id)
     record.save(condition=TopicRecord.pk.does_not_exist())
     return topic_from(record)
 
@@ -184,3 +191,33 @@ def get_topic(topic_id: int) -> Topic | None:
     except TopicRecord.DoesNotExist:
         return None
     return topic_from(record)
+
+
+def session_topics(agent_id: int) -> list[Topic]:
+    """Every session topic of the agent not yet archived, from the index (may lag a
+    topic created a moment ago)."""
+    return [
+        topic_from(record)
+        for record in TopicRecord.gsi1.query(schema.session_topics_index(agent_id))
+        if isinstance(record, TopicRecord)
+    ]
+
+
+def archive_topic(topic_id: int, now: float) -> bool:
+    """Archive a topic: stamped (the first stamp stays) and out of the session index,
+    so no grace finds it again. False if there is no such topic."""
+    try:
+        TopicRecord(*schema.topic_key(topic_id)).update(
+            actions=[
+                TopicRecord.archived_at.set(TopicRecord.archived_at | now),
+                TopicRecord.gsi1pk.remove(),
+                TopicRecord.gsi1sk.remove(),
+            ],
+            # Never create a topic item by archiving one that is gone.
+            condition=TopicRecord.pk.exists(),
+        )
+    except UpdateError as error:
+        if condition_failed(error):
+            return False
+        raise
+    return True

@@ -130,9 +130,11 @@ def authorize(headers: dict[str, str], query: dict[str, str]) -> Authorization:
 
     if request.agent_id is not None:
         agent = user_from(target) if isinstance(target, UserRecord) else None
-        if agent is None or agent.created_by != user_id:
+        if agent is None or agent.created_by != user_id or agent.unregistered:
+            # An unregistered agent is closed for good: the same 403 as a foreign one.
             return Authorization(AuthVerdict.FORBIDDEN)
         kind = Target.CHANNEL_AGENT if agent.is_channel_agent else Target.AGENT
+        routed = isinstance(target, UserRecord) and target.routing_expression == "true"
         return Authorization(
             AuthVerdict.ALLOW,
             Caller(
@@ -140,6 +142,7 @@ def authorize(headers: dict[str, str], query: dict[str, str]) -> Authorization:
                 kind,
                 agent_id=request.agent_id,
                 session_id=request.session_id,
+                siblings=kind is Target.CHANNEL_AGENT and routed,
                 token_digest=digest,
                 grace_scheduled=bool(isinstance(target, UserRecord) and target.grace_scheduled),
             ),

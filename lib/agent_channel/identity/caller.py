@@ -34,6 +34,10 @@ class Caller:
     agent_id: int | None = None
     topic_id: int | None = None
     session_id: str = ""
+    siblings: bool = False
+    """A channel agent's routing was on when the authorizer read it: other sessions
+    hold leases, and a crashed one's may be stale. Only $connect uses it, to reap
+    them without a read of its own when there can be nothing to reap."""
     token_digest: str = ""
     """The digest of the token the socket was opened with: a restore rechecks that
     the token still exists, and a revocation finds the socket by it."""
@@ -73,6 +77,7 @@ class Caller:
             "agent_id": "" if self.agent_id is None else str(self.agent_id),
             "topic_id": "" if self.topic_id is None else str(self.topic_id),
             "session_id": self.session_id,
+            "siblings": "1" if self.siblings else "",
             "token_digest": self.token_digest,
             "grace_scheduled": "true" if self.grace_scheduled else "",
         }
@@ -92,6 +97,7 @@ class Caller:
                 agent_id=int(agent_raw) if agent_raw else None,
                 topic_id=int(topic_raw) if topic_raw else None,
                 session_id=str(context.get("session_id") or ""),
+                siblings=bool(context.get("siblings")),
                 token_digest=str(context.get("token_digest") or ""),
                 grace_scheduled=str(context.get("grace_scheduled") or "") == "true",
             )

@@ -18,6 +18,7 @@ from botocore.config import Config
 from agent_channel.config import settings
 
 if TYPE_CHECKING:
+    from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
     from mypy_boto3_events import EventBridgeClient
     from mypy_boto3_lambda import LambdaClient
 
@@ -161,6 +162,17 @@ def fanout_splitter() -> Splitter | None:
     if not function or os.environ.get("AWS_ENDPOINT_URL"):
         return None
     return Splitter(settings().fanout_invocation_members, lambda_invoker(lambda_client, function))
+
+
+@cache
+def connections_admin(endpoint_url: str | None = None) -> ApiGatewayManagementApiClient:
+    """boto3's @connections client, for what the lean poster does not do: closing a
+    socket (DELETE), for revoke_token and unregister_agent."""
+    return aws().client(
+        "apigatewaymanagementapi",
+        endpoint_url=endpoint_url or settings().callback_url,
+        config=RETRYING,
+    )
 
 
 @cache

@@ -148,10 +148,12 @@ class DynamoPresenceStore:
                 # authorizer read this flag): later connects need not.
                 UserRecord.grace_scheduled.remove(),
             ],
-            # The agent may have been deleted or handed to another owner since the
-            # authorizer read it.
+            # The agent may have been deleted, handed to another owner or
+            # unregistered since the authorizer read it (a connect racing an
+            # unregister_agent must not turn routing back on).
             condition=(UserRecord.created_by == subscription.user_id)
-            & (UserRecord.model == CHANNEL_AGENT_MODEL),
+            & (UserRecord.model == CHANNEL_AGENT_MODEL)
+            & UserRecord.unregistered_at.does_not_exist(),
         )
 
     def subscribe(self, subscription: Subscription, token: str, now: float) -> None:
@@ -230,7 +232,9 @@ class DynamoPresenceStore:
             target_model: type[Record] = TopicRecord
         elif attachment.agent_id is not None:
             target_key = schema.user_key(attachment.agent_id)
-            condition = UserRecord.created_by == attachment.user_id
+            condition = (UserRecord.created_by == attachment.user_id) & (
+                UserRecord.unregistered_at.does_not_exist()
+            )
             target_model = UserRecord
         else:
             raise ValueError("an attachment names an agent or a topic")
@@ -316,6 +320,42 @@ class DynamoPresenceStore:
                 condition &= UserRecord.routing_expression == "true"
             writes.update(
                 UserRecord(*schema.user_key(seen.agent_id)), actions=actions, condition=condition
+            )
+
+        try:
+            commit(build)
+        except Refused:
+            return False
+        return True
+
+    def close_agent(self, seen: Presence, owner_id: int, now: float) -> bool:
+        # Leases beyond one transaction's room go first; the transaction then
+        # deletes the rest with routing, so no live lease is left routing-less.
+        overflow = list(seen.leases[MAX_STALE_PER_CLEAR:])
+        for lease in overflow:
+            LeaseRecord(*schema.lease_key(lease.agent_id, lease.connection_id)).delete()
+
+        def build(writes: TransactWrite) -> None:
+            for lease in seen.leases[:MAX_STALE_PER_CLEAR]:
+                # Deleting a lease a disconnect already took is a no-op.
+                writes.delete(LeaseRecord(*schema.lease_key(lease.agent_id, lease.connection_id)))
+            writes.update(
+                UserRecord(*schema.user_key(seen.agent_id)),
+                actions=[
+                    UserRecord.unregistered_at.set(UserRecord.unregistered_at | now),
+                    UserRecord.routing_expression.set(""),
+                    UserRecord.routing_subscription_token.remove(),
+                    UserRecord.presence_version.add(1),
+                    UserRecord.gsi1pk.remove(),
+                    UserRecord.gsi1sk.remove(),
+                    UserRecord.grace_owed_token.remove(),
+                    UserRecord.grace_owed_due.remove(),
+                ],
+                # A subscribe or restore since the read added a lease this
+                # transaction would not delete: read again. The owner is checked in
+                # the write, so an agent handed over meanwhile is not closed.
+                condition=schema.presence_version_is(seen.version)
+                & (UserRecord.created_by == owner_id),
             )
 
         try:

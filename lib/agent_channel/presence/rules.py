@@ -64,6 +64,39 @@ def subscribe(
     return token
 
 
+def reap_on_subscribe(
+    store: PresenceStore,
+    scheduler: GraceScheduler,
+    settings: Settings,
+    subscription: Subscription,
+) -> list[Lease]:
+    """After a subscribe that found the agent routed (other sessions hold leases):
+    reap the stale ones, so a crashed process's row cannot pass for a session, and
+    schedule the session-scoped grace of each session left without a live lease, as
+    settle does. Best effort: the subscribe has committed whatever happens here, and
+    the sweeper reaps what this leaves.
+
+    Each delete is conditioned on the lease still being stale, so a sibling whose
+    heartbeat lands between this read and the delete keeps its lease.
+    """
+    try:
+        now = clock.now()
+        cutoff = now - settings.stale_after_seconds
+        presence = store.read(subscription.agent_id)
+        stale = presence.stale_leases(cutoff) if presence is not None else []
+        if presence is None or not stale:
+            return []
+        reaped = store.reap(stale, cutoff)
+        live = presence.live_leases(cutoff)
+        _schedule_sessions(store, scheduler, settings, presence, live, None, reaped, now)
+    except Exception:
+        logger.warning("could not reap stale leases on subscribe", exc_info=True)
+        return []
+    if reaped:
+        logger.info("stale leases reaped on subscribe", extra={"reaped": len(reaped)})
+    return reaped
+
+
 def _withdraw_pending_grace(scheduler: GraceScheduler, subscription: Subscription) -> None:
     # A courtesy only: cancel_offline rechecks presence before acting, so a schedule
     # left behind here is harmless.

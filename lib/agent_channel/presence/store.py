@@ -52,6 +52,13 @@ class PresenceStore(Protocol):
         if the presence version is still ``seen.version`` and each stale lease is
         still stale. False on conflict."""
 
+    def close_agent(self, seen: Presence, owner_id: int, now: float) -> bool:
+        """Unregister: mark the agent closed for work (no subscribe or restore can
+        commit after this), turn routing off, forget an owed grace and delete every
+        lease of ``seen``, in one transaction that holds only while the presence
+        version is still ``seen.version`` and ``owner_id`` still owns the agent.
+        False on conflict (read again). Idempotent."""
+
     def owe_grace(self, cancellation: GraceCancellation, due_at: float) -> bool:
         """Remember an agent-wide grace that could not be scheduled, unless routing
         is back on; False if nothing was recorded."""

@@ -65,6 +65,9 @@ class UserRecord(Record, discriminator="user"):
     # the sweeper finds it through gsi1 ``GRACE_OWED`` and schedules it again.
     grace_owed_token = UnicodeAttribute(null=True)
     grace_owed_due = NumberAttribute(null=True)
+    # Set once by unregister_agent: the agent is closed for work, and no subscribe
+    # or restore may turn its routing on again.
+    unregistered_at = NumberAttribute(null=True)
     # Set by the last-one-out clear (the agent-wide grace may be scheduled), removed
     # by the subscribe that turns routing back on: $connect withdraws the grace
     # only when the authorizer saw this set, not on every connect.
@@ -130,6 +133,8 @@ class TopicRecord(Record, discriminator="topic"):
     reader_ids = NumberSetAttribute(default=set)
     session_id = UnicodeAttribute(null=True)
     primary_agent_id = NumberAttribute(null=True)
+    # Set when its agent is unregistered: no new task; out of the session index.
+    archived_at = NumberAttribute(null=True)
     created_at = NumberAttribute()
 
 
@@ -167,6 +172,7 @@ class DecisionRecord(Record, discriminator="decision"):
     behavior = UnicodeAttribute()
     decided_at = NumberAttribute()
     decided_by = NumberAttribute()
+    reason = UnicodeAttribute(null=True)
 
 
 class HistoryRecord(Record, discriminator="history"):

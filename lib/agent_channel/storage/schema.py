@@ -26,7 +26,7 @@ Query reads routing, the presence version and every lease. One sparse GSI
 | ``ROUTED#<agent_id mod 256>``       | ``<agent_id>``                | routed agents (sweeper) |
 | ``GRACE_OWED``                      | ``<agent_id>``                | graces owed (sweeper)   |
 | ``AGENT#<id>#STATUS#<status>``      | ``TOPIC#<topic>#TASK#<task>`` | an agent's tasks        |
-| ``AGENT#<id>#SESSION#<session_id>`` | ``TOPIC#<topic>``             | a session's own topics  |
+| ``AGENT#<id>#SESSION_TOPICS``       | ``SESSION#<session_id>``      | an agent's session topics |
 
 Stores build keys only through these functions, and share the conditions below,
 so a key's shape and a race guard used by two stores are each written once.
@@ -171,12 +171,16 @@ def task_status_sort(topic_id: int, task_id: int) -> str:
     return f"{topic_tasks_prefix(topic_id)}TASK#{task_id:019d}"
 
 
-def session_topic_index(agent_id: int, session_id: str) -> str:
-    return f"AGENT#{agent_id}#SESSION#{session_id}"
+def session_topics_index(agent_id: int) -> str:
+    """Every session topic of an agent under one index partition, so unregistering
+    the agent finds them all in one Query; a session's own are one sort key of it."""
+    return f"AGENT#{agent_id}#SESSION_TOPICS"
 
 
-def session_topic_sort(topic_id: int) -> str:
-    return f"TOPIC#{topic_id}"
+def session_topic_sort(session_id: str) -> str:
+    # An index sort key need not be unique: each of a session's topics has this one,
+    # and an equality condition on it cannot match another session's (no prefix).
+    return f"SESSION#{session_id}"
 
 
 # ---------------------------------------------------------------- shared conditions

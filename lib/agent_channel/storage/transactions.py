@@ -20,7 +20,7 @@ import enum
 import random
 import time
 from functools import cache
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pynamodb.connection import Connection
 from pynamodb.exceptions import (
@@ -35,7 +35,7 @@ from pynamodb.transactions import TransactWrite
 from agent_channel.observability import count
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
 CONDITION_FAILED = "ConditionalCheckFailed"
 TRANSACTION_CONFLICT = "TransactionConflict"
@@ -74,11 +74,18 @@ class Failure(enum.Enum):
 
 class Refused(Exception):
     """A transaction's condition failed; ``keys`` are the (pk, sk) of the items whose
-    ``ConditionalCheckFailed`` cancelled it."""
+    ``ConditionalCheckFailed`` cancelled it, and ``items`` those of them that the
+    refusal returned as they are (a write sent with ``return_values="ALL_OLD"``), in
+    DynamoDB's attribute-value form."""
 
-    def __init__(self, keys: frozenset[tuple[str, str]]) -> None:
+    def __init__(
+        self,
+        keys: frozenset[tuple[str, str]],
+        items: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
+    ) -> None:
         super().__init__(f"condition failed on {sorted(keys)}")
         self.keys = keys
+        self.items: Mapping[tuple[str, str], Mapping[str, Any]] = items or {}
 
 
 @cache
@@ -189,6 +196,12 @@ def commit(build: Callable[[TransactWrite], None], *, attempts: int = MAX_ATTEMP
     except TransactWriteError as error:
         if classify(error) is Failure.REFUSED:
             order = _request_order(sent[0])
-            failed = frozenset(order[i] for i in failed_positions(error) if i < len(order))
-            raise Refused(failed) from error
+            positions = [i for i in failed_positions(error) if i < len(order)]
+            reasons = error.cancellation_reasons or []
+            returned: dict[tuple[str, str], Mapping[str, Any]] = {}
+            for i in positions:
+                reason = reasons[i] if i < len(reasons) else None
+                if reason is not None and reason.raw_item:
+                    returned[order[i]] = reason.raw_item
+            raise Refused(frozenset(order[i] for i in positions), returned) from error
         raise

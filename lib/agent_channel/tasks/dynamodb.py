@@ -7,7 +7,7 @@ it starts from, the slot taken or freed beside it, and any guard on another item
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agent_channel import clock
 from agent_channel.storage import schema
@@ -36,7 +36,7 @@ the agent and these). A session holds one or two leases and an agent a few
 sockets; beyond this many, the rest are left unguarded."""
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Collection, Mapping, Sequence
 
     from pynamodb.expressions.condition import Condition
     from pynamodb.expressions.update import Action
@@ -79,6 +79,14 @@ def task_from(record: TaskRecord) -> Task:
             None if record.next_delivery_at is None else float(record.next_delivery_at)
         ),
     )
+
+
+def _refused_status(item: Mapping[str, Any] | None) -> Status | None:
+    """The task's status as a refused transition found it, from the item its failed
+    condition returned; None when the task's own condition did not fail."""
+    if item and "status" in item:
+        return Status(item["status"]["S"])
+    return None
 
 
 class DynamoTaskStore:
@@ -237,6 +245,25 @@ class DynamoTaskStore:
         stale_before: float = 0.0,
         reason: str | None = None,
     ) -> Task:
+        return self.cancel(
+            task,
+            from_statuses={Status.DELEGATED},
+            presence_version=presence_version,
+            stale_leases=stale_leases,
+            stale_before=stale_before,
+            reason=reason,
+        )
+
+    def cancel(
+        self,
+        task: Task,
+        *,
+        from_statuses: Collection[Status],
+        presence_version: int | None = None,
+        stale_leases: Sequence[str] = (),
+        stale_before: float = 0.0,
+        reason: str | None = None,
+    ) -> Task:
         guards = []
         if presence_version is not None:
             # A grace cancellation decided on this presence: an agent (or session)
@@ -260,7 +287,7 @@ class DynamoTaskStore:
             )
         cancelled = self._transition(
             task,
-            {Status.DELEGATED},
+            set(from_statuses),
             Status.CANCELLED,
             extra_actions=[
                 TaskRecord.pending_tool_call.remove(),
@@ -307,7 +334,12 @@ class DynamoTaskStore:
             # reply and a grace cancellation both start from delegated, and only the
             # first commits.
             writes.update(
-                TaskRecord(*schema.task_key(task.task_id)), actions=actions, condition=condition
+                TaskRecord(*schema.task_key(task.task_id)),
+                actions=actions,
+                condition=condition,
+                # A refusal then carries the task as it is, so the caller can say
+                # why (done already, cancelled, ...) without another read.
+                return_values="ALL_OLD",
             )
             if take_slot:
                 writes.save(
@@ -328,10 +360,12 @@ class DynamoTaskStore:
         try:
             commit(build)
         except Refused as refused:
+            task_key = schema.task_key(task.task_id)
             raise TransitionRefused(
                 f"task {task.task_id} is not {sorted(allowed_from)}",
                 # If the task's own status condition held, what failed was a guard.
-                guard_failed=schema.task_key(task.task_id) not in refused.keys,
+                guard_failed=task_key not in refused.keys,
+                current=_refused_status(refused.items.get(task_key)),
             ) from refused
         # A transaction returns no item, and a read after it would cost one more
         # request: the new task is the old one with what this transaction wrote

@@ -1,8 +1,9 @@
 """Task events for the backend, published to an EventBridge bus.
 
 The backend (not necessarily Python) subscribes with a rule on the bus; a
-``task.cancelled`` event lets it fail a parent workflow and start the next queued
-task of the topic.
+``task.cancelled`` event lets it fail a parent workflow. Whether it may then start
+the next queued task of the topic depends on the ``reason`` (docs/GRACE.md, "After
+a task.cancelled"): never for ``session_offline`` or ``agent_unregistered``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ if TYPE_CHECKING:
 
 SOURCE = "agent-channel"
 TASK_CANCELLED = "task.cancelled"
-DETAIL_FIELDS = ("event_id", "task_id", "agent_id", "topic_id", "reason", "cancelled_at")
+DETAIL_FIELDS = (
+    "event_id",
+    "task_id",
+    "agent_id",
+    "topic_id",
+    "reason",
+    "cancelled_at",
+    "previous_status",
+)
 """task.cancelled's detail as the task-event pipe puts it on the bus (docs/OPERATIONS.md);
 the function publishers below serve the other events."""
 DISPATCH_GIVEN_UP = "dispatch.given_up"
@@ -32,24 +41,6 @@ RETRY_PAUSE_SECONDS = 0.2
 
 class EventNotPublished(Exception):
     """The bus refused an event after every attempt."""
-
-
-@dataclass(frozen=True)
-class TaskCancelled:
-    task_id: int
-    agent_id: int
-    topic_id: int
-    reason: str
-    cancelled_at: float
-
-    def detail(self) -> dict[str, object]:
-        return {
-            "task_id": self.task_id,
-            "agent_id": self.agent_id,
-            "topic_id": self.topic_id,
-            "reason": self.reason,
-            "cancelled_at": self.cancelled_at,
-        }
 
 
 @dataclass(frozen=True)
@@ -73,11 +64,6 @@ class DispatchGivenUp:
         }
 
 
-class TaskEvents(Protocol):
-    def task_cancelled(self, event: TaskCancelled) -> None:
-        """Tell the backend a task was cancelled; raises EventNotPublished."""
-
-
 class DeliveryEvents(Protocol):
     def dispatch_given_up(self, event: DispatchGivenUp) -> None:
         """Tell the backend a dispatch was given up; raises EventNotPublished."""
@@ -87,9 +73,6 @@ class EventBridgeTaskEvents:
     def __init__(self, client: EventBridgeClient, bus_name: str) -> None:
         self._client = client
         self._bus_name = bus_name
-
-    def task_cancelled(self, event: TaskCancelled) -> None:
-        self._publish(TASK_CANCELLED, event.task_id, event.detail())
 
     def dispatch_given_up(self, event: DispatchGivenUp) -> None:
         self._publish(DISPATCH_GIVEN_UP, event.task_id, event.detail())

@@ -16,14 +16,27 @@ class Status(enum.StrEnum):
     FAILED = "failed"
 
 
+BEFORE_DELEGATION = frozenset({Status.QUEUED, Status.PENDING, Status.RUNNING})
+"""Open work not (yet) handed to a channel agent: a topic's queue, and what runs."""
+
+OPEN_STATUSES = BEFORE_DELEGATION | {Status.DELEGATED}
+"""Every status a task can still be cancelled from."""
+
+
 class TransitionRefused(Exception):
     """The task is not in the status the transition starts from (someone else won),
     or a condition the transition was made under no longer holds (``guard_failed``:
-    the status was right, another item had changed)."""
+    the status was right, another item had changed).
 
-    def __init__(self, message: str, *, guard_failed: bool = False) -> None:
+    ``current`` is the task's status when the store could tell it from the refusal
+    itself (None: unknown, e.g. a guard failed rather than the status)."""
+
+    def __init__(
+        self, message: str, *, guard_failed: bool = False, current: Status | None = None
+    ) -> None:
         super().__init__(message)
         self.guard_failed = guard_failed
+        self.current = current
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 from agent_channel.tasks.model import DeliveryPlan, DispatchContext, Status, Task
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Collection, Sequence
 
 
 class TaskStore(Protocol):
@@ -71,6 +71,20 @@ class TaskStore(Protocol):
         lease of ``stale_leases`` (connection ids) is gone or still no newer than
         ``stale_before`` (no heartbeat revived it). ``reason`` is recorded on the task,
         in the same write, for the task.cancelled event."""
+
+    def cancel(
+        self,
+        task: Task,
+        *,
+        from_statuses: Collection[Status],
+        presence_version: int | None = None,
+        stale_leases: Sequence[str] = (),
+        stale_before: float = 0.0,
+        reason: str | None = None,
+    ) -> Task:
+        """Any of ``from_statuses`` -> cancelled, at most once; clears the pending
+        tool call and frees the slot (a no-op for a task that held none). The guards
+        and ``reason`` are those of cancel_delegated."""
 
     def release_slot(self, agent_id: int, task_id: int) -> None:
         """Free a slot; idempotent."""
