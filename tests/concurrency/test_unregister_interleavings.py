@@ -12,7 +12,7 @@ from typing import Any
 import boto3
 import pytest
 
-from agent_channel.backend import commands
+from agent_channel.backend import delivery_commands, router
 from agent_channel.config import settings
 from agent_channel.delivery.members import stream_connections
 from agent_channel.delivery.streams import agent_stream
@@ -60,9 +60,10 @@ def _management() -> Any:
 
 
 def unregister(world: PresenceWorld) -> Callable[[], Any]:
-    context = commands.CommandContext(management_factory=_management, closer_factory=_management)
+    # The closer is boto3's client (DELETE); the poster is not used by unregister.
+    context = router.CommandContext(closer_factory=_management)
     command = {"op": "unregister_agent", "agent_id": world.agent_id}
-    return lambda: commands.execute(command, context)
+    return lambda: delivery_commands.REGISTRY.execute(command, context)
 
 
 def exists(connection_id: str) -> bool:
