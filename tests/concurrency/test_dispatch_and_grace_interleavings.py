@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 import boto3
@@ -19,7 +19,7 @@ from agent_channel.identity import accounts
 from agent_channel.lambda_kit import wiring
 from agent_channel.storage import schema
 from agent_channel.tasks.dynamodb import DynamoTaskStore
-from agent_channel.tasks.model import DeliveryPlan, Task
+from agent_channel.tasks.model import DeliveryPlan, Status, Task
 from tests.support.clock import FakeClock
 from tests.support.gateway import invoke
 from tests.support.interleave import (
@@ -171,9 +171,11 @@ def test_every_interleaving_of_dispatch_and_presence_delegates_to_a_live_socket(
 # -- 4. a session-scoped grace versus the session's heartbeat ---------------------------
 
 
-def session_grace_races_heartbeat(clock: FakeClock, choose: Chooser) -> Run:
+def session_grace_races_heartbeat(clock: FakeClock, choose: Chooser, beat: str = "touch") -> Run:
     """Every lease stale, routing still on (no sweep yet): the session's grace fires
-    while its plugin, alive after all, heartbeats on the unreaped lease."""
+    while its plugin, alive after all, heartbeats on the unreaped lease: an on-time
+    heartbeat (``touch``, API Gateway's UpdateItem, no version bump: the race the
+    cancel's lease guards close) or a late one (``restore``, through Lambda)."""
     with fresh_world(clock) as world:
         world.open("a", "s1")
         owner_id = int(world.agent_record().created_by)
@@ -191,7 +193,7 @@ def session_grace_races_heartbeat(clock: FakeClock, choose: Chooser) -> Run:
         }
         actors = [
             ("grace", lambda: invoke("cancel_offline", payload)),
-            ("beat", world.heartbeat("a")),
+            ("beat", world.touch("a") if beat == "touch" else world.heartbeat("a")),
         ]
         run = run_once(actors, choose)
         try:
@@ -211,19 +213,22 @@ def session_grace_races_heartbeat(clock: FakeClock, choose: Chooser) -> Run:
         return run
 
 
+@pytest.mark.parametrize("beat", ["touch", "restore"])
 def test_every_interleaving_of_a_session_grace_and_a_revival_lets_the_revival_win(
-    fake_clock: FakeClock,
+    fake_clock: FakeClock, beat: str
 ) -> None:
     start = fake_clock.value
     outcomes: set[str] = set()
 
     def one(choose: Chooser) -> None:
         fake_clock.value = start + settings().stale_after_seconds + 1
-        run = session_grace_races_heartbeat(fake_clock, choose)
+        run = session_grace_races_heartbeat(fake_clock, choose, beat)
         outcomes.add(str(run.results["grace"]["outcome"]))
 
     runs = explore(one)
-    print(f"session_grace_races_heartbeat: {runs} interleavings, outcomes {sorted(outcomes)}")
+    print(
+        f"session_grace_races_heartbeat ({beat}): {runs} interleavings, outcomes {sorted(outcomes)}"
+    )
     assert {"cancelled", "session_back"} <= outcomes, outcomes
 
 
@@ -263,18 +268,21 @@ class DelegateWithoutConnectionGuards(DynamoTaskStore):
 
 
 class CancelWithoutLeaseGuards(DynamoTaskStore):
-    """cancel_delegated without the stale-lease guards: the code before the fix."""
+    """A grace's cancel without the stale-lease guards: the code before the fix."""
 
-    def cancel_delegated(
+    def cancel(
         self,
         task: Task,
         *,
+        from_statuses: Collection[Status],
         presence_version: int | None = None,
         stale_leases: Sequence[str] = (),
         stale_before: float = 0.0,
         reason: str | None = None,
     ) -> Task:
-        return super().cancel_delegated(task, presence_version=presence_version, reason=reason)
+        return super().cancel(
+            task, from_statuses=from_statuses, presence_version=presence_version, reason=reason
+        )
 
 
 @pytest.mark.parametrize(

@@ -95,6 +95,18 @@ class PresenceWorld:
 
         return act
 
+    def touch(self, name: str) -> Callable[[], Any]:
+        """An on-time heartbeat: API Gateway's own UpdateItem of the lease (the
+        service integration), which renews a lease it finds, stale or not, without
+        bumping the presence version."""
+
+        def act() -> Any:
+            if f"{name}=" not in self.gateway.contexts:
+                return None
+            return self.gateway.send(f"{name}=", {"action": "heartbeat"})
+
+        return act
+
     def sweep(self) -> Callable[[], Any]:
         return lambda: invoke("sweeper", scheduled_event())
 
