@@ -305,7 +305,8 @@ def presence_section(plan: presence_steps.Plan) -> str:
     goal = presence_steps.goals(result)
     return "\n".join(
         [
-            f"Command: `{COMMAND}` (alone: `{plan.command()}`; `make bench-load`). "
+            f"Command: `{COMMAND}` (this section alone: `.venv/bin/python -m bench --only "
+            f"presence`; the table alone: `{plan.command()}`; `make bench-load`). "
             f"Machine: {machine()}. Load: {before} at the start, {load()} at the end "
             "(each step's in the text below the tables).",
             "",
@@ -327,10 +328,13 @@ def presence_section(plan: presence_steps.Plan) -> str:
             "",
             "*Connect* is the client's wait for the upgrade (authorizer, then "
             "`$connect`); a heartbeat has no answer and `$disconnect` runs after the "
-            "close, so theirs are the server's: the gateway's invocation, from the frame "
-            "(or the close) to the function's answer, waiting for a free worker "
-            "included. Requests are counted where moto serves them, by the function "
-            "whose key signed them (`bench/stack_accounting.py`); *requests per* "
+            "close, so theirs are the server's. The heartbeat runs no Lambda: the "
+            "route's DynamoDB integration renews the lease (`HeartbeatIntegration`, "
+            "timed from its call to DynamoDB's answer); `$disconnect`'s is the "
+            "gateway's invocation, from the close to the function's answer, waiting "
+            "for a free worker included. Requests are counted where moto serves them, "
+            "by the function (or integration) whose key signed them "
+            "(`bench/stack_accounting.py`); *requests per* "
             "connect counts the authorizer's and `$connect`'s. *Client timeouts*: "
             f"connects over {presence_steps.CONNECT_TIMEOUT:g} s (the reference "
             "client's `open_timeout`) and API Gateway's 'Endpoint request timed out' "
@@ -342,6 +346,24 @@ def presence_section(plan: presence_steps.Plan) -> str:
             "its one-request lock inside the stack.",
             "",
             presence_steps.markdown(result),
+            "",
+            "*Invariants* are checked twice, while the sessions are held open "
+            "(heartbeating) and after every socket closed, each time once the stack "
+            "is idle: no invocation in flight, no frame queued, no upgrade or close "
+            "in progress, twice in a row with no connect or disconnect between "
+            f"(waited for up to {presence_steps.IDLE_BOUND:g} s; the wait is given "
+            "above). Each agent's presence is compared with what the server knows, "
+            "the gateway's open sockets, not with what the clients believe. Protocol "
+            "violations: routing on with no lease, a live lease with routing off, a "
+            "lease whose connection the gateway closed and sent its `$disconnect` "
+            "for, a held (heartbeating) session without a live lease. Apart: "
+            "disagreements from connects a client abandoned at its timeout while the "
+            "server completed them (the gateway drops that socket after `$connect`'s "
+            "200 with no `$disconnect`, best effort on API Gateway too, so the lease "
+            "waits until stale for the sweeper), leases a failed `$connect` (timed "
+            "out after its writes: refused, so no `$disconnect` comes) or a failed "
+            "`$disconnect` left (the sweeper's), and any disagreement nothing "
+            "explains (counted against the goal).",
             "",
             f"**Goals.** {goal}",
             "",

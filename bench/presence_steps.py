@@ -18,11 +18,25 @@ each, all owned by the demo owner and opened with its token), heartbeats every
 fewer sessions connected than arrived) ends the stepping. Then the live state is
 held (no new session, none leaves) and checked, one busy agent with many
 sessions runs a step of its own, every socket closes, and the state is checked
-again:
+again. Each check waits until the stack is idle (no invocation in flight, no
+frame queued, no upgrade or close in progress: ``bench.stack_accounting``), then
+compares each agent's presence with what the server knows, the gateway's open
+sockets (``check_agent``):
 
-- while held, every agent is routed exactly when it has an open session, and
-  its leases are exactly its open sessions, each live;
-- after every socket closed, no agent is routed and no lease is left.
+- protocol violations: routing on with no lease, a live lease with routing off
+  (the design's invariant 1), a lease whose connection the gateway has closed
+  and sent its ``$disconnect`` for (no lease outlives its connection), and, while
+  held, a session its client holds open and heartbeats without a live lease;
+- client/server disagreements a client's abandoned connect explains: a client
+  that gave up at its timeout while the server completed the upgrade. The
+  gateway then drops the socket after ``$connect``'s 200 without a
+  ``$disconnect`` (best effort on API Gateway too), so the lease stays until it
+  is stale and the sweeper reaps it; or the gateway still holds a socket the
+  client no longer does;
+- leases a failed ``$connect`` (timed out after its writes: refused, so no
+  ``$disconnect``) or a failed ``$disconnect`` left: the sweeper reaps them;
+- any other disagreement (a client holding a session the gateway does not) is
+  reported as unexplained.
 
 moto's raw capacity (``bench.moto_capacity``) is probed in this process before
 and after the steps (the stack idle), on a table of the run's size, and each
@@ -66,7 +80,12 @@ START_TIMEOUT = 90.0
 CONNECT_TIMEOUT = 10.0
 """The reference agent client's ``open_timeout``: longer is a client timeout."""
 CLOSE_TIMEOUT = 10.0
-IDLE_TIMEOUT = 60.0
+IDLE_BOUND = 600.0
+"""How long a check waits for the stack to go idle. Past the knee the stack has
+minutes of queued connects, heartbeats and disconnects to work through; a check
+made before they are done would report its own timing, not the protocol."""
+IDLE_POLL = 0.5
+LIFECYCLE_FUNCTIONS = ("AuthorizeFunction", "ConnectFunction", "DisconnectFunction")
 KNEE_P99_FACTOR = 4.0
 """Connect p99 this many times the first step's marks the knee."""
 KNEE_ARRIVED_SHARE = 0.9
@@ -74,7 +93,9 @@ BACKEND_THREADS = 8
 
 # What a function's invocations stand for in the report.
 CONNECT_FUNCTIONS = ("AuthorizeFunction", "ConnectFunction")
-HEARTBEAT_FUNCTION = "HeartbeatFunction"
+HEARTBEAT_FUNCTION = "HeartbeatIntegration"
+"""The heartbeat route runs no Lambda: API Gateway's DynamoDB integration renews the
+lease (template.yaml); the accounting counts its calls and requests under this name."""
 DISCONNECT_FUNCTION = "DisconnectFunction"
 BACKGROUND = (
     "stack",
@@ -196,16 +217,44 @@ class Stack:
             found: dict[str, Any] = json.loads(answer.read())
         return found
 
-    def wait_idle(self, open_sockets: int) -> dict[str, Any]:
-        """Until no invocation runs and the gateway holds exactly ``open_sockets``
-        (or the timeout: the caller compares what it found)."""
-        deadline = time.monotonic() + IDLE_TIMEOUT
+    def connections(self) -> ServerView:
+        with urllib.request.urlopen(  # noqa: S310 (stats_url is checked to be loopback)
+            self.stats_url.rstrip("/") + "/connections", timeout=30
+        ) as answer:
+            found = json.loads(answer.read())
+        return ServerView(
+            {cid: (int(agent), session) for cid, (agent, session) in found["open"].items()},
+            frozenset(found["dropped"]),
+            frozenset(found["connect_failed"]),
+            frozenset(found["disconnect_failed"]),
+        )
+
+    def wait_idle(self, expect_open: int | None = None, bound: float = IDLE_BOUND) -> Idle:
+        """Until the stack is idle on two polls in a row with no connect or
+        disconnect between them (and, when given, holds ``expect_open`` sockets), or
+        ``bound`` seconds: the caller reports which."""
+        started = time.monotonic()
+        previous: tuple[int, ...] | None = None
         while True:
             found = self.stats()
-            settled = found["in_flight"] == 0 and found["open_sockets"] == open_sockets
-            if settled or time.monotonic() > deadline:
-                return found
-            time.sleep(0.5)
+            quiet = (
+                found["in_flight"] == 0
+                and found["queued_frames"] == 0
+                # More handlers than sockets: an upgrade or a close still in progress.
+                and found["handlers"] == found["open_sockets"]
+                and (expect_open is None or found["open_sockets"] == expect_open)
+            )
+            lifecycle = tuple(
+                sum(n for key, n in found["invocations"].items() if key.startswith(f"{name}|"))
+                for name in LIFECYCLE_FUNCTIONS
+            )
+            waited = time.monotonic() - started
+            if quiet and previous == lifecycle:
+                return Idle(found, waited, True)
+            if waited > bound:
+                return Idle(found, waited, False)
+            previous = lifecycle if quiet else None
+            time.sleep(IDLE_POLL)
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGINT)
@@ -214,6 +263,29 @@ class Stack:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=10)
+
+
+@dataclass(frozen=True)
+class Idle:
+    stats: dict[str, Any]
+    seconds: float
+    reached: bool
+
+
+@dataclass(frozen=True)
+class ServerView:
+    """What the stack knows about connections, read once it is idle."""
+
+    open: dict[str, tuple[int, str]]
+    """The gateway's open sockets: connection id -> (agent id, session id)."""
+    dropped: frozenset[str] = frozenset()
+    """Connections whose ``$connect`` answered 200 but whose socket the gateway
+    never held: the client had given up. No ``$disconnect`` follows."""
+    connect_failed: frozenset[str] = frozenset()
+    """Connections whose ``$connect`` failed (an error, a timeout): refused, with no
+    ``$disconnect`` to follow, though the function may have written the lease."""
+    disconnect_failed: frozenset[str] = frozenset()
+    """Connections whose ``$disconnect`` failed: best effort, the sweeper's to reap."""
 
 
 def start_stack(plan: Plan) -> Stack:
@@ -318,6 +390,8 @@ class Load:
         self.hold = asyncio.Event()
         self.release = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.connecting = 0
+        """Connects waiting for their answer, whatever step they began in."""
 
     def arrive(self, agents: Sequence[Agent]) -> None:
         record = self.step
@@ -340,6 +414,7 @@ class Load:
 
         record = self.step
         record.pending += 1
+        self.connecting += 1
         query = f"agent_id={agent.agent_id}&session_id={session_id}&token={self.stack.token}"
         started = time.perf_counter()
         try:
@@ -355,6 +430,7 @@ class Load:
             return
         finally:
             record.pending -= 1
+            self.connecting -= 1
         record.connect.append(time.perf_counter() - started)
         record.connected += 1
         reader = asyncio.get_running_loop().create_task(self.read(socket))
@@ -396,6 +472,12 @@ class Load:
                     continue
                 if isinstance(message, str):
                     self.step.error_frames[message] += 1
+
+    async def settle_clients(self) -> None:
+        """Until every connect is answered or timed out: only then is each agent's
+        ``open`` what its clients hold."""
+        while self.connecting:
+            await asyncio.sleep(0.1)
 
     async def run_step(self, record: StepRecord, agents: Sequence[Agent], seconds: float) -> None:
         self.step = record
@@ -534,10 +616,12 @@ class Result:
     probes: list[list[Any]]
     """moto_capacity.Capacity lists: before and after."""
     table_items: int
-    held_violations: list[str]
-    closed_violations: list[str]
+    held: Findings
+    closed: Findings
     agents: int
     loads: list[str]
+    failed_invocations: dict[str, int] = field(default_factory=dict)
+    """``function|outcome`` -> invocations over the whole run that did not answer ok."""
 
     def capacity_range(self, step: StepResult) -> tuple[float, float]:
         from bench import moto_capacity
@@ -570,14 +654,58 @@ def goals(result: Result) -> str:
             f"{knee.moto_busy / max(knee.record.seconds, 1e-9):.0%} of the step inside "
             f"the stack: {'met' if met else 'not met'} (goal {GOAL_SHARE:.0%})."
         )
+        if not met:
+            parts.append(short_of_capacity(result, knee, share))
     below_timeouts = sum(step.timeouts for step in result.steps if not step.past_knee)
     parts.append(
         f"Client timeouts below the knee: {below_timeouts} "
         f"({'met' if not below_timeouts else 'not met'})."
     )
-    violations = len(result.held_violations) + len(result.closed_violations)
-    parts.append(f"Invariant violations: {violations} ({'met' if not violations else 'not met'}).")
+    checks = (result.held, result.closed)
+    violations = sum(len(found.protocol) for found in checks)
+    unexplained = sum(len(found.unexplained) for found in checks)
+    unchecked = [note for found in checks for note in found.idle if "not idle" in note]
+    met = not violations and not unexplained and not unchecked
+    parts.append(
+        f"Invariant violations (protocol, checked on the idle stack against its open "
+        f"sockets): {violations}; client/server disagreements no abandoned connect "
+        f"explains: {unexplained}"
+        + (f"; {'; '.join(unchecked)}" if unchecked else "")
+        + f" ({'met' if met else 'not met'}). Disagreements from connects the clients "
+        f"abandoned at their {CONNECT_TIMEOUT:g} s timeout (not violations: the server "
+        f"completed them; the protocol's staleness and sweeper reap what they left): "
+        f"{sum(len(found.abandoned) for found in checks)}; leases left by a failed "
+        f"`$connect` or `$disconnect` (no `$disconnect` removes them: the sweeper's): "
+        f"{sum(len(found.missed) for found in checks)}."
+    )
     return " ".join(parts)
+
+
+def short_of_capacity(result: Result, knee: StepResult, share: tuple[float, float]) -> str:
+    """By how much the capacity goal is missed, and what the next step (past the
+    knee) shows about why: the load it offered, and moto's lock held beyond its CPU."""
+    text = (
+        f"Short by {(GOAL_SHARE - share[1]) * 100:.0f}-{(GOAL_SHARE - share[0]) * 100:.0f} "
+        f"percentage points: below the knee the offered load is what the step's rate "
+        f"makes it."
+    )
+    index = result.steps.index(knee)
+    if index + 1 >= len(result.steps):
+        return text
+    past = result.steps[index + 1]
+    seconds = max(past.record.seconds, 1e-9)
+    low, high = result.capacity_range(past)
+    served = sum(past.mix.values()) / seconds
+    load = result.loads[index + 1] if index + 1 < len(result.loads) else "?"
+    return text + (
+        f" The next step, {past.record.name}, sent {served:.1f} requests/s, "
+        f"{served / high:.0%}-{served / low:.0%} of moto's capacity for its mix, but "
+        f"past the knee ({past.timeouts} client timeouts, connect p99 "
+        f"{_ms(quantile(past.record.connect, 0.99))} ms): moto was busy "
+        f"{past.moto_busy / seconds:.0%} of it and on a core {past.moto_cpu / seconds:.0%}, "
+        f"its one-request lock held while its thread waited for a core (load average "
+        f"{load} at the step's start, {os.cpu_count()} cores)."
+    )
 
 
 def check_knee(step: StepResult, first: StepResult) -> bool:
@@ -591,43 +719,118 @@ def check_knee(step: StepResult, first: StepResult) -> bool:
     return base is not None and p99 is not None and p99 > KNEE_P99_FACTOR * base and p99 > 0.5
 
 
-def presence_violations(stack: Stack, agents: Sequence[Agent]) -> list[str]:
-    """Routed iff an open session; leases exactly the open sessions, each live."""
+@dataclass
+class Findings:
+    """One check's outcome, by kind (see the module's docstring)."""
 
-    def check(agent: Agent) -> list[str]:
-        found = stack.command({"op": "presence", "agent_id": agent.agent_id})
-        problems: list[str] = []
-        leases = {lease["session_id"]: lease for lease in found.get("leases", [])}
-        if bool(found.get("routing")) != bool(agent.open):
-            problems.append(
-                f"agent {agent.agent_id}: routing {found.get('routing')} with "
-                f"{len(agent.open)} open sessions"
+    protocol: list[str] = field(default_factory=list)
+    abandoned: list[str] = field(default_factory=list)
+    unexplained: list[str] = field(default_factory=list)
+    missed: list[str] = field(default_factory=list)
+    """Leases a failed ``$connect`` or ``$disconnect`` left (no ``$disconnect`` will
+    remove them: the sweeper reaps them once stale)."""
+    idle: list[str] = field(default_factory=list)
+    """How long the check waited for the idle stack, or that it never was."""
+
+    def add(self, other: Findings) -> None:
+        self.protocol += other.protocol
+        self.abandoned += other.abandoned
+        self.unexplained += other.unexplained
+        self.missed += other.missed
+        self.idle += other.idle
+
+    def describe(self) -> str:
+        def listed(items: list[str]) -> str:
+            more = f" (and {len(items) - 5} more)" if len(items) > 5 else ""
+            return f"{len(items)}: " + "; ".join(items[:5]) + more if items else "none"
+
+        return (
+            f"{', '.join(self.idle) or 'no check'}; protocol violations "
+            f"{listed(self.protocol)}; disagreements from abandoned connects "
+            f"{listed(self.abandoned)}; leases of failed connects or disconnects "
+            f"{listed(self.missed)}; "
+            f"unexplained disagreements {listed(self.unexplained)}"
+        )
+
+
+def check_agent(
+    agent_id: int,
+    presence: dict[str, Any],
+    server: ServerView,
+    client_open: set[str],
+    heartbeating: bool,
+) -> Findings:
+    """One agent's presence (the backend's ``presence`` answer) against the idle
+    stack's sockets and what its clients hold. ``heartbeating``: the clients hold
+    their sessions open and heartbeat, so each must have a live lease."""
+    found = Findings()
+    name = f"agent {agent_id}"
+    routing = bool(presence.get("routing"))
+    leases = {str(lease["connection_id"]): lease for lease in presence.get("leases", [])}
+    sockets = {cid: session for cid, (agent, session) in server.open.items() if agent == agent_id}
+    # Invariant 1 (docs/ARCHITECTURE.md): routing on implies some lease; a live
+    # lease implies routing on.
+    if routing and not leases:
+        found.protocol.append(f"{name}: routed without a lease")
+    live = [cid for cid, lease in leases.items() if lease.get("live")]
+    if live and not routing:
+        found.protocol.append(f"{name}: live lease {live[0]} but not routed")
+    for cid, lease in leases.items():
+        if cid in sockets:
+            continue
+        session = lease.get("session_id")
+        if cid in server.dropped:
+            found.abandoned.append(
+                f"{name}: lease {session} of a connect its client abandoned "
+                f"({'live' if lease.get('live') else 'stale'}, awaiting the sweeper)"
             )
-        if set(leases) != agent.open:
-            problems.append(
-                f"agent {agent.agent_id}: leases {sorted(leases)}, open {sorted(agent.open)}"
-            )
-        problems += [
-            f"agent {agent.agent_id}: lease {name} not live"
-            for name, lease in leases.items()
-            if not lease["live"]
+        elif cid in server.connect_failed:
+            found.missed.append(f"{name}: lease {session} of a failed $connect")
+        elif cid in server.disconnect_failed:
+            found.missed.append(f"{name}: lease {session} of a failed $disconnect")
+        else:
+            # The gateway closed it and its $disconnect answered: the lease outlived it.
+            found.protocol.append(f"{name}: lease {session} outlives its connection")
+    for session in sorted(client_open):
+        held = [cid for cid, open_session in sockets.items() if open_session == session]
+        if not held:
+            found.unexplained.append(f"{name}: client holds {session}, the gateway does not")
+        elif heartbeating and not any(leases.get(cid, {}).get("live") for cid in held):
+            found.protocol.append(f"{name}: session {session} open and heartbeating, no live lease")
+    # A socket the client gave up on, or one more than the one it holds (it gave
+    # up, then reused the session for a connect that succeeded).
+    for session, count in Counter(sockets.values()).items():
+        extra = count - (1 if session in client_open else 0)
+        found.abandoned += [
+            f"{name}: the gateway holds a socket of {session} its client gave up on"
+        ] * extra
+    if routing and leases and all(cid in server.dropped for cid in leases):
+        found.abandoned.append(f"{name}: routed only by abandoned connects' leases")
+    return found
+
+
+def check_state(stack: Stack, agents: Sequence[Agent], heartbeating: bool, label: str) -> Findings:
+    """Wait for the idle stack, then check every agent against its open sockets."""
+    open_now = sum(len(agent.open) for agent in agents) if not heartbeating else None
+    idle = stack.wait_idle(expect_open=open_now)
+    server = stack.connections()
+
+    def check(agent: Agent) -> Findings:
+        presence = stack.command({"op": "presence", "agent_id": agent.agent_id})
+        return check_agent(agent.agent_id, presence, server, set(agent.open), heartbeating)
+
+    found = Findings(
+        idle=[
+            f"{label}: idle after {idle.seconds:.0f} s"
+            if idle.reached
+            else f"{label}: not idle after {idle.seconds:.0f} s ({idle.stats['in_flight']} "
+            f"invocations in flight, {idle.stats['queued_frames']} frames queued)"
         ]
-        return problems
-
+    )
     with ThreadPoolExecutor(BACKEND_THREADS) as pool:
-        return [problem for problems in pool.map(check, agents) for problem in problems]
-
-
-def settle(stack: Stack, open_sockets: int) -> list[str]:
-    """Wait until the stack is idle; a socket the gateway holds that no client
-    holds (or the reverse) is a violation."""
-    found = stack.wait_idle(open_sockets)
-    problems = []
-    if found["open_sockets"] != open_sockets:
-        problems.append(f"gateway holds {found['open_sockets']} sockets, clients {open_sockets}")
-    if found["in_flight"]:
-        problems.append(f"{found['in_flight']} invocations still running")
-    return problems
+        for each in pool.map(check, agents):
+            found.add(each)
+    return found
 
 
 def create_agents(stack: Stack, count: int, seed: int) -> list[Agent]:
@@ -652,7 +855,7 @@ def load_now() -> str:
 
 async def _drive(
     stack: Stack, plan: Plan, agents: list[Agent]
-) -> tuple[list[StepResult], StepResult | None, list[str], list[str], list[str]]:
+) -> tuple[list[StepResult], StepResult | None, Findings, Findings, list[str]]:
     load = Load(stack, plan)
     steps: list[StepResult] = []
     loads: list[str] = []
@@ -668,12 +871,12 @@ async def _drive(
         print(f"step {record.name}: {summary(step)}", flush=True)
         if step.past_knee:
             break
-    # Held: the sessions open now stay open (heartbeating) while presence is read.
+    # Held: the sessions open now stay open (heartbeating) while presence is read,
+    # once every connect still in progress has its answer (or gave up).
     load.hold.set()
     load.step = StepRecord("held", 0.0)
-    open_now = sum(len(agent.open) for agent in agents)
-    held = await asyncio.to_thread(settle, stack, open_now)
-    held += await asyncio.to_thread(presence_violations, stack, agents)
+    await load.settle_clients()
+    held = await asyncio.to_thread(check_state, stack, agents, True, "held")
     # One busy agent, measured on its own: the many agents' sessions leave first.
     load.hold.clear()
     while load.tasks:
@@ -690,13 +893,12 @@ async def _drive(
         print(f"step {record.name}: {summary(busy_result)}", flush=True)
         load.hold.set()
         load.step = StepRecord("held", 0.0)
-        held += await asyncio.to_thread(settle, stack, len(busy_agent.open))
-        held += await asyncio.to_thread(presence_violations, stack, [busy_agent])
+        await load.settle_clients()
+        held.add(await asyncio.to_thread(check_state, stack, [busy_agent], True, "busy, held"))
     load.release.set()
     while load.tasks:
         await asyncio.gather(*list(load.tasks), return_exceptions=True)
-    closed = await asyncio.to_thread(settle, stack, 0)
-    closed += await asyncio.to_thread(presence_violations, stack, [*agents, busy_agent])
+    closed = await asyncio.to_thread(check_state, stack, [*agents, busy_agent], False, "closed")
     return steps, busy_result, held, closed, loads
 
 
@@ -726,12 +928,15 @@ def run(plan: Plan) -> Result:
         copied = moto_capacity.table_items(stack.moto)
         probes = [moto_capacity.measure(plan.probe_seconds, copied=copied)]
         steps, busy, held, closed, loads = asyncio.run(_drive(stack, plan, agents))
+        failed = {
+            key: n for key, n in stack.stats()["invocations"].items() if not key.endswith("|ok")
+        }
         copied = moto_capacity.table_items(stack.moto)
     finally:
         stack.stop()
     # After: the stack stopped, so the probe has the machine the stack had.
     probes.append(moto_capacity.measure(plan.probe_seconds, copied=copied))
-    return Result(plan, steps, busy, probes, len(copied), held, closed, len(agents), loads)
+    return Result(plan, steps, busy, probes, len(copied), held, closed, len(agents), loads, failed)
 
 
 # -- markdown ----------------------------------------------------------------------
@@ -822,21 +1027,18 @@ def markdown(result: Result) -> str:
         + (", ".join(f"{op} {n}" for op, n in mixes.most_common()) or "none")
         + ". Error answers: "
         + (", ".join(f"{op} {n}" for op, n in errors.most_common()) or "none")
+        + ". Invocations that did not answer ok, over the whole run: "
+        + (
+            ", ".join(
+                f"{key.replace('|', ' ')} {n}"
+                for key, n in sorted(result.failed_invocations.items())
+            )
+            or "none"
+        )
         + ".",
         "",
-        "Invariants while held: "
-        + (
-            "held"
-            if not result.held_violations
-            else "VIOLATED: " + "; ".join(result.held_violations[:10])
-        )
-        + ". After every socket closed: "
-        + (
-            "held"
-            if not result.closed_violations
-            else "VIOLATED: " + "; ".join(result.closed_violations[:10])
-        )
-        + ".",
+        f"Invariants while held: {result.held.describe()}. After every socket closed: "
+        f"{result.closed.describe()}.",
     ]
     return "\n".join(lines)
 

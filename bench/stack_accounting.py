@@ -13,10 +13,21 @@ loopback port of its own:
   thread spent inside it. Which function sent a request is read from the SigV4
   access key in its ``Authorization`` header: the local stack gives every function
   a key of its own (``stack.LocalStack.build``); the stack's own calls (its
-  schedule loop, the task-event pipe) sign with ``local``.
+  schedule loop, the task-event pipe) sign with ``local``. The gateway's AWS
+  service integrations (the heartbeat route: no Lambda) are given a key of their
+  own here, so their requests count as theirs (``HeartbeatIntegration``), not the
+  stack's.
 - invocations: by function, with their outcome and duration (queueing for a free
   worker included: it is part of what a client waits for), and how many are in
-  flight, so a driver can wait until the stack is idle.
+  flight, so a driver can wait until the stack is idle. A frame through a service
+  integration counts as an invocation of ``<Route>Integration``, timed from the
+  call to the service's answer.
+- the gateway: its open sockets (with the agent and session each was opened
+  for), the frames its sockets still have queued, the upgrades and closes it is
+  still handling, and the connections whose ``$connect`` answered 200 but whose
+  socket the gateway never held (the client had gone: no ``$disconnect`` follows,
+  as API Gateway's is best effort). A driver checks presence against these, what
+  the server knows, rather than against what its clients believe.
 - CPU seconds of the stack process and of its worker processes.
 """
 
@@ -35,6 +46,7 @@ from typing import Any
 
 CREDENTIAL = re.compile(r"Credential=([^/]+)/[^/]+/[^/]+/([^/]+)/")
 STACK_KEY = "local"
+INTEGRATIONS_KEY = "integrations"
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -50,7 +62,20 @@ class Accounting:
         self.invocations: Counter[str] = Counter()
         self.durations: dict[str, list[float]] = {}
         self.in_flight = 0
+        self.handlers = 0
+        """The gateway's socket handlers running: one per open socket, plus each
+        upgrade not yet answered and each close whose ``$disconnect`` is not done."""
+        self.connected: set[str] = set()
+        """Connection ids whose ``$connect`` answered 2xx."""
+        self.connect_failed: set[str] = set()
+        """Connection ids whose ``$connect`` failed or refused (a timeout may come
+        after the function's writes): the gateway refuses, no ``$disconnect`` follows."""
+        self.disconnected: set[str] = set()
+        """Connection ids whose ``$disconnect`` answered."""
+        self.disconnect_failed: set[str] = set()
+        """Connection ids whose ``$disconnect`` failed (an error, a timeout)."""
         self.open_sockets: Any = None
+        self.gateway: Any = None
         self.table_items: Any = None
         self.profile: cProfile.Profile | None = None
         self.profile_operation = ""
@@ -109,6 +134,38 @@ class Accounting:
             self.invocations[f"{function}|{outcome}"] += 1
             self.durations.setdefault(function, []).append(seconds)
 
+    def lifecycle(self, event: Any, outcome: str) -> None:
+        """Which connections ``$connect`` accepted and which got a ``$disconnect``."""
+        context = event.get("requestContext") if isinstance(event, dict) else None
+        # The authorizer's event names $connect too; its Allow is not the connect's 200.
+        if not isinstance(context, dict) or "methodArn" in event:
+            return
+        route, connection_id = context.get("routeKey"), context.get("connectionId")
+        with self._lock:
+            if route == "$connect":
+                (self.connected if outcome == "ok" else self.connect_failed).add(str(connection_id))
+            elif route == "$disconnect":
+                done = self.disconnected if outcome == "ok" else self.disconnect_failed
+                done.add(str(connection_id))
+
+    def handling(self, change: int) -> None:
+        with self._lock:
+            self.handlers += change
+
+    def connections(self) -> dict[str, Any]:
+        """What the gateway holds, by connection: the server's view of the sessions."""
+        sockets = self.gateway.sockets() if self.gateway else {}
+        with self._lock:
+            failed = self.disconnect_failed - self.disconnected
+            dropped = self.connected - self.disconnected - failed - set(sockets)
+            refused = self.connect_failed - self.connected
+        return {
+            "open": sockets,
+            "dropped": sorted(dropped),
+            "connect_failed": sorted(refused),
+            "disconnect_failed": sorted(failed),
+        }
+
     # -- the snapshot -----------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
@@ -125,6 +182,8 @@ class Accounting:
                 "in_flight": self.in_flight,
             }
         found["open_sockets"] = self.open_sockets() if self.open_sockets else None
+        found["handlers"] = self.handlers
+        found["queued_frames"] = self.gateway.queued_frames() if self.gateway else None
         found["table_items"] = self.table_items() if self.table_items else None
         found["stack_cpu"] = time.process_time()
         found["worker_cpu"] = _workers_cpu()
@@ -146,7 +205,7 @@ def _workers_cpu() -> float:
 
 def install(accounting: Accounting) -> None:
     """Wrap the local stack's moto server and invocations (before the stack starts)."""
-    from agent_channel_dev.local import moto_server, stack, workers
+    from agent_channel_dev.local import gateway, moto_server, service_integration, stack, workers
 
     def counted_call(
         self: moto_server.OneRequestAtATime, environ: dict[str, Any], start_response: Any
@@ -183,16 +242,54 @@ def install(accounting: Accounting) -> None:
         try:
             result = await invoke(self, logical_id, event)
         except BaseException as error:
+            accounting.lifecycle(event, type(error).__name__)
             accounting.finished(logical_id, type(error).__name__, time.perf_counter() - started)
             raise
         outcome = "ok"
         status = result.get("statusCode") if isinstance(result, dict) else None
         if isinstance(status, int) and not 200 <= status < 300:
             outcome = f"status {status}"
+        # Recorded before the invocation counts as finished: a driver that sees no
+        # invocation in flight also sees every connect's and disconnect's outcome.
+        accounting.lifecycle(event, outcome)
         accounting.finished(logical_id, outcome, time.perf_counter() - started)
         return result
 
     workers.Functions.invoke = timed_invoke  # type: ignore[method-assign]
+
+    run_integration = service_integration.run
+
+    def timed_integration(integration: Any, *args: Any, **kwargs: Any) -> Any:
+        # Called off the event loop (asyncio.to_thread), like a Lambda's invoke
+        # counted above; in flight too, so an idle stack has none running.
+        name = integration_name(integration.route_key)
+        accounting.started()
+        started = time.perf_counter()
+        try:
+            outcome = run_integration(integration, *args, **kwargs)
+        except BaseException as error:
+            accounting.finished(name, type(error).__name__, time.perf_counter() - started)
+            raise
+        status = getattr(outcome, "status", 200)
+        verdict = "ok" if isinstance(status, int) and 200 <= status < 300 else f"status {status}"
+        accounting.finished(name, verdict, time.perf_counter() - started)
+        return outcome
+
+    service_integration.run = timed_integration
+
+    handle = gateway.Gateway.handle_socket
+
+    async def counted_handle(self: gateway.Gateway, request: Any) -> Any:
+        # Counted for the whole handler: the upgrade (authorizer, $connect), the
+        # socket's life, and the $disconnect after it; more handlers than open
+        # sockets means an upgrade or a close is still in progress.
+        accounting.handling(1)
+        try:
+            return await handle(self, request)
+        finally:
+            accounting.handling(-1)
+
+    gateway.Gateway.handle_socket = counted_handle  # type: ignore[method-assign]
 
     build = stack.LocalStack.build.__func__  # type: ignore[attr-defined]
 
@@ -201,11 +298,65 @@ def install(accounting: Accounting) -> None:
         for logical_id, pool in built.functions._pools.items():
             accounting.keys[pool.worker_spec.environment["AWS_ACCESS_KEY_ID"]] = logical_id
         accounting.open_sockets = lambda: len(built.gateway._sockets)
+        accounting.gateway = GatewayView(built.gateway)
+        services = built.gateway._services
+        if services is not None:
+            import boto3
+
+            # The same moto, signed with a key of the integrations' own.
+            built.gateway._services = boto3.client(
+                "dynamodb",
+                endpoint_url=services.meta.endpoint_url,
+                region_name=services.meta.region_name,
+                aws_access_key_id=INTEGRATIONS_KEY,
+                aws_secret_access_key=INTEGRATIONS_KEY,
+            )
+            routes = sorted(built.app.api.services)
+            # One client for every integration: named after the route when there
+            # is one (the heartbeat), else for them all.
+            accounting.keys[INTEGRATIONS_KEY] = (
+                integration_name(routes[0]) if len(routes) == 1 else "ServiceIntegrations"
+            )
         tables = [table.create_kwargs["TableName"] for table in built.app.tables]
         accounting.table_items = lambda: _table_items(tables)
         return built
 
     stack.LocalStack.build = classmethod(adopting_build)  # type: ignore[method-assign, assignment]
+
+
+def integration_name(route_key: str) -> str:
+    """``heartbeat`` -> ``HeartbeatIntegration`` (the template's logical id)."""
+    return route_key[:1].upper() + route_key[1:] + "Integration"
+
+
+class GatewayView:
+    """The gateway's sockets, read from the stats thread while the event loop runs."""
+
+    def __init__(self, gateway: Any) -> None:
+        self._gateway = gateway
+
+    def _live(self) -> list[Any]:
+        # The loop may add or remove a socket while this thread copies the dict:
+        # copy again (the copy itself is one C call, rarely interrupted).
+        for _ in range(100):
+            try:
+                return list(self._gateway._sockets.values())
+            except RuntimeError:
+                continue
+        return []
+
+    def sockets(self) -> dict[str, list[str]]:
+        """Connection id -> [agent_id, session_id] of the upgrade's query (never the
+        token)."""
+        found: dict[str, list[str]] = {}
+        for live in self._live():
+            query = dict(live.upgrade.query)
+            found[live.connection_id] = [query.get("agent_id", ""), query.get("session_id", "")]
+        return found
+
+    def queued_frames(self) -> int:
+        """Frames whose route invocation has not finished (or not started)."""
+        return sum(len(live.tasks) for live in self._live())
 
 
 def _table_items(names: list[str]) -> dict[str, int] | None:
@@ -228,11 +379,13 @@ def _table_items(names: list[str]) -> dict[str, int] | None:
 
 
 def serve_stats(accounting: Accounting) -> str:
-    """Serve ``GET /`` -> the snapshot as JSON on a free loopback port; its URL."""
+    """Serve ``GET /`` -> the snapshot, ``GET /connections`` -> the gateway's sockets
+    (``Accounting.connections``), as JSON on a free loopback port; the snapshot's URL."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body = json.dumps(accounting.snapshot()).encode()
+            found = accounting.connections() if self.path == "/connections" else None
+            body = json.dumps(found if found is not None else accounting.snapshot()).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
