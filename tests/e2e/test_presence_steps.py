@@ -121,8 +121,8 @@ def test_a_session_the_gateway_lost_is_unexplained() -> None:
 @pytest.mark.slow
 def test_the_stack_reports_a_connect_its_client_abandoned() -> None:
     """A client that gives up before $connect answers: the server completes the
-    connect, the gateway drops the socket without a $disconnect, and the check
-    names the lease left behind as an abandoned connect, not a violation."""
+    connect, then ends it with a $disconnect as API Gateway does for an accepted
+    connection, so no lease is left behind and nothing is a violation."""
     import websockets
 
     stack = presence_steps.start_stack(TINY)
@@ -137,12 +137,13 @@ def test_the_stack_reports_a_connect_its_client_abandoned() -> None:
 
         asyncio.run(abandon())
         found = presence_steps.check_state(stack, [agent], heartbeating=True, label="held")
+        presence = stack.command({"op": "presence", "agent_id": agent.agent_id})
     finally:
         stack.stop()
 
     assert found.idle and "not idle" not in found.idle[0], found.idle
     assert found.protocol == [] and found.unexplained == [], found
-    assert any("abandoned" in note for note in found.abandoned), found.abandoned
+    assert presence["leases"] == [] and presence["routing"] is False, presence
 
 
 @pytest.mark.e2e

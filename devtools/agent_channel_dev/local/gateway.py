@@ -238,7 +238,22 @@ class Gateway:
             return _refusal(status, str(body or "Forbidden"))
 
         transport = request.transport
-        assert transport is not None
+        if transport is None:
+            # The client went away while $connect ran: the connection was accepted,
+            # so, as API Gateway does, it ends with a $disconnect (abnormal closure)
+            # that releases what $connect wrote.
+            gone = self._event(
+                DISCONNECT,
+                connection_id,
+                context,
+                connected_at,
+                status_code=ABNORMAL,
+                reason="",
+                source_ip=upgrade.source_ip,
+            )
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._invoke(DISCONNECT, gone))
+            return _refusal(400, "the client closed the connection during the handshake")
         live = LiveSocket(connection_id, ws, transport, context, upgrade, connected_at)
         if self._faults is not None and self._faults.handshake:
             # A slow handshake: posts until now answer 410, as on AWS before the 101.
