@@ -358,9 +358,9 @@ def presence_section(plan: presence_steps.Plan) -> str:
             "lease whose connection the gateway closed and sent its `$disconnect` "
             "for, a held (heartbeating) session without a live lease. Apart: "
             "disagreements from connects a client abandoned at its timeout while the "
-            "server completed them (the gateway drops that socket after `$connect`'s "
-            "200 with no `$disconnect`, best effort on API Gateway too, so the lease "
-            "waits until stale for the sweeper), leases a failed `$connect` (timed "
+            "server completed them (the gateway then sends that connection's "
+            "`$disconnect`, as API Gateway does, best effort: until it has run, "
+            "or if it fails, the lease waits for the sweeper), leases a failed `$connect` (timed "
             "out after its writes: refused, so no `$disconnect` comes) or a failed "
             "`$disconnect` left (the sweeper's), and any disagreement nothing "
             "explains (counted against the goal).",
