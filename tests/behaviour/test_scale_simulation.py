@@ -86,3 +86,27 @@ def test_lambda_heartbeats_cost_an_invocation_each() -> None:
     month = session_month(Simulation(before).run())
     messages = month.quantities["API Gateway messages"]
     assert month.quantities["Lambda requests"] > messages
+
+
+def test_a_storm_run_ends_with_the_minute_the_storm_settles_in() -> None:
+    # `make simulate` runs 100,000 and 1,000,000 agents so, with room to spare in
+    # `minutes`: the settle time is then measured, never projected.
+    scenario = dataclasses.replace(
+        SCENARIO, agents=2_000, minutes=60, storm_at_minute=2, until_settled=True
+    )
+    result = Simulation(scenario).run()
+    assert result.storm_settle_seconds is not None
+    settled_at = scenario.storm_at_minute * 60 + 30 + result.storm_settle_seconds
+    assert result.minutes_simulated == int(settled_at) // 60 + 1
+    assert result.meter.minutes() == result.minutes_simulated
+    assert result.storm_waiting_at_end == 0
+
+
+def test_a_run_is_the_same_from_one_run_to_the_next() -> None:
+    # The client's backoff jitter is drawn from a seeded generator in the
+    # simulation, so the figures after a storm are reproducible.
+    scenario = dataclasses.replace(SCENARIO, agents=2_000, minutes=4, storm_at_minute=2)
+    first, second = Simulation(scenario).run(), Simulation(scenario).run()
+    assert first.meter.seconds == second.meter.seconds
+    assert first.unroute_seconds == second.unroute_seconds
+    assert first.storm_settle_seconds == second.storm_settle_seconds

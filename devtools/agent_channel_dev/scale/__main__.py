@@ -1,6 +1,7 @@
 """``python -m agent_channel_dev.scale``: simulate fleets and print the findings.
 
 python -m agent_channel_dev.scale --agents 10000 100000 1000000
+python -m agent_channel_dev.scale --agents 1000000 --storm-at 5 --minutes 90 --until-settled
 python -m agent_channel_dev.scale --cost       # today's timings beside the proposed
 """
 
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
+from collections.abc import Callable
 
 from agent_channel_dev.scale import aws
 from agent_channel_dev.scale.report import cost_table, peaks_table, per_minute_table, summary
@@ -22,12 +25,30 @@ def workers_for(agents: int) -> int:
     return next((w for size, w in sorted(WORKERS_FOR.items()) if agents <= size), 256)
 
 
+def _progress(started: float) -> Callable[[int, int, int], None]:
+    def report(minute: int, connected: int, waiting: int) -> None:
+        # On stderr, so the markdown on stdout stays as docs/SCALE.md quotes it.
+        print(
+            f"minute {minute}: {connected:,} sessions connected, {waiting:,} of the storm's "
+            f"away, {time.process_time() - started:.0f} s of CPU",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m agent_channel_dev.scale")
     parser.add_argument("--agents", type=int, nargs="*", default=[10_000])
     parser.add_argument("--minutes", type=int, default=12)
     parser.add_argument("--heartbeat", type=int, default=30)
     parser.add_argument("--storm-at", type=int, default=6, help="minute; -1: no storm")
+    parser.add_argument(
+        "--until-settled",
+        action="store_true",
+        help="end with the minute the storm settles in (--minutes is then the longest run)",
+    )
     parser.add_argument(
         "--cost",
         type=int,
@@ -61,11 +82,12 @@ def main() -> None:
             heartbeat_seconds=args.heartbeat,
             storm_at_minute=args.storm_at if args.storm_at >= 0 else None,
             sweep_workers=workers_for(agents),
+            until_settled=args.until_settled,
         )
-        started = time.process_time()
-        outcome = Simulation(scenario).run()
-        spent = time.process_time() - started
-        print(f"## {agents:,} agents ({spent:.0f} s of CPU to simulate)\n")
+        started, wall = time.process_time(), time.monotonic()
+        outcome = Simulation(scenario).run(progress=_progress(started))
+        spent, wall = time.process_time() - started, time.monotonic() - wall
+        print(f"## {agents:,} agents ({spent:.0f} s of CPU, {wall:.0f} s of wall time)\n")
         print(summary(outcome) + "\n")
         print(peaks_table(outcome) + "\n")
         print(per_minute_table(outcome) + "\n")

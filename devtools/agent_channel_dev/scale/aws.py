@@ -7,6 +7,7 @@ per request are assumptions of the model (stated in docs/SCALE.md), not quotas.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 REGION = "us-east-1"
 PRICE_LIST_DATE = "2024-11-01"
@@ -167,10 +168,13 @@ ITEM_BYTES = {"user": 420, "lease": 260}
 """Sizes of the presence items as the store writes them (keys, attributes, names)."""
 
 
+# Cached: the meter asks for every request of a run, millions at a million agents.
+@cache
 def cpu_share(memory_mb: int) -> float:
     return min(1.0, memory_mb / FULL_VCPU_MB)
 
 
+@cache
 def request_ms(operation: str, memory_mb: int) -> float:
     """Wall time of one request inside a function of this memory size."""
     return LATENCY_MS.get(operation, 6.0) + CPU_MS_PER_REQUEST / cpu_share(memory_mb)

@@ -99,10 +99,12 @@ def summary(outcome: Outcome) -> str:
             f"not within the simulated window ({left:,} still away at its end; at "
             f"{rate} admissions a second, about {projected:,.0f} s in all)"
         )
+    stopped = scenario.until_settled and outcome.minutes_simulated < scenario.minutes
     lines = [
         f"- agents {scenario.agents:,}, heartbeat {scenario.heartbeat_seconds} s, stale after "
         f"{scenario.stale_after_seconds} s, sweep workers {scenario.sweep_workers}, "
-        f"{scenario.minutes} simulated minutes",
+        f"{outcome.minutes_simulated} simulated minutes"
+        + (" (the run ends with the minute the storm settled in)" if stopped else ""),
         f"- crashed agents unrouted: {len(unroute)}; time from crash to unrouted: median "
         f"{median(unroute):.0f} s, p99 {percentile(unroute, 0.99):.0f} s, max "
         f"{max(unroute, default=0):.0f} s (goal: at most {scenario.stale_after_seconds + 120} s)",

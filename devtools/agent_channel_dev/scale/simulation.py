@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import statistics
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +28,7 @@ from agent_channel.identity.tokens import mint_lease_token
 from agent_channel.presence import rules, sweep_plan
 from agent_channel.presence.model import Subscription
 from agent_channel.storage import schema
+from agent_channel_dev import client
 from agent_channel_dev.client import Backoff
 from agent_channel_dev.scale import aws
 from agent_channel_dev.scale.memory_store import MemoryPresenceStore
@@ -62,6 +63,9 @@ class Scenario:
     lambda_heartbeats: bool = False
     """The design before: every heartbeat a Lambda (touch, else restore)."""
     sweep_workers: int = 16
+    until_settled: bool = False
+    """With a storm: end the run with the minute the storm settles in (every
+    dropped session connected again); ``minutes`` is then the longest run."""
     new_connections_per_second: int = int(aws.QUOTAS["new_connections_per_second"].value)
     seed: int = 17
 
@@ -92,6 +96,7 @@ class Outcome:
     connected_at_end: int = 0
     storm_waiting_at_end: int = 0
     storm_elapsed: float = 0.0
+    minutes_simulated: int = 0
 
 
 class _Quiet:
@@ -110,12 +115,17 @@ class _Quiet:
 
 
 @contextmanager
-def _simulated_time(errors: list[str]) -> Iterator[list[float]]:
+def _simulated_time(errors: list[str], seed: int) -> Iterator[list[float]]:
     now = [EPOCH]
     patches = {
         (clock, "now"): lambda: now[0],
         (rules, "logger"): _Quiet(errors),
         (rules, "count"): lambda *args, **kwargs: None,
+        # The client's Backoff jitters with the process's shared generator, which
+        # nothing seeds: a generator of its own, seeded, makes a storm's retries
+        # (and so every figure after a storm) the same from one run to the next,
+        # without moving the simulation's own draws.
+        (client, "random"): random.Random(seed + 1),
     }
     saved = {target: getattr(*target) for target in patches}
     for (module, name), value in patches.items():
@@ -178,16 +188,35 @@ class Simulation:
             self._draw_departure(0, index)
         self.meter.reset()
 
-    def _connect(self, second: int, index: int, admitted: list[int]) -> None:
-        session = self.sessions[index]
-        self.meter.add("connect_attempts")
-        if admitted[0] >= self.scenario.new_connections_per_second:
+    def _connects(self, second: int, connects: list[int]) -> None:
+        """This second's upgrade attempts, in random order: the gateway admits the
+        account's new-connection rate and refuses the rest. In a storm at a million
+        agents that is thousands of refusals a second, hence the plain loop."""
+        self.random.shuffle(connects)
+        sessions = self.sessions
+        events = self.events
+        backoff = self.backoff
+        room = self.scenario.new_connections_per_second
+        attempts = 0
+        for index in connects:
+            session = sessions[index]
+            if session.connection_id is not None:
+                continue
+            attempts += 1
+            if room > 0:
+                room -= 1
+                self._connect(second, index)
+                continue
             # 429 on the upgrade: the client backs off as after any failed attempt.
             session.failures += 1
-            delay = self.backoff.delay(session.failures, throttled=True)
-            self._at(second + max(1, round(delay)), "connect", index)
-            return
-        admitted[0] += 1
+            delay = backoff.delay(session.failures, throttled=True)
+            retry = ("connect", index, session.generation)
+            events.setdefault(second + max(1, round(delay)), []).append(retry)
+        if attempts:
+            self.meter.add("connect_attempts", attempts)
+
+    def _connect(self, second: int, index: int) -> None:
+        """An admitted upgrade: authorizer, $connect, the first heartbeat."""
         self.meter.add("new_connections")
         self._open(second, index)
         self._beat(second, index)
@@ -234,24 +263,27 @@ class Simulation:
         self._at(second + max(1, int(after)), "crash" if crash else "close", index)
 
     def _beat(self, second: int, index: int) -> None:
+        """A session's heartbeat (its first, on connecting; the rest are taken in
+        _tick the same way)."""
         session = self.sessions[index]
-        meter = self.meter
-        meter.add("messages")
+        self.meter.add("messages")
         session.beats += 1
         every = self.scenario.restore_every
         subscription = session.subscription
-        if self.scenario.lambda_heartbeats:
-            with meter.invocation("heartbeat"):
-                rules.heartbeat(self.store, self.scheduler, subscription)
-        elif every and session.beats % every == 0:
-            # The client's safety net: a restore (a Lambda: renew, else restore).
-            with meter.invocation("restore"):
-                rules.heartbeat(self.store, self.scheduler, subscription)
+        if self.scenario.lambda_heartbeats or (every and session.beats % every == 0):
+            self._restore(session)
         else:
             # API Gateway's own conditional UpdateItem: no Lambda, and a lease
             # that is gone stays gone until the next restore.
             self.store.touch(subscription.agent_id, subscription.connection_id, clock.now())
         self._at(second + self.scenario.heartbeat_seconds, "beat", index)
+
+    def _restore(self, session: _Session) -> None:
+        """The client's safety net, every ``restore_every``-th beat: a restore (a
+        Lambda: renew, else restore); with ``lambda_heartbeats``, every beat."""
+        function = "heartbeat" if self.scenario.lambda_heartbeats else "restore"
+        with self.meter.invocation(function):
+            rules.heartbeat(self.store, self.scheduler, session.subscription)
 
     def _gateway_disconnect(self, index: int) -> None:
         """API Gateway's $disconnect for the session's socket."""
@@ -356,21 +388,52 @@ class Simulation:
     # -- the run -----------------------------------------------------------------------
     def _tick(self, second: int) -> None:
         self.meter.second = second
-        clock_now[0] = EPOCH + second
-        admitted = [0]
+        now = clock_now[0] = EPOCH + second
         due = self.events.pop(second, [])
         connects = []
-        for kind, index, generation in due:
+        # Plain heartbeats, most of the events (40,000 a second at a million
+        # agents), are taken here rather than in _beat and their touches applied
+        # in batches: each batch before the next event of any other kind, so every
+        # rule still sees the leases exactly as it would one beat at a time.
+        sessions = self.sessions
+        store = self.store
+        next_beats = self.events.setdefault(second + self.scenario.heartbeat_seconds, [])
+        every = 0 if self.scenario.lambda_heartbeats else self.scenario.restore_every
+        lambda_beats = self.scenario.lambda_heartbeats
+        touches: list[tuple[int, str]] = []
+        beats = 0
+        for event in due:
+            kind, index, generation = event
+            if kind == "beat":
+                session = sessions[index]
+                if generation != session.generation:
+                    continue
+                beats += 1
+                session.beats += 1
+                if lambda_beats or (every and session.beats % every == 0):
+                    if touches:
+                        store.touch_all(touches, now)
+                        touches = []
+                    self._restore(session)
+                else:
+                    subscription = session.subscription
+                    touches.append((subscription.agent_id, subscription.connection_id))
+                next_beats.append(event)  # the session's next beat, same generation
+                continue
+            if touches:
+                store.touch_all(touches, now)
+                touches = []
             if kind == "connect":
                 connects.append(index)
             elif kind == "storm_disconnect":
                 self._storm_disconnect(index)
-            elif generation == self.sessions[index].generation:
+            elif generation == sessions[index].generation:
                 self._handle(second, kind, index)
-        self.random.shuffle(connects)
-        for index in connects:
-            if self.sessions[index].connection_id is None:
-                self._connect(second, index, admitted)
+        if touches:
+            store.touch_all(touches, now)
+        if beats:
+            self.meter.add("messages", beats)
+        self._connects(second, connects)
         if second % 60 == 0 and second > 0:
             self._sweep()
         fired = self.scheduler.fire_due(EPOCH + second)
@@ -385,21 +448,32 @@ class Simulation:
         if settling and not self.storm_waiting:
             self.outcome.storm_settle_seconds = second - self.storm_started
 
-    def run(self) -> Outcome:
+    def run(self, progress: Callable[[int, int, int], None] | None = None) -> Outcome:
+        """``progress(minute, connected, storm_waiting)`` after each simulated minute:
+        a run at a million agents takes most of an hour."""
         global clock_now
-        with _simulated_time(self.outcome.errors) as now:
+        scenario = self.scenario
+        simulated = 0
+        with _simulated_time(self.outcome.errors, scenario.seed) as now:
             clock_now = now
             self._populate()
-            storm = self.scenario.storm_at_minute
-            for second in range(self.scenario.minutes * 60):
+            storm = scenario.storm_at_minute
+            for second in range(scenario.minutes * 60):
                 if storm is not None and second == storm * 60 + 30:
                     self._storm(second)
                 self._tick(second)
+                simulated = second + 1
+                if progress is not None and simulated % 60 == 0:
+                    progress(simulated // 60, self.connected, len(self.storm_waiting))
+                settled = self.outcome.storm_settle_seconds is not None
+                if scenario.until_settled and settled and simulated % 60 == 0:
+                    break  # a whole minute, so the per-minute table's last row is one
+        self.outcome.minutes_simulated = simulated // 60
         self.outcome.sweep_longest_ms = self.meter.longest_ms.get("sweeper", 0.0)
         self.outcome.connected_at_end = self.connected
         self.outcome.storm_waiting_at_end = len(self.storm_waiting)
         if self.storm_started:
-            self.outcome.storm_elapsed = self.scenario.minutes * 60 - self.storm_started
+            self.outcome.storm_elapsed = simulated - self.storm_started
         return self.outcome
 
 
