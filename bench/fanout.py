@@ -222,6 +222,9 @@ def tracing(on: bool) -> Iterator[None]:
 
     from agent_channel import observability
 
+    # Restored after: the later benchmarks of the same run invoke the handlers with
+    # tracing off, as the tests do (with no segment, an annotation would fail).
+    was_enabled = global_sdk_config.sdk_enabled()
     global_sdk_config.set_sdk_enabled(True)
     recorder = _recorder()
     found = observability._recorder
@@ -232,6 +235,7 @@ def tracing(on: bool) -> Iterator[None]:
     finally:
         recorder.end_segment()
         observability._recorder = found
+        global_sdk_config.set_sdk_enabled(was_enabled)
 
 
 def run_size(
