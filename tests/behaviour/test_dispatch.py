@@ -21,6 +21,7 @@ from agent_channel.identity import accounts
 from agent_channel.lambda_kit import wiring
 from agent_channel.storage.records import TaskRecord
 from agent_channel.tasks.dynamodb import DynamoTaskStore
+from agent_channel.tasks.model import DeliveryPlan
 from tests.support import management_server
 from tests.support.clock import FakeClock
 from tests.support.fixtures import World
@@ -224,7 +225,17 @@ def test_oversized_dispatch_is_refused_and_the_task_stays_running(
     assert sink.messages(socket) == []
 
 
-def test_reply_claimed_twice_completes_once(world: World, management: ManagementApi) -> None:
+# A reply may name the generation it answers; the status condition must still hold
+# then (the generation fence is added to it, never put in its place).
+NAMED_GENERATION = pytest.mark.parametrize(
+    "generation", [None, 1], ids=["no_generation", "naming_its_generation"]
+)
+
+
+@NAMED_GENERATION
+def test_reply_claimed_twice_completes_once(
+    world: World, management: ManagementApi, generation: int | None
+) -> None:
     gateway, sink = Gateway(), management.sink
     connect_agent(gateway, sink, world, "a1=")
     task = running_task(world)
@@ -237,24 +248,25 @@ def test_reply_claimed_twice_completes_once(world: World, management: Management
     )
     assert tasks.held_slots(world.agent_id) == [int(task.task_id)]
 
-    done = claim_reply(tasks, int(task.task_id), agent_id=world.agent_id)
+    done = claim_reply(tasks, int(task.task_id), agent_id=world.agent_id, generation=generation)
     assert done.status == "done"
     assert done.pending_tool_call is None
     assert tasks.held_slots(world.agent_id) == []
 
     with pytest.raises(ReplyDuplicate) as refused:
-        claim_reply(tasks, int(task.task_id))
+        claim_reply(tasks, int(task.task_id), generation=generation)
     assert refused.value.code == "reply_duplicate"
     assert refused.value.details == {"task_id": int(task.task_id), "status": "done"}
     assert status(int(task.task_id)) == "done"
 
 
-def test_reply_after_a_grace_cancellation_is_refused(world: World) -> None:
+@NAMED_GENERATION
+def test_reply_after_a_grace_cancellation_is_refused(world: World, generation: int | None) -> None:
     task = running_task(world)
-    delegated = tasks.delegate(task)
+    delegated = tasks.delegate(task, delivery=DeliveryPlan(1, "{}", next_delivery_at=0.0))
     tasks.cancel_delegated(delegated)
     with pytest.raises(ReplyNotDelegated) as refused:
-        claim_reply(tasks, int(task.task_id))
+        claim_reply(tasks, int(task.task_id), generation=generation)
     assert refused.value.code == "reply_not_delegated"
     assert refused.value.details == {"task_id": int(task.task_id), "status": "cancelled"}
     assert status(int(task.task_id)) == "cancelled"

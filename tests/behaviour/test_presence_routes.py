@@ -13,9 +13,11 @@ from agent_channel.config import settings
 from agent_channel.grace.scheduler import schedule_name
 from agent_channel.identity import accounts
 from agent_channel.lambda_kit import wiring
+from agent_channel.presence.dynamodb import GARBAGE_AFTER
 from agent_channel.presence.model import Presence
+from agent_channel.presence.store import MAX_STALE_PER_CLEAR
 from agent_channel.storage import schema
-from agent_channel.storage.records import ConnectionRecord, Record
+from agent_channel.storage.records import ConnectionRecord, LeaseRecord, Record, UserRecord
 from agent_channel_dev.instruments.request_counter import counting_requests
 from agent_channel_dev.local.apigw_events import route_event, scheduled_event
 from tests.support.clock import FakeClock
@@ -254,6 +256,32 @@ def test_the_sweeper_unroutes_an_agent_whose_plugins_all_crashed(
     assert schedule(schedule_name(world.agent_id, None)) is not None
 
 
+def test_the_sweeper_unroutes_an_agent_with_more_crashed_sessions_than_one_clear_holds(
+    world: World, fake_clock: FakeClock
+) -> None:
+    Gateway().connect(agent_query(world), token=world.owner_token)
+    # More crashed sessions than one transaction holds beside the agent's item: the
+    # sweeper reaps the excess first, then clears routing with a full transaction.
+    with LeaseRecord.batch_write() as batch:
+        for n in range(MAX_STALE_PER_CLEAR + 20):
+            batch.save(
+                LeaseRecord(
+                    *schema.lease_key(world.agent_id, f"crashed{n:03}="),
+                    agent_id=world.agent_id,
+                    connection_id=f"crashed{n:03}=",
+                    token="lease-token",
+                    session_id=f"crashed{n:03}",
+                    last_seen_at=fake_clock(),
+                )
+            )
+    fake_clock.advance(settings().stale_after_seconds + 1)
+    swept = invoke("sweeper", scheduled_event())
+    assert swept["outcomes"] == {"last_out": 1}
+    after = presence(world)
+    assert not after.routing_on and not after.leases
+    assert schedule(schedule_name(world.agent_id, None)) is not None
+
+
 def test_the_sweeper_reaps_a_crashed_session_while_a_sibling_lives(
     world: World, fake_clock: FakeClock
 ) -> None:
@@ -277,6 +305,9 @@ def test_heartbeat_refreshes_the_lease(world: World, fake_clock: FakeClock) -> N
     fake_clock.advance(30)
     assert gateway.send(result.connection_id, {"action": "heartbeat"}) is None, "one-way"
     assert presence(world).leases[0].last_seen_at == fake_clock()
+    # The TTL moves with it: the backstop that collects a lease every delete missed.
+    lease = LeaseRecord.get(*schema.lease_key(world.agent_id, result.connection_id))
+    assert lease.expires_at == datetime.fromtimestamp(fake_clock(), tz=UTC) + GARBAGE_AFTER
 
 
 def test_a_heartbeat_after_a_reap_renews_nothing_and_a_restore_brings_routing_back(
@@ -305,6 +336,9 @@ def test_heartbeat_never_resurrects_a_removed_connection(world: World) -> None:
     assert gateway.beat(result.connection_id)["statusCode"] == 200
     after = presence(world)
     assert not after.leases and not after.routing_on
+    # A heartbeat that restores nothing must not withdraw the grace either: the last
+    # one out scheduled it, and withdrawn, the agent's delegated work stays stranded.
+    assert schedule(schedule_name(world.agent_id, None)) is not None, "grace still pending"
 
 
 # -- handler hygiene -----------------------------------------------------------------
@@ -361,10 +395,31 @@ def test_a_scheduler_outage_still_clears_routing_and_the_sweeper_reschedules(
     assert json.loads(created["Target"]["Input"])["subscription_token"] == token
     due = datetime.fromtimestamp(fake_clock(), tz=UTC)
     assert created["ScheduleExpression"] == f"at({due:%Y-%m-%dT%H:%M:%S})"
-    from agent_channel.storage.records import UserRecord
-
     agent = UserRecord.get(*schema.user_key(world.agent_id))
     assert agent.grace_owed_token is None and agent.gsi1pk is None
+
+
+def test_an_owed_grace_paid_early_is_still_due_a_grace_period_after_the_departure(
+    world: World, fake_clock: FakeClock
+) -> None:
+    gateway = Gateway()
+    only = gateway.connect(agent_query(world), token=world.owner_token)
+    departed = fake_clock()
+    with failing_requests("scheduler", {"CreateSchedule", "UpdateSchedule"}, "ServiceUnavailable"):
+        assert gateway.disconnect(only.connection_id)["body"] == "last_out"
+    agent = UserRecord.get(*schema.user_key(world.agent_id))
+    # Filed under the key the sweeper queries. The index is sparse: DynamoDB refuses
+    # an index key that is not a string (moto does not), and the debt would be lost.
+    assert (agent.gsi1pk, agent.gsi1sk) == (schema.GRACE_OWED, schema.agent_sort(world.agent_id))
+
+    # Scheduler answers again well within the grace: the sweeper's schedule keeps the
+    # departure's due time, so the agent gets its whole grace to come back.
+    fake_clock.advance(settings().grace_seconds // 3)
+    invoke("sweeper", scheduled_event())
+    created = schedule(schedule_name(world.agent_id, None))
+    assert created is not None, "the sweeper paid the owed grace"
+    due = datetime.fromtimestamp(departed + settings().grace_seconds, tz=UTC)
+    assert created["ScheduleExpression"] == f"at({due:%Y-%m-%dT%H:%M:%S})"
 
 
 def test_an_owed_grace_is_forgotten_when_the_agent_comes_back(world: World) -> None:

@@ -35,6 +35,7 @@ from agent_channel.presence.model import Presence
 from agent_channel.storage import schema, transactions
 from agent_channel.storage.records import DecisionRecord, Record
 from agent_channel.tasks.dynamodb import DynamoTaskStore
+from agent_channel.tasks.model import Status
 from agent_channel_dev.instruments.lambda_context import LocalContext
 from agent_channel_dev.instruments.request_counter import counting_requests
 from agent_channel_dev.local.apigw_events import authorizer_event, route_event, scheduled_event
@@ -328,6 +329,42 @@ def test_a_subscribe_racing_the_last_one_out_wins_and_the_clear_is_retried(
     ), emf
 
 
+def test_a_heartbeat_racing_the_sweepers_reap_keeps_its_lease_and_the_rest_are_reaped(
+    world: World, fake_clock: FakeClock
+) -> None:
+    gateway = Gateway()
+    stale = {
+        session: gateway.connect(query(world, session), token=world.owner_token).connection_id
+        for session in ("slow", "crashed")
+    }
+    alive = gateway.connect(query(world, "alive"), token=world.owner_token).connection_id
+    fake_clock.advance(settings().stale_after_seconds + 1)
+    # Kept live by its heartbeat (not by a new subscribe, which would reap the two
+    # stale siblings itself and leave the sweeper nothing to race).
+    gateway.send(alive, {"action": "heartbeat"})
+    # The sweeper reaps the stale leases in the order it read them (by lease key);
+    # the first one's session is only slow, and its heartbeat lands just before the
+    # first DeleteItem: that delete must fail and the next lease still be reaped.
+    slow, crashed = sorted(
+        stale, key=lambda session: schema.lease_key(world.agent_id, stale[session])
+    )
+
+    def heartbeat() -> None:
+        gateway.send(stale[slow], {"action": "heartbeat"})
+
+    with before_nth("DeleteItem", 1, heartbeat) as raced:
+        swept = invoke("sweeper", scheduled_event())
+    assert raced
+    assert swept["outcomes"] == {"sibling_remains": 1}
+    after = presence_of(world)
+    assert sorted(lease.connection_id for lease in after.leases) == sorted([stale[slow], alive]), (
+        "the refreshed lease was reaped, or the crashed one was not"
+    )
+    assert not schedule_exists(schedule_name(world.agent_id, slow)), "no grace for a live session"
+    assert schedule_exists(schedule_name(world.agent_id, crashed))
+    check_invariant_1(world, fake_clock())
+
+
 @pytest.mark.parametrize("conflicts", [1, transactions.MAX_ATTEMPTS])
 def test_a_conflicting_clear_is_retried_and_one_that_keeps_conflicting_is_repaired_by_the_sweeper(
     world: World, fake_clock: FakeClock, conflicts: int
@@ -539,6 +576,55 @@ def test_a_gone_last_socket_during_dispatch_leads_to_the_grace(
     result = invoke("cancel_offline", json.loads(grace["Target"]["Input"]))
     assert result["cancelled"] == [int(task.task_id)]
     assert len(tap.drain()) == 1
+
+
+def test_a_heartbeat_racing_the_sweepers_clear_keeps_the_agent_routed(
+    world: World, fake_clock: FakeClock
+) -> None:
+    gateway = Gateway()
+    only = gateway.connect(query(world), token=world.owner_token).connection_id
+    fake_clock.advance(settings().stale_after_seconds + 1)
+
+    def heartbeat() -> None:
+        gateway.send(only, {"action": "heartbeat"})
+
+    # The sweeper read the only lease as stale (its plugin was only slow); the
+    # heartbeat lands before the clear's transaction. A heartbeat's touch leaves the
+    # presence version as it was: only the lease's own condition stops the clear.
+    with before_nth("TransactWriteItems", 1, heartbeat) as raced:
+        swept = invoke("sweeper", scheduled_event())
+    assert raced
+    assert swept["outcomes"] == {"sibling_remains": 1}
+    after = presence_of(world)
+    assert after.routing_on, "the live session was left unroutable"
+    assert [lease.connection_id for lease in after.leases] == [only]
+    assert not schedule_exists(schedule_name(world.agent_id, None))
+    check_invariant_1(world, fake_clock())
+
+
+def test_a_sweep_that_unroutes_the_agent_under_a_dispatch_leaves_the_task_running(
+    world: World, management: ManagementApi, fake_clock: FakeClock
+) -> None:
+    gateway, sink = Gateway(), management.sink
+    connect_agent(gateway, sink, world, "only=")
+    task = tasks.start(tasks.create(topic_id=world.topic_id, agent_id=world.agent_id, content="x"))
+    # The plugin crashed: no heartbeat and no $disconnect, so its connection item
+    # stays and routing is still on when the dispatch reads them.
+    fake_clock.advance(settings().stale_after_seconds + 1)
+
+    def sweep() -> None:
+        invoke("sweeper", scheduled_event())
+
+    # The sweeper's clear lands between the dispatch's reads and its transition; the
+    # clear leaves the presence version as it was, so only the routing condition
+    # tells the transition that nobody serves the agent any more.
+    with before_nth("TransactWriteItems", 1, sweep) as raced:
+        answer = backend({"op": "dispatch", "task_id": int(task.task_id)})
+    assert raced
+    assert not presence_of(world).routing_on
+    assert answer["ok"] is False and answer["error"] == "agent_not_routable", answer
+    current = tasks.get(task.task_id)
+    assert current is not None and current.status is Status.RUNNING
 
 
 # -- every handler invoked twice with the same event -------------------------------------------
