@@ -242,17 +242,9 @@ class Gateway:
             # The client went away while $connect ran: the connection was accepted,
             # so, as API Gateway does, it ends with a $disconnect (abnormal closure)
             # that releases what $connect wrote.
-            gone = self._event(
-                DISCONNECT,
-                connection_id,
-                context,
-                connected_at,
-                status_code=ABNORMAL,
-                reason="",
-                source_ip=upgrade.source_ip,
+            await self._send_disconnect(
+                connection_id, context, connected_at, ABNORMAL, "", upgrade.source_ip
             )
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._invoke(DISCONNECT, gone))
             return _refusal(400, "the client closed the connection during the handshake")
         live = LiveSocket(connection_id, ws, transport, context, upgrade, connected_at)
         if self._faults is not None and self._faults.handshake:
@@ -475,14 +467,32 @@ class Gateway:
             live.transport.write(frames.fragments(frame.encode()))
 
     async def _disconnect(self, live: LiveSocket) -> None:
-        event = self._event(
-            DISCONNECT,
+        await self._send_disconnect(
             live.connection_id,
             live.authorizer,
             live.connected_at,
-            status_code=live.close_code or ABNORMAL,
-            reason=live.close_reason,
-            source_ip=live.upgrade.source_ip,
+            live.close_code or ABNORMAL,
+            live.close_reason,
+            live.upgrade.source_ip,
+        )
+
+    async def _send_disconnect(
+        self,
+        connection_id: str,
+        authorizer: dict[str, Any] | None,
+        connected_at: float,
+        status_code: int,
+        reason: str,
+        source_ip: str,
+    ) -> None:
+        event = self._event(
+            DISCONNECT,
+            connection_id,
+            authorizer,
+            connected_at,
+            status_code=status_code,
+            reason=reason,
+            source_ip=source_ip,
         )
         # Shielded: a server shutting down still reports every socket it drops.
         with contextlib.suppress(Exception):
