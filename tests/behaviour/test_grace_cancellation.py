@@ -40,8 +40,8 @@ from tests.support.interleave import (
     INTERLEAVED_SERVICES,
     TABLE_ONLY,
     Chooser,
-    InterleavingError,
     Run,
+    explaining,
     explore,
     run_once,
 )
@@ -680,10 +680,8 @@ def reply_or_reconnect_races_the_grace(
         # past the time budget: those interleave over their DynamoDB requests.
         services = TABLE_ONLY if len(actors) > 2 else INTERLEAVED_SERVICES
         run = run_once([(name, everyone[name]) for name in actors], choose, services)
-        try:
+        with explaining(run):
             check_invariant_3(run, task_id, tap, agent_id)
-        except AssertionError as error:
-            raise InterleavingError(f"{error}\ntrace: {run.trace}") from error
         return run
 
 
@@ -784,10 +782,8 @@ def session_drain_races(clock: FakeClock, choose: Chooser, actors: tuple[str, ..
             "start": start,
         }
         run = run_once([(name, everyone[name]) for name in actors], choose)
-        try:
+        with explaining(run):
             check_session_drain(run, agent_id, delegated, queued, tap)
-        except AssertionError as error:
-            raise InterleavingError(f"{error}\ntrace: {run.trace}") from error
         return run
 
 

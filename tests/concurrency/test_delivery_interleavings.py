@@ -24,6 +24,7 @@ from tests.support.interleave import (
     Chooser,
     InterleavingError,
     Run,
+    explaining,
     explore,
     random_chooser,
     run_once,
@@ -216,11 +217,9 @@ def run_scenario(scenario: Scenario, clock: FakeClock, choose: Chooser) -> Run:
     with fresh_delivery_world(clock) as world:
         actors, check = scenario(world)
         run = run_once(actors, choose)
-        try:
+        with explaining(run):
             world.check_invariants()
             check(world, run)
-        except AssertionError as error:
-            raise InterleavingError(f"{error}\ntrace: {run.trace}") from error
         return run
 
 

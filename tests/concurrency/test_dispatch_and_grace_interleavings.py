@@ -26,6 +26,7 @@ from tests.support.interleave import (
     Chooser,
     InterleavingError,
     Run,
+    explaining,
     explore,
     random_chooser,
     run_once,
@@ -103,11 +104,9 @@ def dispatch_races_leave_and_return(clock: FakeClock, choose: Chooser) -> Run:
         # check looks at; with them as points too the exploration runs past the
         # time budget.
         run = run_once(actors, choose, TABLE_AND_SOCKETS)
-        try:
+        with explaining(run):
             world.check_invariants()
             check_delegated_to_a_socket_that_held_a_lease(world, run, task)
-        except AssertionError as error:
-            raise InterleavingError(f"{error}\ntrace: {run.trace}") from error
         return run
 
 
@@ -196,7 +195,7 @@ def session_grace_races_heartbeat(clock: FakeClock, choose: Chooser, beat: str =
             ("beat", world.touch("a") if beat == "touch" else world.heartbeat("a")),
         ]
         run = run_once(actors, choose)
-        try:
+        with explaining(run):
             world.check_invariants()
             revived = position(run, "beat", "UpdateItem")
             final = status(task_id)
@@ -208,8 +207,6 @@ def session_grace_races_heartbeat(clock: FakeClock, choose: Chooser, beat: str =
             else:
                 assert final == "delegated"
                 assert run.results["grace"]["outcome"] == "session_back", run.results
-        except AssertionError as error:
-            raise InterleavingError(f"{error}\ntrace: {run.trace}") from error
         return run
 
 

@@ -13,7 +13,7 @@ from agent_channel.delivery import gone
 from agent_channel.storage import schema
 from tests.support.clock import FakeClock
 from tests.support.delivery_world import DeliveryWorld, fresh_delivery_world
-from tests.support.interleave import Chooser, InterleavingError, Run, explore, run_once
+from tests.support.interleave import Chooser, InterleavingError, Run, explaining, explore, run_once
 
 
 @pytest.fixture(autouse=True)
@@ -66,11 +66,9 @@ def run_scenario(scenario: Scenario, clock: FakeClock, choose: Chooser) -> Run:
     with fresh_delivery_world(clock) as world:
         actors, check = scenario(world)
         run = run_once(actors, choose)
-        try:
+        with explaining(run):
             world.check_invariants()
             check(world, run)
-        except AssertionError as error:
-            raise InterleavingError(f"{error}\ntrace: {run.trace}") from error
         return run
 
 

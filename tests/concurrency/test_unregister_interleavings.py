@@ -26,6 +26,7 @@ from tests.support.interleave import (
     Chooser,
     InterleavingError,
     Run,
+    explaining,
     explore,
     random_chooser,
     run_once,
@@ -115,11 +116,9 @@ def run_scenario(scenario: Callable, clock: FakeClock, choose: Chooser) -> Run:
     with fresh_world(clock) as world:
         actors, check = scenario(world)
         run = run_once(actors, choose)
-        try:
+        with explaining(run):
             world.check_invariants()
             check(world, run)
-        except AssertionError as error:
-            raise InterleavingError(f"{error}\ntrace: {run.trace}") from error
         return run
 
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,6 +174,16 @@ def _intercept(
         if service in controller.services:
             controller.pause(actor, operation, params, service)
     return call(client, operation, params)
+
+
+@contextmanager
+def explaining(run: Run) -> Iterator[None]:
+    """Checks of a finished run: a failed assertion becomes an InterleavingError
+    carrying the run's trace, so the interleaving can be replayed."""
+    try:
+        yield
+    except AssertionError as error:
+        raise InterleavingError(f"{error}\ntrace: {run.trace}") from error
 
 
 def run_once(
