@@ -10,10 +10,11 @@ BIN    := $(VENV)/bin
 # own, because it pins versions of boto3 and others that the project must not inherit.
 setup: $(BIN)/agent-channel $(SAMENV)/bin/sam
 
-$(BIN)/agent-channel: pyproject.toml
+# The layer's constraints apply here too, so tests import what Lambda imports.
+$(BIN)/agent-channel: pyproject.toml lib/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -c lib/constraints.txt
 	touch $@
 
 $(SAMENV)/bin/sam:

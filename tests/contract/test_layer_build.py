@@ -95,6 +95,33 @@ def test_the_layer_holds_the_runtime_package_and_its_requirements_only(layer: Pa
     assert packaged == in_lib
 
 
+def test_the_layers_tracer_loads_no_event_loop(layer: Path) -> None:
+    # wrapt 2 imports asyncio from its package (about 7 ms of every traced cold
+    # start); lib/constraints.txt keeps the layer on a wrapt without it.
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        "PYTHONPATH": str(layer),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "LAMBDA_TASK_ROOT": str(layer),
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-S",
+            "-c",
+            "import sys; from agent_channel.observability import tracer; tracer(); "
+            "import aws_xray_sdk.core; print('asyncio' in sys.modules)",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
 def test_a_read_only_layer_imports_from_bytecode_without_compiling(
     layer: Path, tmp_path: Path
 ) -> None:

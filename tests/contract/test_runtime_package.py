@@ -79,8 +79,9 @@ def test_the_layer_holds_the_runtime_package_alone() -> None:
     relative = {path.relative_to(layer_source()).as_posix() for path in files}
     assert relative, "the layer is empty"
     # The Makefile is the recipe sam build runs (BuildMethod: makefile); what it
-    # ships is checked in tests/contract/test_layer_build.py.
-    assert relative == {"requirements.txt", "Makefile"} | {
+    # ships is checked in tests/contract/test_layer_build.py. constraints.txt pins
+    # indirect dependencies for cold start.
+    assert relative == {"requirements.txt", "constraints.txt", "Makefile"} | {
         name for name in relative if name.startswith("agent_channel/") and name.endswith(".py")
     }
     assert not any("agent_channel_dev" in name or "/local/" in name for name in relative)

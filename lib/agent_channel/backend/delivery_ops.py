@@ -9,7 +9,6 @@ from agent_channel.backend.router import Args, CommandContext, CommandError, OpS
 from agent_channel.delivery import decisions, dispatch
 from agent_channel.delivery.broadcast import broadcast_to_stream
 from agent_channel.delivery.streams import agent_stream, topic_stream
-from agent_channel.identity import acting
 from agent_channel.observability import bind_ids
 
 ops = OpSet()
@@ -29,6 +28,10 @@ def _dispatch(args: Args, context: CommandContext) -> dict[str, Any]:
     bind_ids(task_id=task_id)
     acting_user_id = args.optional_integer("acting_user_id")
     if acting_user_id is not None:
+        # Imported on first use: only a backend acting for a user loads the account
+        # records (cold start).
+        from agent_channel.identity import acting
+
         # Checked before anything is written; a missing task gets the same answer.
         found = context.tasks().get(task_id)
         acting.check_may_dispatch(acting_user_id, found.topic_id if found else None)
@@ -77,6 +80,8 @@ def _decide(args: Args, context: CommandContext) -> dict[str, Any]:
     if acting_user_id is not None:
         if decided_by != acting_user_id:
             raise CommandError("invalid_command", "'decided_by' must be the acting user")
+        from agent_channel.identity import acting
+
         acting.check_may_decide(acting_user_id, agent_id)
     decided = decisions.decide(
         context.decisions(),

@@ -8,10 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from agent_channel import clock
-from agent_channel.backend import unregister
 from agent_channel.backend.router import Args, CommandContext, CommandError, OpSet
 from agent_channel.config import settings
-from agent_channel.identity import accounts
 from agent_channel.tasks.model import Status, Task
 
 MAX_CONTENT = 64 * 1024
@@ -37,6 +35,10 @@ def _task(task: Task) -> dict[str, Any]:
 
 @ops.op("create_task", "create a task for an agent on a topic; start: true makes it running")
 def _create_task(args: Args, context: CommandContext) -> dict[str, Any]:
+    # Imported on first use, as in the ops below: a backend process that only
+    # dispatches and decides never loads the account records (cold start).
+    from agent_channel.identity import accounts
+
     agent_id, topic_id = args.integer("agent_id"), args.integer("topic_id")
     agent = accounts.get_user(agent_id)
     if agent is None or not agent.is_agent:
@@ -108,6 +110,8 @@ def _list_tasks(args: Args, context: CommandContext) -> dict[str, Any]:
     "session topics (acting_user_id, when given, must own it); idempotent",
 )
 def _unregister_agent(args: Args, context: CommandContext) -> dict[str, Any]:
+    from agent_channel.backend import unregister
+
     services = unregister.Services(
         presence=context.presence(),
         tasks=context.tasks(),
