@@ -31,7 +31,7 @@ lint:
 	$(BIN)/ruff format --check lib devtools functions tests bench
 
 typecheck:
-	$(BIN)/mypy lib devtools functions
+	$(BIN)/mypy lib devtools functions bench
 
 # The README's test command: lint, types, then the whole suite.
 test: setup lint typecheck

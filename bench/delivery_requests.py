@@ -99,7 +99,7 @@ def measure() -> list[Row]:
             "session_id": "s1",
         }
         stream = __import__("functions.stream.app", fromlist=["handler"])
-        stream.management = client
+        stream.management = client  # type: ignore[attr-defined]
 
         def frame(body: dict[str, Any]) -> Any:
             event = route_event(body["action"], "a1=", authorizer=context, body=json.dumps(body))
@@ -174,7 +174,7 @@ def measure() -> list[Row]:
         from agent_channel import clock
 
         real_now = clock.now
-        clock.now = lambda: real_now() + settings().redelivery_seconds  # type: ignore[assignment]
+        clock.now = lambda: real_now() + settings().redelivery_seconds
         try:
             count(
                 f"redelivery, 1 agent, {len(delegated) - 1} due",
@@ -190,7 +190,7 @@ def measure() -> list[Row]:
                 ),
             )
         finally:
-            clock.now = real_now  # type: ignore[assignment]
+            clock.now = real_now
         count(
             "a 410 within the connect window",
             "1 read, nothing written",
