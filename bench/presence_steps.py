@@ -109,7 +109,7 @@ BACKGROUND = (
 
 @dataclass(frozen=True)
 class Plan:
-    rates: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
+    rates: tuple[float, ...] = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 8.0)
     step_seconds: float = 45.0
     lifetime: tuple[float, float] = (20.0, 60.0)
     heartbeat_seconds: int = 15

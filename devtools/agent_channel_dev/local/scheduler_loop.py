@@ -76,18 +76,28 @@ class SchedulerLoop:
         self._rates = rates
         """Function name -> seconds between runs of its rate() schedule."""
         self._fired: set[tuple[str, str]] = set()
+        self._read: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
+        """(group, name) -> (its summary's creation and modification dates, the
+        schedule as read): a schedule is read again only when it changed, not at
+        every tick, which would hold the embedded moto's one-request lock for a
+        GetSchedule per pending grace every second."""
 
     def due(self, now: float) -> list[DueSchedule]:
         return [found for group in self._groups for found in self._due_in(group, now)]
 
     def _due_in(self, group: str, now: float) -> list[DueSchedule]:
         found: list[DueSchedule] = []
-        summaries = self._client.list_schedules(GroupName=group).get("Schedules", [])
+        # Every page: ListSchedules answers 50 at most by default, newest first, so
+        # one page would leave the oldest graces (the first due) unfired under load.
+        pages = self._client.get_paginator("list_schedules").paginate(GroupName=group)
+        summaries = [summary for page in pages for summary in page.get("Schedules", [])]
+        listed = {(group, summary.get("Name", "")) for summary in summaries}
+        for key in [key for key in self._read if key[0] == group and key not in listed]:
+            del self._read[key]
         for summary in summaries:
             name = summary.get("Name", "")
-            try:
-                schedule = self._client.get_schedule(Name=name, GroupName=group)
-            except self._client.exceptions.ResourceNotFoundException:
+            schedule = self._schedule(group, name, summary)
+            if schedule is None:
                 continue  # deleted since the listing (a reconnect withdrew it)
             expression = schedule.get("ScheduleExpression", "")
             at = parse_at(expression)
@@ -106,6 +116,20 @@ class SchedulerLoop:
                 )
             )
         return found
+
+    def _schedule(self, group: str, name: str, summary: Any) -> dict[str, Any] | None:
+        """The schedule as last read, read again when its summary says it was
+        created or modified since (a disconnect re-arming a name updates it)."""
+        version = (summary.get("CreationDate"), summary.get("LastModificationDate"))
+        known = self._read.get((group, name))
+        if known is not None and known[0] == version:
+            return known[1]
+        try:
+            schedule = dict(self._client.get_schedule(Name=name, GroupName=group))
+        except self._client.exceptions.ResourceNotFoundException:
+            return None
+        self._read[(group, name)] = (version, schedule)
+        return schedule
 
     async def fire(self, schedule: DueSchedule) -> None:
         try:
