@@ -399,7 +399,10 @@ def presence_section(plan: presence_steps.Plan) -> str:
             "kept every DynamoDB stream record for its whole life, and moto copies the "
             "stream with the table in every transaction, so transactions slowed with "
             "every write since start (about 100 ms per 2,000 records); the stack now "
-            "trims what its task-event pipe has read (`MotoServer.trim_stream`). "
+            "trims what its task-event pipe has read (`MotoServer.trim_stream`). Its "
+            "Scheduler loop also read every pending grace (GetSchedule) every second, "
+            "under moto's lock, and saw only ListSchedules' first page of 50; it now "
+            "lists every page and reads a schedule again only when it changed. "
             "Requests per operation are at the minimum the requests table gives. "
             + (
                 f"The last step below the knee is {below[-1].record.name}."
