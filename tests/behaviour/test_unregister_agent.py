@@ -14,9 +14,9 @@ from agent_channel.delivery.streams import agent_stream
 from agent_channel.identity import accounts
 from agent_channel.lambda_kit import wiring
 from agent_channel.presence.model import Subscription
-from agent_channel.presence.store import AccessDenied
+from agent_channel.presence.store import MAX_STALE_PER_CLEAR, AccessDenied
 from agent_channel.storage import schema
-from agent_channel.storage.records import ConnectionRecord, Record
+from agent_channel.storage.records import ConnectionRecord, LeaseRecord, Record
 from agent_channel.tasks.dynamodb import DynamoTaskStore
 from agent_channel.tasks.model import Status
 from agent_channel_dev.instruments.lambda_context import LocalContext
@@ -159,6 +159,37 @@ def test_unregister_closes_the_agent_for_work(
     assert topic is not None and topic.archived
     assert schedules() == []
     assert answer["withdrawn_schedules"] >= 1
+
+
+def test_unregister_deletes_more_leases_than_one_transaction_holds(
+    world: World, management: ManagementApi
+) -> None:
+    """Leases beyond the close's transaction are deleted before it: none is left,
+    whatever its place in the agent's partition."""
+    connect_agent(Gateway(), management.sink, world, "a1=", session_id="s1")
+    with LeaseRecord.batch_write() as batch:
+        for n in range(MAX_STALE_PER_CLEAR + 20):
+            batch.save(
+                LeaseRecord(
+                    *schema.lease_key(world.agent_id, f"crashed{n:03}="),
+                    agent_id=world.agent_id,
+                    connection_id=f"crashed{n:03}=",
+                    token="lease-token",
+                    session_id=f"crashed{n:03}",
+                    last_seen_at=0,
+                )
+            )
+    store = wiring.presence_store()
+    before = store.read(world.agent_id)
+    assert before is not None and len(before.leases) > MAX_STALE_PER_CLEAR
+
+    answer = invoke({"op": "unregister_agent", "agent_id": world.agent_id})
+
+    assert answer["ok"] is True, answer
+    after = store.read(world.agent_id)
+    assert after is not None
+    assert not after.routing_on
+    assert after.leases == (), f"{len(after.leases)} leases outlived the unregister"
 
 
 def test_after_unregister_the_agent_takes_no_connect_no_task_no_dispatch(
