@@ -31,7 +31,7 @@ from agent_channel.storage.records import LeaseRecord, UserRecord
 from agent_channel.storage.transactions import _dynamodb
 from agent_channel.tasks.dynamodb import DynamoTaskStore
 from agent_channel.tasks.events import TASK_CANCELLED
-from agent_channel.tasks.model import Status, TransitionRefused
+from agent_channel.tasks.model import Status, Task, TransitionRefused
 from tests.support.clock import FakeClock
 from tests.support.event_tap import EventTap, install_event_tap
 from tests.support.fixtures import World
@@ -542,11 +542,24 @@ def test_a_duplicate_invocation_is_harmless(
     assert len(tap.drain()) == 1, "one event, not two"
 
 
+class CountingTaskStore(DynamoTaskStore):
+    """The task store, counting how often a task is read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def get(self, task_id: int) -> Task | None:
+        self.reads += 1
+        return super().get(task_id)
+
+
 def test_a_stale_index_entry_is_refused_not_cancelled_twice(
     world: World, fake_clock: FakeClock
 ) -> None:
     """The status index may lag: a task it still lists as delegated that is already
-    cancelled is refused by the conditional transition."""
+    cancelled is refused by the conditional transition. The refusal itself tells
+    that the task was lost, with no further read."""
     task_id = delegated_task(world.topic_id, world.agent_id)
     token = offline_agent(world, fake_clock)
     listed = DynamoTaskBook(tasks).delegated(world.agent_id)
@@ -555,11 +568,59 @@ def test_a_stale_index_entry_is_refused_not_cancelled_twice(
     assert seen is not None
 
     cutoff = fake_clock() - STALE_AFTER
-    book = DynamoTaskBook(tasks)
+    counting = CountingTaskStore()
+    book = DynamoTaskBook(counting)
     verdicts = [book.cancel(listed[0], seen, cutoff, REASON_AGENT_OFFLINE) for _ in range(2)]
 
     assert [verdict.value for verdict in verdicts] == ["cancelled", "lost"]
+    assert counting.reads == 0, "the refusal carried the task's status"
     assert token
+
+
+def test_cancel_delegated_keeps_every_guard_and_the_reason_it_is_given(
+    world: World, fake_clock: FakeClock, tap: EventTap
+) -> None:
+    """The store's delegated -> cancelled passes its guards and reason on to the
+    shared cancel: a presence version that moved, or a stale lease a heartbeat
+    revived, refuses it; the lease seen exactly at the cutoff does not."""
+    task_id = delegated_task(world.topic_id, world.agent_id)
+    connect(world, "c-1", "s1")
+    before = wiring.presence_store().read(world.agent_id)
+    assert before is not None
+    connect(world, "c-2", "s2")  # a subscribe since the read: the version moved
+    seen = wiring.presence_store().read(world.agent_id)
+    assert seen is not None
+    assert seen.version != before.version
+    seen_at = fake_clock() - STALE_AFTER
+    put_lease(world.agent_id, "c-old", "s1", last_seen_at=seen_at)
+    task = tasks.get(task_id)
+    assert task is not None
+
+    with pytest.raises(TransitionRefused) as moved:
+        tasks.cancel_delegated(task, presence_version=before.version)
+    assert moved.value.guard_failed
+    with pytest.raises(TransitionRefused) as revived:
+        # The lease was seen after this cutoff: a heartbeat since the recheck.
+        tasks.cancel_delegated(
+            task, presence_version=seen.version, stale_leases=["c-old"], stale_before=seen_at - 1
+        )
+    assert revived.value.guard_failed
+    assert status(task_id) == "delegated"
+    assert tap.drain() == []
+
+    cancelled = tasks.cancel_delegated(
+        task,
+        presence_version=seen.version,
+        stale_leases=["c-old"],
+        stale_before=seen_at,
+        reason=REASON_AGENT_OFFLINE,
+    )
+
+    assert cancelled.status == "cancelled"
+    assert status(task_id) == "cancelled"
+    [event] = tap.drain()
+    assert int(event["detail"]["task_id"]) == task_id
+    assert event["detail"]["reason"] == REASON_AGENT_OFFLINE
 
 
 def test_slot_release_is_idempotent_and_stored(world: World) -> None:
