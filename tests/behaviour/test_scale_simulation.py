@@ -50,7 +50,9 @@ def test_a_sweep_short_of_time_hands_on_and_no_invocation_outlasts_its_budget() 
     result = Simulation(short).run()
     assert result.sweep_continuations >= 2 * short.sweep_workers * (short.minutes - 1)
     assert result.sweep_chains_cut == 0
+    assert result.sweep_longest_chain >= 2, "a continuation that runs short hands on again"
     assert result.sweep_longest_ms / 1000 <= short.sweep_budget_seconds + ONE_SETTLE_SECONDS
+    assert result.continuation_longest_ms / 1000 <= short.sweep_budget_seconds + ONE_SETTLE_SECONDS
     # Every routed agent still read once a minute: one partition per agent, plus
     # an index page per shard and one more per continuation's resumed shard.
     minute = result.meter.minute(2)
@@ -141,3 +143,14 @@ def test_a_run_is_the_same_from_one_run_to_the_next() -> None:
     assert first.meter.seconds == second.meter.seconds
     assert first.unroute_seconds == second.unroute_seconds
     assert first.storm_settle_seconds == second.storm_settle_seconds
+
+
+def test_a_chain_at_its_hop_bound_leaves_the_rest_to_the_next_minute() -> None:
+    # A share that needs more than 1 + MAX_SWEEP_HOPS budgets: each chain is cut,
+    # and the agents past the cut wait for a later minute's sweep.
+    tiny = dataclasses.replace(
+        SCENARIO, agents=2_000, minutes=4, storm_at_minute=None, sweep_budget_seconds=0.1
+    )
+    result = Simulation(tiny).run()
+    assert result.sweep_chains_cut > 0
+    assert result.sweep_longest_chain == sweep_plan.MAX_SWEEP_HOPS

@@ -116,7 +116,9 @@ def summary(outcome: Outcome) -> str:
         f"{aws.SWEEPER_TIMEOUT_SECONDS:.0f} s (no settle starts past "
         f"{scenario.sweep_budget_seconds:g} s: the rest goes to a continuation)",
         f"- sweep continuations: {outcome.sweep_continuations:,} in all, at most "
-        f"{_most_continuations(outcome):,} in a minute; chains cut at the hop bound "
+        f"{_most_continuations(outcome):,} in a minute; the longest "
+        f"{outcome.continuation_longest_ms / 1000:.1f} s; chains of at most "
+        f"{outcome.sweep_longest_chain} continuations; chains cut at the hop bound "
         f"(left to the next minute's sweep): {outcome.sweep_chains_cut:,}",
         f"- storm: {outcome.storm_sessions:,} sockets dropped; all back: {settle}; "
         f"grace schedules refused by Scheduler's rate and owed instead: {throttled:,.0f}",

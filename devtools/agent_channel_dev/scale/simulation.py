@@ -99,6 +99,9 @@ class Outcome:
     storm_sessions: int = 0
     sweep_longest_ms: float = 0.0
     sweep_continuations: int = 0
+    continuation_longest_ms: float = 0.0
+    sweep_longest_chain: int = 0
+    """The most continuations one sweep invocation's chain made."""
     sweep_chains_cut: int = 0
     """Sweeps that stopped at their budget as the last hop of their chain: the
     rest waited for the next minute's sweep."""
@@ -405,16 +408,23 @@ class Simulation:
                 resume=worker.resume,
                 budget=lambda: (budget_ms - meter.elapsed_ms) / 1000,
             )
-            if not swept.rest:
-                return
-            if worker.hop >= sweep_plan.MAX_SWEEP_HOPS:
+            handed_on = bool(swept.rest) and worker.hop < sweep_plan.MAX_SWEEP_HOPS
+            if handed_on:
+                meter.call("lambda", "Invoke")
+                meter.add("sweep_continuations")
+            elif swept.rest:
                 meter.add("sweep_chains_cut")
-                return
-            meter.call("lambda", "Invoke")
-            meter.add("sweep_continuations")
-            starts = second + math.ceil((meter.elapsed_ms + aws.ASYNC_INVOKE_START_MS) / 1000)
-        rest = sweep_plan.Worker(swept.rest, swept.resume, worker.hop + 1)
-        self.continuations.setdefault(starts, []).append(rest)
+            elapsed_ms = meter.elapsed_ms
+        outcome = self.outcome
+        if worker.hop:
+            outcome.continuation_longest_ms = max(
+                outcome.continuation_longest_ms, float(math.ceil(elapsed_ms))
+            )
+            outcome.sweep_longest_chain = max(outcome.sweep_longest_chain, worker.hop)
+        if handed_on:
+            starts = second + math.ceil((elapsed_ms + aws.ASYNC_INVOKE_START_MS) / 1000)
+            rest = sweep_plan.Worker(swept.rest, swept.resume, worker.hop + 1)
+            self.continuations.setdefault(starts, []).append(rest)
 
     def _note_unrouted(self, second: int) -> None:
         for agent_id in self.store.cleared:
