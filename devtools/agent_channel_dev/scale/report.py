@@ -117,9 +117,9 @@ def summary(outcome: Outcome) -> str:
         f"{scenario.sweep_budget_seconds:g} s: the rest goes to a continuation)",
         f"- sweep continuations: {outcome.sweep_continuations:,} in all, at most "
         f"{_most_continuations(outcome):,} in a minute; the longest "
-        f"{outcome.continuation_longest_ms / 1000:.1f} s; chains of at most "
-        f"{outcome.sweep_longest_chain} continuations; chains cut at the hop bound "
-        f"(left to the next minute's sweep): {outcome.sweep_chains_cut:,}",
+        f"{outcome.continuation_longest_ms / 1000:.1f} s; continuations in the longest "
+        f"chain: {outcome.sweep_longest_chain}; chains cut at the hop bound (left to "
+        f"the next minute's sweep): {outcome.sweep_chains_cut:,}",
         f"- storm: {outcome.storm_sessions:,} sockets dropped; all back: {settle}; "
         f"grace schedules refused by Scheduler's rate and owed instead: {throttled:,.0f}",
         f"- errors the rules logged (throttled grace schedules included): {len(outcome.errors):,}",
