@@ -9,9 +9,11 @@ from functools import cache
 
 import pytest
 
+from agent_channel.presence import sweep_plan
 from agent_channel.storage import schema
 from agent_channel_dev.scale import aws
 from agent_channel_dev.scale.cost import session_month
+from agent_channel_dev.scale.report import per_minute_table
 from agent_channel_dev.scale.simulation import Outcome, Scenario, Simulation
 
 SCENARIO = Scenario(agents=10_000, minutes=9, storm_at_minute=5, sweep_workers=16)
@@ -30,6 +32,37 @@ def test_every_crashed_agent_is_unrouted_within_stale_after_plus_two_minutes() -
 
 def test_no_sweeper_invocation_comes_near_its_timeout() -> None:
     assert outcome().sweep_longest_ms / 1000 < aws.SWEEPER_TIMEOUT_SECONDS / 3
+    assert outcome().sweep_longest_ms / 1000 <= SCENARIO.sweep_budget_seconds
+    assert SCENARIO.sweep_budget_seconds == (
+        aws.SWEEPER_TIMEOUT_SECONDS - sweep_plan.SWEEP_MARGIN_SECONDS
+    ), "the deployed function's budget"
+
+
+ONE_SETTLE_SECONDS = 0.1
+"""More than a sweep's longest settle (a partition Query, the clear transaction and
+a CreateSchedule, about 50 ms) plus the continuation's Invoke."""
+
+
+def test_a_sweep_short_of_time_hands_on_and_no_invocation_outlasts_its_budget() -> None:
+    # A budget of a second and a half: each worker's share (about 625 agents, 4 s
+    # of settles) takes a chain of continuations every minute.
+    short = dataclasses.replace(SCENARIO, minutes=5, storm_at_minute=None, sweep_budget_seconds=1.5)
+    result = Simulation(short).run()
+    assert result.sweep_continuations >= 2 * short.sweep_workers * (short.minutes - 1)
+    assert result.sweep_chains_cut == 0
+    assert result.sweep_longest_chain >= 2, "a continuation that runs short hands on again"
+    assert result.sweep_longest_ms / 1000 <= short.sweep_budget_seconds + ONE_SETTLE_SECONDS
+    assert result.continuation_longest_ms / 1000 <= short.sweep_budget_seconds + ONE_SETTLE_SECONDS
+    # Every routed agent still read once a minute: one partition per agent, plus
+    # an index page per shard and one more per continuation's resumed shard.
+    minute = result.meter.minute(2)
+    queries = minute["sweeper:Query"]
+    continued = minute["sweep_continuations"]
+    assert 0.9 * short.agents < queries <= short.agents + schema.ROUTED_SHARDS + 1 + continued
+    unrouted = result.unroute_seconds
+    assert unrouted and max(unrouted) <= short.stale_after_seconds + 120
+    table = per_minute_table(result)
+    assert "longest sweeper invocation (s)" in table and "sweep continuations" in table
 
 
 def test_the_sweep_reads_one_partition_per_routed_agent_and_one_page_per_shard() -> None:
@@ -110,3 +143,14 @@ def test_a_run_is_the_same_from_one_run_to_the_next() -> None:
     assert first.meter.seconds == second.meter.seconds
     assert first.unroute_seconds == second.unroute_seconds
     assert first.storm_settle_seconds == second.storm_settle_seconds
+
+
+def test_a_chain_at_its_hop_bound_leaves_the_rest_to_the_next_minute() -> None:
+    # A share that needs more than 1 + MAX_SWEEP_HOPS budgets: each chain is cut,
+    # and the agents past the cut wait for a later minute's sweep.
+    tiny = dataclasses.replace(
+        SCENARIO, agents=2_000, minutes=4, storm_at_minute=None, sweep_budget_seconds=0.1
+    )
+    result = Simulation(tiny).run()
+    assert result.sweep_chains_cut > 0
+    assert result.sweep_longest_chain == sweep_plan.MAX_SWEEP_HOPS

@@ -10,6 +10,7 @@ import pytest
 
 from agent_channel.grace.scheduler import GraceCancellation
 from agent_channel.presence import rules as presence_rules
+from agent_channel.presence import sweep_plan
 from agent_channel.presence.dynamodb import DynamoPresenceStore
 from agent_channel.presence.model import Lease, Presence
 from agent_channel.storage import schema
@@ -17,7 +18,7 @@ from agent_channel.storage.records import UserRecord
 from agent_channel_dev.instruments.request_counter import counting_requests
 from tests.support.clock import FakeClock
 from tests.support.faults import scheduler_down
-from tests.support.gateway import function
+from tests.support.gateway import function, invoke
 from tests.support.interleave import (
     INTERLEAVED_SERVICES,
     TABLE_ONLY,
@@ -254,6 +255,35 @@ def sweep_races_a_sibling_disconnect(world: PresenceWorld) -> tuple[list, Callab
     return actors, check
 
 
+def continuation_races_the_next_sweep(world: PresenceWorld) -> tuple[list, Callable]:
+    """A sweep that ran out of time handed its rest to a continuation, which is
+    still settling the agent when the next minute's sweep reaches it too: one of
+    them clears routing and schedules the grace, the other changes nothing."""
+    world.open("a")
+    world.make_stale("a")
+    # The continuation resumes after an agent the index holds before this one.
+    before = world.owner_id
+    assert schema.agent_sort(before) < schema.agent_sort(world.agent_id)
+    event = sweep_plan.worker_event([0], sweep_plan.Resume(0, before), hop=1)
+    actors = [("continuation", lambda: invoke("sweeper", event)), ("sweep", world.sweep())]
+
+    def check(world: PresenceWorld, run: Run) -> None:
+        presence = world.presence()
+        assert not presence.routing_on and not presence.leases
+        agent_wide = [
+            params
+            for params in run.calls("scheduler", SCHEDULE_WRITES)
+            if params["Name"] == f"grace-{world.agent_id}"
+        ]
+        assert len(agent_wide) == 1, f"the grace scheduled {len(agent_wide)} times: {run.trace}"
+        outcomes = sorted(
+            outcome for answer in run.results.values() for outcome in answer["outcomes"]
+        )
+        assert outcomes == ["last_out"] or outcomes == ["last_out", "nothing"], outcomes
+
+    return actors, check
+
+
 SMALL_SCENARIOS = [
     two_disconnects,
     disconnect_heartbeat_and_sweep,
@@ -265,6 +295,7 @@ SMALL_SCENARIOS = [
     subscribe_reaps_while_the_stale_sibling_disconnects,
     sibling_disconnects_leave_the_reap_to_the_sweep,
     sweep_races_a_sibling_disconnect,
+    continuation_races_the_next_sweep,
 ]
 
 

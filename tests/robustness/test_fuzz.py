@@ -26,8 +26,10 @@ from agent_channel.storage.records import Record
 from agent_channel_dev.instruments.request_counter import counting_requests
 from agent_channel_dev.local.apigw_events import authorizer_event, route_event
 from tests.support import management_server
+from tests.support.clock import FakeClock
 from tests.support.fixtures import World
 from tests.support.gateway import Gateway, invoke
+from tests.support.logs import captured_log_lines
 from tests.support.management_server import ManagementApi, connect_agent
 
 # Local URLs pass through moto: replay and default answer on a real @connections server.
@@ -422,6 +424,128 @@ def test_the_sweeper_ignores_its_input(world: World, event: Any) -> None:
     with writes_nothing():
         answer = invoke("sweeper", event)
     assert isinstance(answer["outcomes"], dict)
+
+
+def _routed_crashed_agent(world: World, clock: FakeClock) -> None:
+    """The world's agent routed, its plugin crashed: a sweep would settle it."""
+    query = {"agent_id": str(world.agent_id), "session_id": "s"}
+    assert Gateway().connect(query, token=world.owner_token).status == 200
+    clock.advance(channel_settings().stale_after_seconds + 1)
+
+
+ALL_SHARDS = list(range(256))
+MALFORMED_CONTINUATIONS = {
+    "resume shard not listed": {
+        "sweep_shards": [1, 2],
+        "sweep_resume": {"shard": 3, "after": 3},
+        "sweep_hop": 1,
+    },
+    "resume without a hop": {"sweep_shards": [0], "sweep_resume": {"shard": 0, "after": 256}},
+    "resume at hop 0": {
+        "sweep_shards": [0],
+        "sweep_resume": {"shard": 0, "after": 256},
+        "sweep_hop": 0,
+    },
+    "agent id as text": {
+        "sweep_shards": [0],
+        "sweep_resume": {"shard": 0, "after": "256"},
+        "sweep_hop": 1,
+    },
+    "agent id a bool": {
+        "sweep_shards": [1],
+        "sweep_resume": {"shard": 1, "after": True},
+        "sweep_hop": 1,
+    },
+    "agent id a float": {
+        "sweep_shards": [0],
+        "sweep_resume": {"shard": 0, "after": 256.0},
+        "sweep_hop": 1,
+    },
+    "agent id zero": {
+        "sweep_shards": [0],
+        "sweep_resume": {"shard": 0, "after": 0},
+        "sweep_hop": 1,
+    },
+    "agent id negative": {
+        "sweep_shards": [0],
+        "sweep_resume": {"shard": 0, "after": -256},
+        "sweep_hop": 1,
+    },
+    "agent id of 19 digits": {
+        "sweep_shards": [0],
+        "sweep_resume": {"shard": 0, "after": 10**18},
+        "sweep_hop": 1,
+    },
+    "resume shard as text": {
+        "sweep_shards": [0],
+        "sweep_resume": {"shard": "0", "after": 256},
+        "sweep_hop": 1,
+    },
+    "resume missing its agent": {"sweep_shards": [0], "sweep_resume": {"shard": 0}, "sweep_hop": 1},
+    "resume with more": {
+        "sweep_shards": [0],
+        "sweep_resume": {"shard": 0, "after": 256, "until": 9},
+        "sweep_hop": 1,
+    },
+    "resume a list": {"sweep_shards": [0], "sweep_resume": [0, 256], "sweep_hop": 1},
+    "hop past the bound": {"sweep_shards": ALL_SHARDS, "sweep_hop": 5},
+    "hop negative": {"sweep_shards": ALL_SHARDS, "sweep_hop": -1},
+    "hop a bool": {"sweep_shards": ALL_SHARDS, "sweep_hop": True},
+    "hop as text": {"sweep_shards": ALL_SHARDS, "sweep_hop": "1"},
+    "hop without shards": {"sweep_hop": 1},
+    "resume without shards": {"sweep_resume": {"shard": 0, "after": 256}, "sweep_hop": 1},
+    "an unknown sweep key": {"sweep_shards": ALL_SHARDS, "sweep_until": 3},
+}
+
+
+@pytest.mark.parametrize("event", MALFORMED_CONTINUATIONS.values(), ids=MALFORMED_CONTINUATIONS)
+def test_a_malformed_continuation_event_changes_nothing(
+    world: World, fake_clock: FakeClock, event: Any
+) -> None:
+    from agent_channel.presence import sweep_plan
+
+    _routed_crashed_agent(world, fake_clock)
+    with pytest.raises(sweep_plan.BadShards):
+        sweep_plan.worker_order(event)
+    with writes_nothing(), captured_log_lines() as lines:
+        answer = invoke("sweeper", event)
+    assert answer == {"outcomes": {}}
+    assert [line["message"] for line in lines] == ["malformed sweep worker event ignored"]
+
+
+@FUZZ
+@given(
+    shards=st.lists(st.integers(min_value=0, max_value=255), min_size=1, max_size=4),
+    resume=st.one_of(
+        json_values,
+        st.fixed_dictionaries({"shard": json_values, "after": json_values}),
+        st.fixed_dictionaries(
+            {
+                "shard": st.integers(min_value=-1, max_value=256),
+                "after": st.integers(min_value=-1, max_value=10**19),
+            }
+        ),
+    ),
+    hop=st.one_of(json_values, st.integers(min_value=-1, max_value=6)),
+)
+def test_a_continuation_event_is_read_exactly_or_refused(
+    shards: list[int], resume: Any, hop: Any
+) -> None:
+    # Whatever a continuation event holds, it is either a worker the sweep could
+    # have written or BadShards (logged, nothing changed): never another error.
+    from agent_channel.presence import sweep_plan
+
+    event = {"sweep_shards": shards, "sweep_resume": resume, "sweep_hop": hop}
+    try:
+        worker = sweep_plan.worker_order(event)
+    except sweep_plan.BadShards:
+        return
+    assert worker is not None and worker.resume is not None
+    assert 1 <= worker.hop <= sweep_plan.MAX_SWEEP_HOPS
+    assert worker.resume.shard in worker.shards
+    assert 0 < worker.resume.after < sweep_plan.MAX_AGENT_ID
+    again = sweep_plan.worker_event(list(worker.shards), worker.resume, worker.hop)
+    assert sweep_plan.worker_order(again) == worker
 
 
 def _grace_input_is_malformed(event: Any) -> bool:

@@ -11,7 +11,8 @@ changed or removed with its item, one more write each (two when its key changes)
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from bisect import bisect_right
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -24,6 +25,8 @@ from agent_channel_dev.scale.meter import Meter
 
 USER_KB = math.ceil(aws.ITEM_BYTES["user"] / 1024)
 LEASE_KB = math.ceil(aws.ITEM_BYTES["lease"] / 1024)
+INDEX_PAGE_ITEMS = 1024 * 1024 // aws.ITEM_BYTES["user"]
+"""Index entries in one Query page (1 MB): the agent item is projected whole."""
 
 
 @dataclass
@@ -82,16 +85,21 @@ class MemoryPresenceStore:
 
     def routed_agents(self, shards: Sequence[int] | None = None) -> list[int]:
         numbers = range(schema.ROUTED_SHARDS) if shards is None else shards
-        found: list[int] = []
-        for number in numbers:
-            members = sorted(self.routed.get(number, ()))
-            # Eventually consistent index Query: half a unit per 4 KB, 1 MB pages.
-            size = len(members) * aws.ITEM_BYTES["user"]
-            pages = max(1, math.ceil(size / (1024 * 1024)))
-            for _ in range(pages):
-                self.meter.dynamodb("Query", rru=max(0.5, size / pages / 4096 * 0.5))
-            found.extend(members)
-        return found
+        return [agent_id for number in numbers for agent_id in self.routed_in_shard(number)]
+
+    def routed_in_shard(self, shard: int, after: int | None = None) -> Iterator[int]:
+        # The index's order (the sort key is the id as a string), and its paging:
+        # an eventually consistent Query bills half a unit per 4 KB, a page at a
+        # time, and a sweep that stops early reads (and pays for) no further page.
+        members = sorted(self.routed.get(shard, ()), key=schema.agent_sort)
+        if after is not None:
+            members = members[
+                bisect_right(members, schema.agent_sort(after), key=schema.agent_sort) :
+            ]
+        for first in range(0, max(1, len(members)), INDEX_PAGE_ITEMS):
+            page = members[first : first + INDEX_PAGE_ITEMS]
+            self.meter.dynamodb("Query", rru=max(0.5, len(page) * aws.ITEM_BYTES["user"] / 8192))
+            yield from page
 
     def owed_graces(self) -> list[tuple[GraceCancellation, float]]:
         self.meter.dynamodb("Query", rru=0.5)

@@ -12,6 +12,10 @@ from agent_channel_dev.scale import aws
 
 Tally = defaultdict[str, float]
 
+LONGEST = "longest_ms:"
+"""Prefix of a tally key that holds the longest invocation of a function (its
+minute takes the maximum of its seconds, not their sum)."""
+
 
 def tally() -> Tally:
     return defaultdict(float)
@@ -75,6 +79,12 @@ class Meter:
             self._current[self._function + ":" + operation] += 1
             self._elapsed_ms += aws.request_ms(operation, aws.MEMORY_MB[self._function])
 
+    @property
+    def elapsed_ms(self) -> float:
+        """How long the current invocation has run so far (its requests' time
+        and its own CPU): what the sweeper's time budget is measured against."""
+        return self._elapsed_ms
+
     def begin(self, function: str) -> None:
         """One Lambda invocation of ``function`` starts (invocations do not nest)."""
         self._function = function
@@ -91,6 +101,9 @@ class Meter:
         bucket["lambda:" + function] += 1
         bucket["lambda_gb_seconds"] += aws.MEMORY_MB[function] / 1024 * billed_ms / 1000
         bucket["lambda_busy_ms"] += billed_ms
+        longest = LONGEST + function
+        if billed_ms > bucket[longest]:
+            bucket[longest] = billed_ms
         if billed_ms > self.longest_ms.get(function, 0.0):
             self.longest_ms[function] = billed_ms
         self._function = None
@@ -103,8 +116,15 @@ class Meter:
         total = tally()
         for second in range(minute * 60, minute * 60 + 60):
             for key, value in self.seconds.get(second, {}).items():
-                total[key] += value
+                if key.startswith(LONGEST):
+                    total[key] = max(total[key], value)
+                else:
+                    total[key] += value
         return total
+
+    def total(self, key: str) -> float:
+        """The whole run's count."""
+        return sum(counts.get(key, 0.0) for counts in self.seconds.values())
 
     def peak_per_second(self, key: str, start: int = 0, end: int | None = None) -> float:
         last = max(self.seconds, default=0) if end is None else end

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from agent_channel_dev.scale import aws
 from agent_channel_dev.scale.cost import server_per_session_month, session_month
+from agent_channel_dev.scale.meter import LONGEST
 from agent_channel_dev.scale.simulation import Outcome, median, percentile
 
 COLUMNS = [
@@ -16,6 +17,8 @@ COLUMNS = [
     ("@connections posts", "posts"),
     ("new connections", "new_connections"),
     ("upgrade attempts", "connect_attempts"),
+    ("longest sweeper invocation (s)", "sweeper_longest_s"),
+    ("sweep continuations", "sweep_continuations"),
 ]
 
 
@@ -32,6 +35,7 @@ def per_minute_table(outcome: Outcome) -> str:
     for minute in range(meter.minutes()):
         counts = meter.minute(minute)
         counts["scheduler_calls"] = sum(v for k, v in counts.items() if k.startswith("scheduler:"))
+        counts["sweeper_longest_s"] = counts[LONGEST + "sweeper"] / 1000
         mark = " (storm)" if minute == outcome.scenario.storm_at_minute else ""
         cells = " | ".join(_fmt(counts[key]) for _, key in COLUMNS)
         lines.append(f"| {minute}{mark} | {cells} |")
@@ -109,12 +113,25 @@ def summary(outcome: Outcome) -> str:
         f"{median(unroute):.0f} s, p99 {percentile(unroute, 0.99):.0f} s, max "
         f"{max(unroute, default=0):.0f} s (goal: at most {scenario.stale_after_seconds + 120} s)",
         f"- longest sweeper invocation: {outcome.sweep_longest_ms / 1000:.1f} s of "
-        f"{aws.SWEEPER_TIMEOUT_SECONDS:.0f} s",
+        f"{aws.SWEEPER_TIMEOUT_SECONDS:.0f} s (no settle starts past "
+        f"{scenario.sweep_budget_seconds:g} s: the rest goes to a continuation)",
+        f"- sweep continuations: {outcome.sweep_continuations:,} in all, at most "
+        f"{_most_continuations(outcome):,} in a minute; the longest "
+        f"{outcome.continuation_longest_ms / 1000:.1f} s; continuations in the longest "
+        f"chain: {outcome.sweep_longest_chain}; chains cut at the hop bound (left to "
+        f"the next minute's sweep): {outcome.sweep_chains_cut:,}",
         f"- storm: {outcome.storm_sessions:,} sockets dropped; all back: {settle}; "
         f"grace schedules refused by Scheduler's rate and owed instead: {throttled:,.0f}",
         f"- errors the rules logged (throttled grace schedules included): {len(outcome.errors):,}",
     ]
     return "\n".join(lines)
+
+
+def _most_continuations(outcome: Outcome) -> int:
+    meter = outcome.meter
+    return int(
+        max((meter.minute(m)["sweep_continuations"] for m in range(meter.minutes())), default=0)
+    )
 
 
 def cost_table(outcomes: dict[str, Outcome]) -> str:

@@ -9,12 +9,15 @@ optionally a storm (every socket dropped at once). Each route runs the real rule
 (rules.subscribe, disconnect, sweep; the restore route's rules.heartbeat) inside a
 metered Lambda invocation; a heartbeat is API Gateway's own conditional
 UpdateItem (the store's touch, no Lambda), and every ``restore_every``-th beat a
-restore; the sweeper runs every minute, fanned out as the deployed one is.
+restore; the sweeper runs every minute, fanned out as the deployed one is, each
+invocation within the deployed one's time budget, handing what it could not
+finish to a continuation.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import statistics
 from collections.abc import Callable, Iterator
@@ -63,6 +66,9 @@ class Scenario:
     lambda_heartbeats: bool = False
     """The design before: every heartbeat a Lambda (touch, else restore)."""
     sweep_workers: int = 16
+    sweep_budget_seconds: float = aws.SWEEPER_TIMEOUT_SECONDS - sweep_plan.SWEEP_MARGIN_SECONDS
+    """How long a sweep invocation may start settles for before it hands the rest
+    to a continuation (the deployed function: its timeout less the margin)."""
     until_settled: bool = False
     """With a storm: end the run with the minute the storm settles in (every
     dropped session connected again); ``minutes`` is then the longest run."""
@@ -92,6 +98,13 @@ class Outcome:
     storm_settle_seconds: float | None = None
     storm_sessions: int = 0
     sweep_longest_ms: float = 0.0
+    sweep_continuations: int = 0
+    continuation_longest_ms: float = 0.0
+    sweep_longest_chain: int = 0
+    """The most continuations one sweep invocation's chain made."""
+    sweep_chains_cut: int = 0
+    """Sweeps that stopped at their budget as the last hop of their chain: the
+    rest waited for the next minute's sweep."""
     errors: list[str] = field(default_factory=list)
     connected_at_end: int = 0
     storm_waiting_at_end: int = 0
@@ -161,6 +174,8 @@ class Simulation:
         self.storm_waiting: set[int] = set()
         self.storm_started = 0.0
         self._connection_serial = 0
+        self.continuations: dict[int, list[sweep_plan.Worker]] = {}
+        """Second -> sweep continuations that start in it."""
 
     # -- the fleet ---------------------------------------------------------------------
     def _at(self, second: int, kind: str, index: int) -> None:
@@ -368,15 +383,48 @@ class Simulation:
         self.outcome.storm_sessions = len(self.storm_waiting)
 
     # -- the sweeper -------------------------------------------------------------------
-    def _sweep(self) -> None:
+    def _sweep(self, second: int) -> None:
         groups = sweep_plan.shard_groups(self.scenario.sweep_workers)
         with self.meter.invocation("sweeper"):
             rules.pay_owed_graces(self.store, self.scheduler)
             for _ in groups:
                 self.meter.call("lambda", "Invoke")
         for shards in groups:
-            with self.meter.invocation("sweeper"):
-                rules.sweep(self.store, self.scheduler, self.settings, shards)
+            self._sweep_worker(second, sweep_plan.Worker(tuple(shards)))
+
+    def _sweep_worker(self, second: int, worker: sweep_plan.Worker) -> None:
+        """One worker invocation as functions/sweeper runs it on Lambda: it sweeps
+        until its time budget runs out, then hands the rest to a continuation,
+        which starts once this invocation has ended and its event has been queued
+        (it then sweeps the leases as they are by that second)."""
+        meter = self.meter
+        budget_ms = self.scenario.sweep_budget_seconds * 1000
+        with meter.invocation("sweeper"):
+            swept = rules.sweep(
+                self.store,
+                self.scheduler,
+                self.settings,
+                worker.shards,
+                resume=worker.resume,
+                budget=lambda: (budget_ms - meter.elapsed_ms) / 1000,
+            )
+            handed_on = bool(swept.rest) and worker.hop < sweep_plan.MAX_SWEEP_HOPS
+            if handed_on:
+                meter.call("lambda", "Invoke")
+                meter.add("sweep_continuations")
+            elif swept.rest:
+                meter.add("sweep_chains_cut")
+            elapsed_ms = meter.elapsed_ms
+        outcome = self.outcome
+        if worker.hop:
+            outcome.continuation_longest_ms = max(
+                outcome.continuation_longest_ms, float(math.ceil(elapsed_ms))
+            )
+            outcome.sweep_longest_chain = max(outcome.sweep_longest_chain, worker.hop)
+        if handed_on:
+            starts = second + math.ceil((elapsed_ms + aws.ASYNC_INVOKE_START_MS) / 1000)
+            rest = sweep_plan.Worker(swept.rest, swept.resume, worker.hop + 1)
+            self.continuations.setdefault(starts, []).append(rest)
 
     def _note_unrouted(self, second: int) -> None:
         for agent_id in self.store.cleared:
@@ -435,7 +483,9 @@ class Simulation:
             self.meter.add("messages", beats)
         self._connects(second, connects)
         if second % 60 == 0 and second > 0:
-            self._sweep()
+            self._sweep(second)
+        for worker in self.continuations.pop(second, ()):
+            self._sweep_worker(second, worker)
         fired = self.scheduler.fire_due(EPOCH + second)
         if fired:
             self.meter.add("scheduler_invocations", fired)
@@ -470,6 +520,8 @@ class Simulation:
                     break  # a whole minute, so the per-minute table's last row is one
         self.outcome.minutes_simulated = simulated // 60
         self.outcome.sweep_longest_ms = self.meter.longest_ms.get("sweeper", 0.0)
+        self.outcome.sweep_continuations = int(self.meter.total("sweep_continuations"))
+        self.outcome.sweep_chains_cut = int(self.meter.total("sweep_chains_cut"))
         self.outcome.connected_at_end = self.connected
         self.outcome.storm_waiting_at_end = len(self.storm_waiting)
         if self.storm_started:

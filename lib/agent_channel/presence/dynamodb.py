@@ -31,7 +31,7 @@ from agent_channel.storage.records import (
 from agent_channel.storage.transactions import Refused, commit, condition_failed, retrying
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
     from pynamodb.expressions.condition import Condition
     from pynamodb.expressions.update import Action
@@ -414,9 +414,14 @@ class DynamoPresenceStore:
                 raise
 
     def routed_agents(self, shards: Sequence[int] | None = None) -> list[int]:
-        agents: list[int] = []
-        for shard in schema.routed_shards(shards):
-            for record in Record.gsi1.query(shard):
-                if isinstance(record, UserRecord):
-                    agents.append(int(record.user_id))
-        return agents
+        numbers = range(schema.ROUTED_SHARDS) if shards is None else shards
+        return [agent_id for shard in numbers for agent_id in self.routed_in_shard(shard)]
+
+    def routed_in_shard(self, shard: int, after: int | None = None) -> Iterator[int]:
+        [partition] = schema.routed_shards([shard])
+        # The sort key is the agent id as a string, so "after" is in string order:
+        # the order the Query returns and a resumed sweep must keep.
+        condition = None if after is None else Record.gsi1sk > schema.agent_sort(after)
+        for record in Record.gsi1.query(partition, condition):
+            if isinstance(record, UserRecord):
+                yield int(record.user_id)

@@ -7,6 +7,7 @@ the storage conditions that make these rules race-free live in the store.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from agent_channel import clock
@@ -14,9 +15,10 @@ from agent_channel.grace.scheduler import GraceCancellation, GraceScheduler
 from agent_channel.identity.tokens import mint_lease_token
 from agent_channel.observability import count, logger
 from agent_channel.presence.store import MAX_STALE_PER_CLEAR, PresenceStore
+from agent_channel.presence.sweep_plan import Resume, every_shard
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from agent_channel.config import Settings
     from agent_channel.presence.model import Lease, Presence, Subscription
@@ -145,27 +147,71 @@ def disconnect(
     return settle(store, scheduler, settings, agent_id, dropped=dropped)
 
 
+@dataclass(frozen=True)
+class Swept:
+    """What a sweep settled, and where it stopped if its budget ran out first:
+    ``rest`` the shards it did not finish, in order (empty: it finished), and
+    ``resume`` the point reached inside the first of them, if it had begun it."""
+
+    outcomes: dict[str, int]
+    rest: tuple[int, ...] = ()
+    resume: Resume | None = None
+
+
 def sweep(
     store: PresenceStore,
     scheduler: GraceScheduler,
     settings: Settings,
     shards: Sequence[int] | None = None,
-) -> dict[str, int]:
-    """Settle every routed agent (of the given index shards, or of all): an agent
-    whose plugins all crashed without a $disconnect becomes unroutable within
-    STALE_AFTER plus one sweep. A sweep of all shards also pays owed graces; a
-    shard worker leaves that to the sweep that fanned it out."""
+    *,
+    resume: Resume | None = None,
+    budget: Callable[[], float] | None = None,
+) -> Swept:
+    """Settle every routed agent (of the given index shards, in their order, or of
+    all): an agent whose plugins all crashed without a $disconnect becomes
+    unroutable within STALE_AFTER plus one sweep. A sweep of all shards also pays
+    owed graces; a shard worker leaves that to the sweep that fanned it out.
+
+    ``resume`` skips the agents of its shard up to and including ``resume.after``
+    (a continuation's starting point). ``budget`` gives the seconds left to start
+    new work in: once it is at or below zero the sweep starts no further settle
+    and returns where it stopped. At least one agent is settled first, so a chain
+    of continuations always moves on.
+    """
     outcomes: dict[str, int] = {}
     if shards is None:
         pay_owed_graces(store, scheduler)
-    for agent_id in store.routed_agents(shards):
-        try:
-            outcome = settle(store, scheduler, settings, agent_id, dropped=None)
-        except Exception:
-            logger.exception("sweep of agent failed", extra={"agent_id": agent_id})
-            outcome = Settled.CONFLICT
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
-    return outcomes
+    order = every_shard() if shards is None else list(shards)
+    settled_any = False
+    for position, shard in enumerate(order):
+        after = resume.after if resume is not None and resume.shard == shard else None
+        if settled_any and _spent(budget):
+            return _stopped(outcomes, order[position:], shard, after)
+        # Race: a continuation may still be sweeping these agents when the next
+        # minute's sweep (or the continuation of an earlier one) reaches them too.
+        # Harmless: settle decides on a consistent read and writes only under the
+        # presence version and staleness conditions, so the second settle of an
+        # agent finds nothing to do or fails its condition and reads again.
+        for agent_id in store.routed_in_shard(shard, after):
+            if settled_any and _spent(budget):
+                return _stopped(outcomes, order[position:], shard, after)
+            try:
+                outcome = settle(store, scheduler, settings, agent_id, dropped=None)
+            except Exception:
+                logger.exception("sweep of agent failed", extra={"agent_id": agent_id})
+                outcome = Settled.CONFLICT
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            settled_any = True
+            after = agent_id
+    return Swept(outcomes)
+
+
+def _spent(budget: Callable[[], float] | None) -> bool:
+    return budget is not None and budget() <= 0
+
+
+def _stopped(outcomes: dict[str, int], rest: list[int], shard: int, after: int | None) -> Swept:
+    return Swept(outcomes, tuple(rest), None if after is None else Resume(shard, after))
 
 
 MAX_OWED_GRACES_PER_SWEEP = 400

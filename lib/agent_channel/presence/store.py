@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
 
     from agent_channel.grace.scheduler import GraceCancellation
     from agent_channel.presence.model import Attachment, Lease, Presence, Subscription
@@ -72,3 +72,8 @@ class PresenceStore(Protocol):
     def routed_agents(self, shards: Sequence[int] | None = None) -> list[int]:
         """Agents whose routing is on, from an index (may lag; decide on a read):
         those of the given index shards, or of every shard."""
+
+    def routed_in_shard(self, shard: int, after: int | None = None) -> Iterable[int]:
+        """The routed agents of one index shard, in the index's order (by
+        ``schema.agent_sort``), only those after ``after`` if given; read lazily,
+        page by page, so a sweep that stops early reads no further."""
