@@ -91,7 +91,7 @@ chaos: setup
 # The scale model at 100,000 and 1,000,000 agents, and the cost per session-month
 # (docs/SCALE.md); CI runs 10,000 in tests/behaviour/test_scale_simulation.py. Each
 # storm run goes on until every dropped session is back (at most 90 simulated
-# minutes; a million agents need 52): about 40 minutes on two shared cores.
+# minutes; a million agents need 52): about 30 minutes on two shared cores.
 simulate: setup
 	$(BIN)/python -m agent_channel_dev.scale --cost 15 30 --lambda-heartbeats
 	nice $(BIN)/python -m agent_channel_dev.scale --agents 100000 1000000 --storm-at 5 \

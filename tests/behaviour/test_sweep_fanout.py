@@ -287,7 +287,7 @@ def test_under_an_emulator_the_sweep_ignores_the_clock_and_sweeps_in_place(
 def test_the_largest_continuation_event_fits_an_asynchronous_invoke() -> None:
     # Every shard, the longest agent id, the last hop: far below the 256 KB an
     # asynchronous invocation's payload may hold, and read back as written.
-    after = sweep_plan.MAX_AGENT_ID - 1
+    after = schema.MAX_ID - 1
     resume = sweep_plan.Resume(after % schema.ROUTED_SHARDS, after)
     event = sweep_plan.worker_event(sweep_plan.every_shard(), resume, sweep_plan.MAX_SWEEP_HOPS)
     payload = json.dumps(event).encode()

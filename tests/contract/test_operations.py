@@ -124,11 +124,24 @@ def test_every_emitted_metric_is_on_the_dashboard_and_nothing_else() -> None:
 
 def test_every_alarm_on_our_namespace_names_an_emitted_metric() -> None:
     emitted = emitted_metrics()
-    ours = {name: a for name, a in alarms().items() if a.get("Namespace") == NAMESPACE}
+    ours = [(name, a) for name, a in alarms().items() if a.get("Namespace") == NAMESPACE] + [
+        (name, m["MetricStat"]["Metric"])
+        for name, a in alarms().items()
+        for m in a.get("Metrics", [])
+        if "MetricStat" in m and m["MetricStat"]["Metric"].get("Namespace") == NAMESPACE
+    ]
     assert ours
-    for name, alarm in ours.items():
+    for name, alarm in ours:
         assert alarm["MetricName"] in emitted, name
         assert alarm["Dimensions"] == [{"Name": "service", "Value": SERVICE}], name
+
+
+def test_a_sweep_left_to_a_later_minute_raises_an_alarm() -> None:
+    alarm = alarms()["SweepFallingBehindAlarm"]
+    stats = {m["MetricStat"]["Metric"]["MetricName"] for m in alarm["Metrics"] if "MetricStat" in m}
+    assert stats == {"SweepWorkerFailures", "SweepContinuationFailures"}
+    [total] = [m for m in alarm["Metrics"] if m.get("ReturnData")]
+    assert "workers" in total["Expression"] and "continuations" in total["Expression"]
 
 
 def test_every_alarm_notifies_the_topic_and_is_explained() -> None:

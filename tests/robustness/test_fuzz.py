@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from agent_channel.config import settings as channel_settings
 from agent_channel.identity.authorizer import BadConnectRequest, parse_connect_query
 from agent_channel.identity.caller import Target
+from agent_channel.storage import schema
 from agent_channel.storage.records import Record
 from agent_channel_dev.instruments.request_counter import counting_requests
 from agent_channel_dev.local.apigw_events import authorizer_event, route_event
@@ -543,7 +544,7 @@ def test_a_continuation_event_is_read_exactly_or_refused(
     assert worker is not None and worker.resume is not None
     assert 1 <= worker.hop <= sweep_plan.MAX_SWEEP_HOPS
     assert worker.resume.shard in worker.shards
-    assert 0 < worker.resume.after < sweep_plan.MAX_AGENT_ID
+    assert 0 < worker.resume.after < schema.MAX_ID
     again = sweep_plan.worker_event(list(worker.shards), worker.resume, worker.hop)
     assert sweep_plan.worker_order(again) == worker
 

@@ -26,6 +26,7 @@ from agent_channel import client_json
 from agent_channel.backend import idempotency
 from agent_channel.errors import Refusal
 from agent_channel.observability import logger
+from agent_channel.storage.schema import MAX_ID
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -38,9 +39,6 @@ if TYPE_CHECKING:
     from agent_channel.grace.scheduler import GraceScheduler
     from agent_channel.presence.store import PresenceStore
     from agent_channel.tasks.store import TaskStore
-
-MAX_ID = 10**18
-"""Ids are positive integers below this (the authorizer accepts up to 18 digits)."""
 
 
 class CommandError(Refusal):

@@ -39,10 +39,6 @@ beginnings, and ``SweepContinuationFailures`` tells the operator. A whole chain
 stays far below the 16 after which Lambda's recursive loop detection stops a
 chain of invocations."""
 
-MAX_AGENT_ID = 10**18
-"""Agent ids are positive integers below this (the authorizer accepts up to 18
-digits)."""
-
 _KEYS = frozenset({"sweep_shards", "sweep_resume", "sweep_hop"})
 
 
@@ -137,6 +133,6 @@ def _resume(resume: Any, shards: list[int]) -> Resume:
     shard, after = resume["shard"], resume["after"]
     if type(shard) is not int or shard not in shards:
         raise BadShards("a resume point lies in one of the listed shards")
-    if type(after) is not int or not 0 < after < MAX_AGENT_ID:
-        raise BadShards(f"a resume point's agent id is a positive integer below {MAX_AGENT_ID}")
+    if type(after) is not int or not 0 < after < schema.MAX_ID:
+        raise BadShards(f"a resume point's agent id is a positive integer below {schema.MAX_ID}")
     return Resume(shard, after)

@@ -46,6 +46,11 @@ if TYPE_CHECKING:
 Key = tuple[str, str]
 """A (partition key, sort key) pair."""
 
+MAX_ID = 10**18
+"""Ids (users, agents, topics, tasks) are positive integers below this: the
+authorizer accepts up to 18 digits, and every input that names an id is held to
+the same bound."""
+
 # ---------------------------------------------------------------- base table
 
 
