@@ -22,7 +22,7 @@ from agent_channel_dev.instruments.request_counter import counting_requests
 from agent_channel_dev.local.apigw_events import route_event, scheduled_event
 from tests.support.clock import FakeClock
 from tests.support.faults import failing_requests
-from tests.support.fixtures import World
+from tests.support.fixtures import World, write_crashed_leases
 from tests.support.gateway import Gateway, invoke
 from tests.support.logs import captured_log_lines
 
@@ -262,18 +262,7 @@ def test_the_sweeper_unroutes_an_agent_with_more_crashed_sessions_than_one_clear
     Gateway().connect(agent_query(world), token=world.owner_token)
     # More crashed sessions than one transaction holds beside the agent's item: the
     # sweeper reaps the excess first, then clears routing with a full transaction.
-    with LeaseRecord.batch_write() as batch:
-        for n in range(MAX_STALE_PER_CLEAR + 20):
-            batch.save(
-                LeaseRecord(
-                    *schema.lease_key(world.agent_id, f"crashed{n:03}="),
-                    agent_id=world.agent_id,
-                    connection_id=f"crashed{n:03}=",
-                    token="lease-token",
-                    session_id=f"crashed{n:03}",
-                    last_seen_at=fake_clock(),
-                )
-            )
+    write_crashed_leases(world.agent_id, MAX_STALE_PER_CLEAR + 20, fake_clock())
     fake_clock.advance(settings().stale_after_seconds + 1)
     swept = invoke("sweeper", scheduled_event())
     assert swept["outcomes"] == {"last_out": 1}

@@ -16,13 +16,13 @@ from agent_channel.lambda_kit import wiring
 from agent_channel.presence.model import Subscription
 from agent_channel.presence.store import MAX_STALE_PER_CLEAR, AccessDenied
 from agent_channel.storage import schema
-from agent_channel.storage.records import ConnectionRecord, LeaseRecord, Record
+from agent_channel.storage.records import ConnectionRecord, Record
 from agent_channel.tasks.dynamodb import DynamoTaskStore
 from agent_channel.tasks.model import Status
 from agent_channel_dev.instruments.lambda_context import LocalContext
 from tests.support import management_server
 from tests.support.event_tap import EventTap, install_event_tap
-from tests.support.fixtures import World
+from tests.support.fixtures import World, write_crashed_leases
 from tests.support.gateway import Gateway
 from tests.support.management_server import ManagementApi, connect_agent
 
@@ -167,18 +167,7 @@ def test_unregister_deletes_more_leases_than_one_transaction_holds(
     """Leases beyond the close's transaction are deleted before it: none is left,
     whatever its place in the agent's partition."""
     connect_agent(Gateway(), management.sink, world, "a1=", session_id="s1")
-    with LeaseRecord.batch_write() as batch:
-        for n in range(MAX_STALE_PER_CLEAR + 20):
-            batch.save(
-                LeaseRecord(
-                    *schema.lease_key(world.agent_id, f"crashed{n:03}="),
-                    agent_id=world.agent_id,
-                    connection_id=f"crashed{n:03}=",
-                    token="lease-token",
-                    session_id=f"crashed{n:03}",
-                    last_seen_at=0,
-                )
-            )
+    write_crashed_leases(world.agent_id, MAX_STALE_PER_CLEAR + 20, 0)
     store = wiring.presence_store()
     before = store.read(world.agent_id)
     assert before is not None and len(before.leases) > MAX_STALE_PER_CLEAR

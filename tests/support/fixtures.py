@@ -15,7 +15,8 @@ from moto import mock_aws
 from agent_channel import clock
 from agent_channel.config import CHANNEL_AGENT_MODEL, settings
 from agent_channel.identity import accounts
-from agent_channel.storage.records import Record
+from agent_channel.storage import schema
+from agent_channel.storage.records import LeaseRecord, Record
 from agent_channel_dev.local import stack_template
 from tests.support.clock import FakeClock
 
@@ -90,3 +91,20 @@ def world(aws: None, fake_clock: FakeClock) -> World:
         other_ai_id=other_ai.user_id,
         topic_id=topic.topic_id,
     )
+
+
+def write_crashed_leases(agent_id: int, count: int, last_seen_at: float) -> None:
+    """``count`` leases of sessions that crashed without a $disconnect, written
+    straight to the table (connections ``crashed000=`` ...), as a crash leaves them."""
+    with LeaseRecord.batch_write() as batch:
+        for n in range(count):
+            batch.save(
+                LeaseRecord(
+                    *schema.lease_key(agent_id, f"crashed{n:03}="),
+                    agent_id=agent_id,
+                    connection_id=f"crashed{n:03}=",
+                    token="lease-token",
+                    session_id=f"crashed{n:03}",
+                    last_seen_at=last_seen_at,
+                )
+            )
