@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
 
@@ -72,6 +73,15 @@ def two_subscribes_and_a_disconnect(world: PresenceWorld) -> tuple[list, Callabl
     return actors, check
 
 
+def agent_wide_graces(world: PresenceWorld, run: Run) -> list[dict[str, Any]]:
+    """The run's writes of the agent's agent-wide grace schedule."""
+    return [
+        params
+        for params in run.calls("scheduler", SCHEDULE_WRITES)
+        if params["Name"] == f"grace-{world.agent_id}"
+    ]
+
+
 def two_disconnects(world: PresenceWorld) -> tuple[list, Callable]:
     world.open("a")
     world.open("b")
@@ -80,12 +90,7 @@ def two_disconnects(world: PresenceWorld) -> tuple[list, Callable]:
     def check(world: PresenceWorld, run: Run) -> None:
         presence = world.presence()
         assert not presence.routing_on and not presence.leases
-        agent_wide = [
-            params
-            for params in run.calls("scheduler", SCHEDULE_WRITES)
-            if params["Name"] == f"grace-{world.agent_id}"
-        ]
-        assert agent_wide, f"the last one out scheduled no grace: {run.trace}"
+        assert agent_wide_graces(world, run), f"the last one out scheduled no grace: {run.trace}"
 
     return actors, check
 
@@ -270,11 +275,7 @@ def continuation_races_the_next_sweep(world: PresenceWorld) -> tuple[list, Calla
     def check(world: PresenceWorld, run: Run) -> None:
         presence = world.presence()
         assert not presence.routing_on and not presence.leases
-        agent_wide = [
-            params
-            for params in run.calls("scheduler", SCHEDULE_WRITES)
-            if params["Name"] == f"grace-{world.agent_id}"
-        ]
+        agent_wide = agent_wide_graces(world, run)
         assert len(agent_wide) == 1, f"the grace scheduled {len(agent_wide)} times: {run.trace}"
         outcomes = sorted(
             outcome for answer in run.results.values() for outcome in answer["outcomes"]

@@ -83,9 +83,9 @@ class MemoryPresenceStore:
             leases=tuple(agent.leases.values()),
         )
 
-    def routed_agents(self, shards: Sequence[int] | None = None) -> list[int]:
-        numbers = range(schema.ROUTED_SHARDS) if shards is None else shards
-        return [agent_id for number in numbers for agent_id in self.routed_in_shard(number)]
+    def routed_agents(self) -> list[int]:
+        shards = range(schema.ROUTED_SHARDS)
+        return [agent_id for shard in shards for agent_id in self.routed_in_shard(shard)]
 
     def routed_in_shard(self, shard: int, after: int | None = None) -> Iterator[int]:
         # The index's order (the sort key is the id as a string), and its paging:

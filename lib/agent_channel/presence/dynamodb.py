@@ -413,12 +413,12 @@ class DynamoPresenceStore:
             if not condition_failed(error):
                 raise
 
-    def routed_agents(self, shards: Sequence[int] | None = None) -> list[int]:
-        numbers = range(schema.ROUTED_SHARDS) if shards is None else shards
-        return [agent_id for shard in numbers for agent_id in self.routed_in_shard(shard)]
+    def routed_agents(self) -> list[int]:
+        shards = range(schema.ROUTED_SHARDS)
+        return [agent_id for shard in shards for agent_id in self.routed_in_shard(shard)]
 
     def routed_in_shard(self, shard: int, after: int | None = None) -> Iterator[int]:
-        [partition] = schema.routed_shards([shard])
+        partition = schema.routed_partition(shard)
         # The sort key is the agent id as a string, so "after" is in string order:
         # the order the Query returns and a resumed sweep must keep.
         condition = None if after is None else Record.gsi1sk > schema.agent_sort(after)

@@ -69,9 +69,9 @@ class PresenceStore(Protocol):
     def settle_owed_grace(self, cancellation: GraceCancellation) -> None:
         """Forget an owed grace once scheduled (only if it is still the same one)."""
 
-    def routed_agents(self, shards: Sequence[int] | None = None) -> list[int]:
-        """Agents whose routing is on, from an index (may lag; decide on a read):
-        those of the given index shards, or of every shard."""
+    def routed_agents(self) -> list[int]:
+        """Agents whose routing is on, from an index (may lag; decide on a read),
+        of every shard."""
 
     def routed_in_shard(self, shard: int, after: int | None = None) -> Iterable[int]:
         """The routed agents of one index shard, in the index's order (by

@@ -39,8 +39,6 @@ from typing import TYPE_CHECKING
 from agent_channel.storage.records import UserRecord
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
-
     from pynamodb.expressions.condition import Condition
 
 Key = tuple[str, str]
@@ -149,13 +147,12 @@ GRACE_OWED = "GRACE_OWED"
 
 
 def routed_shard(agent_id: int) -> str:
-    return f"ROUTED#{agent_id % ROUTED_SHARDS}"
+    return routed_partition(agent_id % ROUTED_SHARDS)
 
 
-def routed_shards(shards: Iterable[int] | None = None) -> list[str]:
-    """The index partitions of the given shard numbers (all of them by default)."""
-    numbers = range(ROUTED_SHARDS) if shards is None else shards
-    return [f"ROUTED#{shard}" for shard in numbers]
+def routed_partition(shard: int) -> str:
+    """The index partition of shard number ``shard`` (0 to ROUTED_SHARDS - 1)."""
+    return f"ROUTED#{shard}"
 
 
 def agent_sort(agent_id: int) -> str:
