@@ -55,7 +55,7 @@ FUNCTIONS = (
 
 AIM = 1.15
 
-_MODULE = """
+IMPORT_APP = """
 import sys
 import time
 started = time.process_time()
@@ -205,7 +205,7 @@ def _run(code: str, env: dict[str, str], *flags: str) -> subprocess.CompletedPro
     )
 
 
-def _sample(code: str, env: dict[str, str]) -> float:
+def cpu_seconds(code: str, env: dict[str, str]) -> float:
     return float(_run(code, env).stdout.strip().splitlines()[-1])
 
 
@@ -244,9 +244,9 @@ def measure(repeat: int, layers: Layers) -> list[ColdStart]:
         for name, row in rows.items():
             here = layers.functions / name
             compiled = environment(layers.compiled, here)
-            row.compiled.append(_sample(_MODULE, compiled))
-            row.floor.append(_sample(_FLOOR.format(services=list(row.clients)), compiled))
-            row.source_only.append(_sample(_MODULE, environment(layers.source_only, here)))
+            row.compiled.append(cpu_seconds(IMPORT_APP, compiled))
+            row.floor.append(cpu_seconds(_FLOOR.format(services=list(row.clients)), compiled))
+            row.source_only.append(cpu_seconds(IMPORT_APP, environment(layers.source_only, here)))
     return list(rows.values())
 
 
@@ -285,7 +285,7 @@ def import_profile(layers: Layers, function: str, top: int = 10) -> list[tuple[s
     (self) time, summed by top-level package, largest first (wall-clock: the only
     clock ``-X importtime`` has)."""
     env = environment(layers.compiled, layers.functions / function)
-    stderr = _run(_MODULE, env, "-X", "importtime").stderr
+    stderr = _run(IMPORT_APP, env, "-X", "importtime").stderr
     totals: dict[str, float] = defaultdict(float)
     for line in stderr.splitlines():
         if not line.startswith("import time:") or line.count("|") != 2:

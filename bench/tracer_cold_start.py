@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from bench.cold_start import _MODULE, Layers, _sample, built_layers, environment
+from bench.cold_start import IMPORT_APP, Layers, built_layers, cpu_seconds, environment
 
 MODES = {
     # environment() sets what Lambda sets: with LAMBDA_TASK_ROOT the Tracer is on.
@@ -23,7 +23,7 @@ MODES = {
 
 def sample(layers: Layers, function: str, mode: str) -> float:
     env = environment(layers.compiled, layers.functions / function)
-    return _sample(_MODULE, {**env, **MODES[mode]})
+    return cpu_seconds(IMPORT_APP, {**env, **MODES[mode]})
 
 
 def main() -> None:
