@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import botocore.session
 import pytest
 
 from agent_channel.lambda_kit import wiring
@@ -34,7 +35,9 @@ print(json.dumps({
     "collections": collections,
     "enabled": gc.isenabled(),
     "frozen": gc.get_freeze_count(),
-    "modules": sorted(m for m in sys.modules if m.split(".")[0] in ("pynamodb", "agent_channel")),
+    "modules": sorted(
+        m for m in sys.modules if m.split(".")[0] in ("boto3", "pynamodb", "agent_channel")
+    ),
 }))
 """
 
@@ -64,6 +67,8 @@ def test_init_runs_no_garbage_collection_and_freezes_what_it_built(function: str
     assert found["collections"] == []
     assert found["enabled"] is True
     assert found["frozen"] > 50_000
+    # Clients come from botocore's session: boto3's import (about 12 ms) buys nothing.
+    assert not {m for m in found["modules"] if m.split(".")[0] == "boto3"}
 
 
 def test_routes_import_only_what_they_use() -> None:
@@ -79,11 +84,29 @@ def test_routes_import_only_what_they_use() -> None:
         assert "agent_channel.delivery.fanout" not in modules, function
 
 
-def test_every_client_shares_one_botocore_session() -> None:
+def test_every_client_shares_one_botocore_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    sessions: list[botocore.session.Session] = []
+    create_client = botocore.session.Session.create_client
+
+    def recording(self: botocore.session.Session, *args: Any, **kwargs: Any) -> Any:
+        sessions.append(self)
+        return create_client(self, *args, **kwargs)
+
+    monkeypatch.setattr(botocore.session.Session, "create_client", recording)
+    for factory in (
+        wiring.lambda_client,
+        wiring.events_client,
+        wiring.connections_admin,
+        wiring.grace_scheduler,
+    ):
+        factory.cache_clear()
+        factory()
+        factory.cache_clear()
+    assert len(sessions) == 4
+    assert all(session is wiring.botocore_session() for session in sessions)
     wiring.dynamodb()
     connection = Record._get_connection().connection
     assert connection.session is wiring.botocore_session()
-    assert wiring.aws()._session is wiring.botocore_session()
     # Record classes inherit the base's connection: one DynamoDB client in all.
     assert LeaseRecord._get_connection() is Record._get_connection()
     assert TaskRecord._get_connection().connection.client is connection.client

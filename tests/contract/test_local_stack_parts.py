@@ -253,3 +253,95 @@ def test_the_local_stream_is_trimmed_up_to_what_its_reader_handled() -> None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def test_stream_iterators_read_the_live_table_and_expire_as_on_aws() -> None:
+    """moto keeps every model object it makes and every iterator it returns, cut
+    from one copy of the table: a failed transaction swaps its rollback copy in,
+    and an iterator cut before reads a shard no record reaches while keeping the
+    replaced table alive. The local stack's upkeep drops moto's tracking, points
+    iterators at the live shard and forgets them after DynamoDB's 15 minutes."""
+    import gc
+    import os
+    import weakref
+
+    import boto3
+    from botocore.exceptions import ClientError
+    from moto.core.models import DEFAULT_ACCOUNT_ID
+    from moto.dynamodb.models import dynamodb_backends
+    from moto.dynamodbstreams.models import dynamodbstreams_backends
+
+    from agent_channel_dev.local.moto_server import SHARD_ITERATOR_LIFETIME_SECONDS, MotoServer
+
+    keys = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
+    saved = {name: os.environ.get(name) for name in keys}
+    os.environ.update(keys)
+    server = MotoServer()
+    server.start()
+    try:
+        kwargs: dict[str, Any] = {"endpoint_url": server.url, "region_name": "us-east-1"}
+        dynamodb = boto3.client("dynamodb", **kwargs)
+        streams = boto3.client("dynamodbstreams", **kwargs)
+        dynamodb.create_table(
+            TableName="swapped",
+            BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+        )
+        dynamodb.put_item(TableName="swapped", Item={"pk": {"S": "0"}})
+        arn = dynamodb.describe_table(TableName="swapped")["Table"]["LatestStreamArn"]
+        shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]
+        iterator = streams.get_shard_iterator(
+            StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        read = streams.get_records(ShardIterator=iterator)
+        assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in read["Records"]] == ["0"]
+        held = read["NextShardIterator"]
+
+        tables = dynamodb_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].tables
+        replaced = weakref.ref(tables["swapped"])
+        with pytest.raises(ClientError):
+            dynamodb.transact_write_items(
+                TransactItems=[
+                    {
+                        "ConditionCheck": {
+                            "TableName": "swapped",
+                            "Key": {"pk": {"S": "missing"}},
+                            "ConditionExpression": "attribute_exists(pk)",
+                        }
+                    }
+                ]
+            )
+        assert tables["swapped"] is not replaced()  # moto's rollback copy is the table now
+        dynamodb.put_item(TableName="swapped", Item={"pk": {"S": "1"}})
+
+        clock = [0.0]
+        assert server.upkeep(now=lambda: clock[0]) == 0
+        gc.collect()
+        assert replaced() is None  # nothing holds the replaced table or its copies
+        backend = dynamodbstreams_backends[DEFAULT_ACCOUNT_ID]["us-east-1"]
+        swapped = [
+            it for it in backend.shard_iterators.values() if it.stream_shard.table.name == "swapped"
+        ]
+        assert swapped and all(it.stream_shard.table is tables["swapped"] for it in swapped)
+        read = streams.get_records(ShardIterator=held)
+        assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in read["Records"]] == ["1"]
+
+        clock[0] = 5.0  # the iterator GetRecords just returned is first seen now
+        server.upkeep(now=lambda: clock[0])
+        clock[0] = 5.0 + SHARD_ITERATOR_LIFETIME_SECONDS - 1
+        assert read["NextShardIterator"] in backend.shard_iterators
+        assert server.upkeep(now=lambda: clock[0]) > 0  # the ones seen at 0
+        assert read["NextShardIterator"] in backend.shard_iterators
+        clock[0] += 1
+        assert server.upkeep(now=lambda: clock[0]) == 1
+        with pytest.raises(ClientError):
+            streams.get_records(ShardIterator=read["NextShardIterator"])
+    finally:
+        server.stop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -326,6 +327,11 @@ async def _serve_with_moto(
         stack.functions.close()
         print(f"a function failed to start: {json.dumps(error.payload)}", file=sys.stderr)
         return 1
+    # What is built by now (moto's and botocore's models, the template, the
+    # gateway) lives as long as the process: frozen out of the collector's way,
+    # a full collection scans only what requests made, not hundreds of thousands
+    # of objects that never die, while every request waits for it.
+    gc.freeze()
     try:
         if demo is not None:
             print(
@@ -390,11 +396,13 @@ def _project_extras(
     from agent_channel_dev.local import demo
 
     # The task-event pipe, from its definition in the template, on moto's stream;
-    # what it has handled is trimmed from the stream (why: MotoServer.trim_stream).
+    # what it has handled is trimmed from the stream (why: MotoServer.trim_stream),
+    # and stream iterators expire as on AWS (MotoServer.upkeep).
     table_name = backend.environment["TABLE_NAME"]
     run_in_background(
         LocalPipe(PipeDefinition.from_template(), table_name, app.event_buses[0]),
         trim=lambda sequence_number: moto.trim_stream(table_name, sequence_number),
+        upkeep=moto.upkeep,
     )
     if restored is not None:
         return restored

@@ -13,11 +13,14 @@ between requests, which is exactly the concurrency AWS has.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from moto.core.model_instances import reset_model_data
 from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.dynamodb.models import dynamodb_backends
+from moto.dynamodbstreams.models import dynamodbstreams_backends
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
     MotoRequestHandler,
@@ -26,6 +29,9 @@ from moto.moto_server.werkzeug_app import (
 from werkzeug.serving import BaseWSGIServer, make_server
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+SHARD_ITERATOR_LIFETIME_SECONDS = 15 * 60
+"""DynamoDB Streams: a shard iterator expires 15 minutes after it is returned."""
 
 
 class OneRequestAtATime:
@@ -50,6 +56,7 @@ class MotoServer:
             host, port, self._app, threaded=True, request_handler=MotoRequestHandler
         )
         self._thread = threading.Thread(target=self._server.serve_forever, name="moto", daemon=True)
+        self._iterators_issued: dict[str, float] = {}
 
     @property
     def url(self) -> str:
@@ -80,6 +87,55 @@ class MotoServer:
             del shard.items[:dropped]
             shard.starting_sequence_number += dropped
             return dropped
+
+    def upkeep(self, region: str = "us-east-1", now: Callable[[], float] = time.monotonic) -> int:
+        """What a moto serving for hours needs now and then, under the request lock
+        (called after each poll of the task-event pipe); how many stream iterators
+        expired.
+
+        - moto keeps every model object it ever made (``BaseModel.__new__`` appends
+          it to its class's ``instances_tracked``, for moto's dashboard, which the
+          local stack does not serve), the rollback copies of the table every
+          TransactWriteItems makes included: four tables per 4-item transaction,
+          every item of each. Under load that grew the stack process by millions
+          of objects, and each full garbage collection with them, to seconds
+          during which every request waited. The tracking is dropped here (moto's
+          own ``reset_model_data``: the backends keep their models).
+        - Stream iterators: see ``_expire_shard_iterators``.
+        """
+        with self._app._lock:
+            reset_model_data()
+            return self._expire_shard_iterators(region, now())
+
+    def _expire_shard_iterators(self, region: str, moment: float) -> int:
+        """Forget the stream iterators older than DynamoDB's 15 minutes, and point
+        every other one at its table's shard as it is now; how many expired.
+
+        moto keeps every iterator it returned (each GetShardIterator and each
+        GetRecords makes one), each holding the shard it was cut from, and the
+        shard its table. A TransactWriteItems that fails puts its rollback copy of
+        the table in place of the table: an iterator cut before then would keep
+        the replaced table alive and read a shard no record reaches any more. An
+        iterator names a stream's shard, not a copy of a table: here it reads the
+        live one, and lives as long as on AWS. An expired iterator is refused as
+        unknown; the pipe then cuts another from its checkpoint. Ages are counted
+        from the upkeep that first saw an iterator: accurate to one poll.
+        """
+        iterators = dynamodbstreams_backends[DEFAULT_ACCOUNT_ID][region].shard_iterators
+        tables = dynamodb_backends[DEFAULT_ACCOUNT_ID][region].tables
+        issued = {arn: self._iterators_issued.get(arn, moment) for arn in iterators}
+        expired = [
+            arn for arn, at in issued.items() if moment - at >= SHARD_ITERATOR_LIFETIME_SECONDS
+        ]
+        for arn in expired:
+            del iterators[arn]
+            del issued[arn]
+        self._iterators_issued = issued
+        for iterator in iterators.values():
+            live = tables.get(iterator.stream_shard.table.name)
+            if live is not None and live.stream_shard is not None:
+                iterator.stream_shard = live.stream_shard
+        return len(expired)
 
     def start(self) -> None:
         self._thread.start()

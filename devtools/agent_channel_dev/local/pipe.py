@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 TASK_EVENT_PIPE = "TaskEventPipe"
 READ_LIMIT = 1000
+SHARD_DISCOVERY_SECONDS = 60.0
 """Records read per GetRecords (its maximum); delivered in batches of BatchSize."""
 _PLACEHOLDER = re.compile(r'("?)<\$\.([A-Za-z0-9_.]+)>("?)')
 
@@ -142,6 +143,10 @@ class LocalPipe:
     delivered: int = 0
     failed_batches: int = 0
     stream_arn: str = ""
+    _iterators: dict[str, str] = field(default_factory=dict)
+    """Shard id -> the iterator the last GetRecords returned, to read on from."""
+    _shards: list[str] = field(default_factory=list)
+    _shards_described_at: float | None = None
 
     def _stream_arn(self) -> str:
         # A pipe is bound to one stream: its ARN is looked up once.
@@ -158,8 +163,7 @@ class LocalPipe:
         Stops at the first batch the bus refuses (it is retried next time)."""
         arn = self._stream_arn()
         moved = 0
-        for shard in self.streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]:
-            shard_id = shard["ShardId"]
+        for shard_id in self._shard_ids(arn):
             while True:
                 records = self._read(arn, shard_id)
                 if not records:
@@ -169,13 +173,37 @@ class LocalPipe:
                     sent, complete = self._deliver(shard_id, records[start : start + size])
                     moved += sent
                     if not complete:
+                        # Read again from the first undelivered record next time.
+                        self._iterators.pop(shard_id, None)
                         return moved
         return moved
 
+    def _shard_ids(self, arn: str) -> list[str]:
+        """The stream's shards, described again every SHARD_DISCOVERY_SECONDS (a pipe
+        discovers new shards by describing its stream now and then, not per poll)."""
+        if self._shards_described_at is None or (
+            time.monotonic() - self._shards_described_at >= SHARD_DISCOVERY_SECONDS
+        ):
+            description = self.streams.describe_stream(StreamArn=arn)["StreamDescription"]
+            self._shards = [shard["ShardId"] for shard in description["Shards"]]
+            self._shards_described_at = time.monotonic()
+        return self._shards
+
     def _read(self, arn: str, shard_id: str) -> list[dict[str, Any]]:
+        """The shard's next records. A poll reads on from the iterator the last one
+        returned, as a pipe does: one GetRecords, not a GetShardIterator first. An
+        iterator is cut from the checkpoint at the start, after a batch the bus
+        refused (what was read past it must be read again) and when the one held
+        is refused (expired, after 15 minutes)."""
+        iterator = self._iterators.pop(shard_id, None)
+        if iterator is not None:
+            try:
+                return self._records(shard_id, iterator)
+            except Exception:
+                logger.debug("stream iterator refused: cut again", exc_info=True)
         after = self.checkpoints.get(shard_id)
         if after is None:
-            iterator = self.streams.get_shard_iterator(
+            cut = self.streams.get_shard_iterator(
                 StreamArn=arn, ShardId=shard_id, ShardIteratorType=self.definition.starting_position
             )
             if self.definition.starting_position == "LATEST":
@@ -184,15 +212,18 @@ class LocalPipe:
         elif after == "":
             return []
         else:
-            iterator = self.streams.get_shard_iterator(
+            cut = self.streams.get_shard_iterator(
                 StreamArn=arn,
                 ShardId=shard_id,
                 ShardIteratorType="AFTER_SEQUENCE_NUMBER",
                 SequenceNumber=after,
             )
-        response = self.streams.get_records(
-            ShardIterator=iterator["ShardIterator"], Limit=READ_LIMIT
-        )
+        return self._records(shard_id, cut["ShardIterator"])
+
+    def _records(self, shard_id: str, iterator: str) -> list[dict[str, Any]]:
+        response = self.streams.get_records(ShardIterator=iterator, Limit=READ_LIMIT)
+        if response.get("NextShardIterator"):
+            self._iterators[shard_id] = response["NextShardIterator"]
         return [dict(record) for record in response.get("Records", [])]
 
     def _deliver(self, shard_id: str, records: list[dict[str, Any]]) -> tuple[int, bool]:
@@ -258,14 +289,17 @@ POLL_SECONDS = 0.25
 
 
 def run_in_background(
-    pipe: LocalPipe, trim: Callable[[str], object] | None = None
+    pipe: LocalPipe,
+    trim: Callable[[str], object] | None = None,
+    upkeep: Callable[[], object] | None = None,
 ) -> threading.Thread:
     """Poll ``pipe`` for the life of the process (the local stack's), on a daemon
     thread; a failed poll leaves the records on the stream for the next one.
 
     ``trim(sequence_number)``, when given, is told after each poll how far the
     pipe has handled the stream, so the records it will never read again can go
-    (``MotoServer.trim_stream``: the pipe is the stream's only reader)."""
+    (``MotoServer.trim_stream``: the pipe is the stream's only reader); then
+    ``upkeep()``, when given, runs (``MotoServer.upkeep``)."""
 
     def loop() -> None:
         while True:
@@ -275,6 +309,8 @@ def run_in_background(
                     for sequence_number in pipe.checkpoints.values():
                         if sequence_number:
                             trim(sequence_number)
+                if upkeep is not None:
+                    upkeep()
             except Exception:
                 logger.debug("task-event pipe poll failed", exc_info=True)
             time.sleep(POLL_SECONDS)
