@@ -3,6 +3,9 @@ rules: frame counting, a template read as deployed, IAM evaluation."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -193,155 +196,178 @@ def test_the_test_apps_are_valid_sam_templates(app_name: str) -> None:
     assert [str(match) for match in matches] == []
 
 
-def test_the_local_stream_is_trimmed_up_to_what_its_reader_handled() -> None:
-    """moto keeps every stream record and copies them in every transaction; the
-    local stack trims what the pipe has read, and reading after the trim point
-    (and from the new trim horizon) still finds every later record in order."""
-    import os
+@dataclass(frozen=True)
+class ServedMoto:
+    server: Any
+    dynamodb: Any
+    streams: Any
 
-    import boto3
-
-    from agent_channel_dev.local.moto_server import MotoServer
-
-    keys = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
-    saved = {name: os.environ.get(name) for name in keys}
-    os.environ.update(keys)
-    server = MotoServer()
-    server.start()
-    try:
-        kwargs: dict[str, Any] = {"endpoint_url": server.url, "region_name": "us-east-1"}
-        dynamodb = boto3.client("dynamodb", **kwargs)
-        streams = boto3.client("dynamodbstreams", **kwargs)
-        dynamodb.create_table(
-            TableName="trimmed",
+    def table_with_stream(self, name: str) -> str:
+        """A table keyed on ``pk`` with a NEW_AND_OLD_IMAGES stream; its stream ARN."""
+        self.dynamodb.create_table(
+            TableName=name,
             BillingMode="PAY_PER_REQUEST",
             AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
             KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
             StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
         )
-        for n in range(10):
-            dynamodb.put_item(TableName="trimmed", Item={"pk": {"S": str(n)}})
-        arn = dynamodb.describe_table(TableName="trimmed")["Table"]["LatestStreamArn"]
-        shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]
+        arn: str = self.dynamodb.describe_table(TableName=name)["Table"]["LatestStreamArn"]
+        return arn
 
-        def read(kind: str, after: str | None = None) -> list[str]:
-            extra = {"SequenceNumber": after} if after else {}
-            iterator = streams.get_shard_iterator(
-                StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType=kind, **extra
-            )["ShardIterator"]
-            records = streams.get_records(ShardIterator=iterator, Limit=100)["Records"]
-            return [r["dynamodb"]["Keys"]["pk"]["S"] for r in records]
+    def iterator(self, arn: str, kind: str, after: str | None = None) -> str:
+        shard = self.streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]
+        extra = {"SequenceNumber": after} if after else {}
+        cut = self.streams.get_shard_iterator(
+            StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType=kind, **extra
+        )
+        return str(cut["ShardIterator"])
 
-        first = streams.get_records(
-            ShardIterator=streams.get_shard_iterator(
-                StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-            )["ShardIterator"],
-            Limit=6,
-        )["Records"]
-        handled = first[-1]["dynamodb"]["SequenceNumber"]
 
-        assert server.trim_stream("trimmed", handled) == 6
-        assert server.trim_stream("trimmed", handled) == 0
-        assert read("AFTER_SEQUENCE_NUMBER", handled) == ["6", "7", "8", "9"]
-        assert read("TRIM_HORIZON") == ["6", "7", "8", "9"]
-        dynamodb.put_item(TableName="trimmed", Item={"pk": {"S": "10"}})
-        assert read("AFTER_SEQUENCE_NUMBER", handled) == ["6", "7", "8", "9", "10"]
+def keys_of(records: list[dict[str, Any]]) -> list[str]:
+    return [record["dynamodb"]["Keys"]["pk"]["S"] for record in records]
+
+
+@pytest.fixture
+def served_moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[ServedMoto]:
+    """The local stack's moto server on a free port, with clients for it."""
+    import boto3
+
+    from agent_channel_dev.local.moto_server import MotoServer
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "local")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "local")
+    server = MotoServer()
+    server.start()
+    try:
+        kwargs: dict[str, Any] = {"endpoint_url": server.url, "region_name": "us-east-1"}
+        yield ServedMoto(
+            server, boto3.client("dynamodb", **kwargs), boto3.client("dynamodbstreams", **kwargs)
+        )
     finally:
         server.stop()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
-def test_stream_iterators_read_the_live_table_and_expire_as_on_aws() -> None:
+def test_the_local_stream_is_trimmed_up_to_what_its_reader_handled(
+    served_moto: ServedMoto,
+) -> None:
+    """moto keeps every stream record and copies them in every transaction; the
+    local stack trims what the pipe has read, and reading after the trim point
+    (and from the new trim horizon) still finds every later record in order."""
+    moto, dynamodb, streams = served_moto, served_moto.dynamodb, served_moto.streams
+    arn = moto.table_with_stream("trimmed")
+    for n in range(10):
+        dynamodb.put_item(TableName="trimmed", Item={"pk": {"S": str(n)}})
+
+    def read(kind: str, after: str | None = None) -> list[str]:
+        iterator = moto.iterator(arn, kind, after)
+        return keys_of(streams.get_records(ShardIterator=iterator, Limit=100)["Records"])
+
+    first = streams.get_records(ShardIterator=moto.iterator(arn, "TRIM_HORIZON"), Limit=6)
+    handled = first["Records"][-1]["dynamodb"]["SequenceNumber"]
+
+    assert moto.server.trim_stream("trimmed", handled) == 6
+    assert moto.server.trim_stream("trimmed", handled) == 0
+    assert read("AFTER_SEQUENCE_NUMBER", handled) == ["6", "7", "8", "9"]
+    assert read("TRIM_HORIZON") == ["6", "7", "8", "9"]
+    dynamodb.put_item(TableName="trimmed", Item={"pk": {"S": "10"}})
+    assert read("AFTER_SEQUENCE_NUMBER", handled) == ["6", "7", "8", "9", "10"]
+
+
+FAILING_TRANSACTION = [
+    {"Put": {"TableName": "{table}", "Item": {"pk": {"S": "written-then-undone"}}}},
+    {
+        "ConditionCheck": {
+            "TableName": "{table}",
+            "Key": {"pk": {"S": "missing"}},
+            "ConditionExpression": "attribute_exists(pk)",
+        }
+    },
+]
+
+
+def fail_a_transaction(dynamodb: Any, table: str) -> None:
+    from botocore.exceptions import ClientError
+
+    items = json.loads(json.dumps(FAILING_TRANSACTION).replace("{table}", table))
+    with pytest.raises(ClientError):
+        dynamodb.transact_write_items(TransactItems=items)
+
+
+def test_a_failed_transaction_leaves_the_stream_as_it_was(served_moto: ServedMoto) -> None:
+    """moto rolls a failed transaction back to its copy of the table, stream
+    included: the copy shares the records (they never change) in a list of its
+    own, so the undone write leaves no record and the copy costs no images."""
+    from moto.core.models import DEFAULT_ACCOUNT_ID
+    from moto.dynamodb.models import dynamodb_backends
+
+    moto, dynamodb, streams = served_moto, served_moto.dynamodb, served_moto.streams
+    arn = moto.table_with_stream("rolled-back")
+    for n in range(3):
+        dynamodb.put_item(TableName="rolled-back", Item={"pk": {"S": str(n)}})
+    tables = dynamodb_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].tables
+    before = list(tables["rolled-back"].stream_shard.items)
+
+    fail_a_transaction(dynamodb, "rolled-back")
+    dynamodb.put_item(TableName="rolled-back", Item={"pk": {"S": "3"}})
+
+    shard = tables["rolled-back"].stream_shard
+    assert all(kept is record for kept, record in zip(shard.items, before, strict=False))
+    assert shard.table is tables["rolled-back"]
+    records = streams.get_records(ShardIterator=moto.iterator(arn, "TRIM_HORIZON"))["Records"]
+    assert keys_of(records) == ["0", "1", "2", "3"]
+    numbers = [int(record["dynamodb"]["SequenceNumber"]) for record in records]
+    assert numbers == list(range(numbers[0], numbers[0] + 4))
+
+
+def test_stream_iterators_read_the_live_table_and_expire_as_on_aws(
+    served_moto: ServedMoto,
+) -> None:
     """moto keeps every model object it makes and every iterator it returns, cut
     from one copy of the table: a failed transaction swaps its rollback copy in,
     and an iterator cut before reads a shard no record reaches while keeping the
     replaced table alive. The local stack's upkeep drops moto's tracking, points
     iterators at the live shard and forgets them after DynamoDB's 15 minutes."""
     import gc
-    import os
     import weakref
 
-    import boto3
     from botocore.exceptions import ClientError
     from moto.core.models import DEFAULT_ACCOUNT_ID
     from moto.dynamodb.models import dynamodb_backends
     from moto.dynamodbstreams.models import dynamodbstreams_backends
 
-    from agent_channel_dev.local.moto_server import SHARD_ITERATOR_LIFETIME_SECONDS, MotoServer
+    from agent_channel_dev.local.moto_server import SHARD_ITERATOR_LIFETIME_SECONDS
 
-    keys = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
-    saved = {name: os.environ.get(name) for name in keys}
-    os.environ.update(keys)
-    server = MotoServer()
-    server.start()
-    try:
-        kwargs: dict[str, Any] = {"endpoint_url": server.url, "region_name": "us-east-1"}
-        dynamodb = boto3.client("dynamodb", **kwargs)
-        streams = boto3.client("dynamodbstreams", **kwargs)
-        dynamodb.create_table(
-            TableName="swapped",
-            BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
-        )
-        dynamodb.put_item(TableName="swapped", Item={"pk": {"S": "0"}})
-        arn = dynamodb.describe_table(TableName="swapped")["Table"]["LatestStreamArn"]
-        shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]
-        iterator = streams.get_shard_iterator(
-            StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        read = streams.get_records(ShardIterator=iterator)
-        assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in read["Records"]] == ["0"]
-        held = read["NextShardIterator"]
+    moto, dynamodb, streams = served_moto, served_moto.dynamodb, served_moto.streams
+    arn = moto.table_with_stream("swapped")
+    dynamodb.put_item(TableName="swapped", Item={"pk": {"S": "0"}})
+    read = streams.get_records(ShardIterator=moto.iterator(arn, "TRIM_HORIZON"))
+    assert keys_of(read["Records"]) == ["0"]
+    held = read["NextShardIterator"]
 
-        tables = dynamodb_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].tables
-        replaced = weakref.ref(tables["swapped"])
-        with pytest.raises(ClientError):
-            dynamodb.transact_write_items(
-                TransactItems=[
-                    {
-                        "ConditionCheck": {
-                            "TableName": "swapped",
-                            "Key": {"pk": {"S": "missing"}},
-                            "ConditionExpression": "attribute_exists(pk)",
-                        }
-                    }
-                ]
-            )
-        assert tables["swapped"] is not replaced()  # moto's rollback copy is the table now
-        dynamodb.put_item(TableName="swapped", Item={"pk": {"S": "1"}})
+    tables = dynamodb_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].tables
+    replaced = weakref.ref(tables["swapped"])
+    fail_a_transaction(dynamodb, "swapped")
+    assert tables["swapped"] is not replaced()  # moto's rollback copy is the table now
+    dynamodb.put_item(TableName="swapped", Item={"pk": {"S": "1"}})
 
-        clock = [0.0]
-        assert server.upkeep(now=lambda: clock[0]) == 0
-        gc.collect()
-        assert replaced() is None  # nothing holds the replaced table or its copies
-        backend = dynamodbstreams_backends[DEFAULT_ACCOUNT_ID]["us-east-1"]
-        swapped = [
-            it for it in backend.shard_iterators.values() if it.stream_shard.table.name == "swapped"
-        ]
-        assert swapped and all(it.stream_shard.table is tables["swapped"] for it in swapped)
-        read = streams.get_records(ShardIterator=held)
-        assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in read["Records"]] == ["1"]
+    clock = [0.0]
+    assert moto.server.upkeep(now=lambda: clock[0]) == 0
+    gc.collect()
+    assert replaced() is None  # nothing holds the replaced table or its copies
+    backend = dynamodbstreams_backends[DEFAULT_ACCOUNT_ID]["us-east-1"]
+    swapped = [
+        it for it in backend.shard_iterators.values() if it.stream_shard.table.name == "swapped"
+    ]
+    assert swapped and all(it.stream_shard.table is tables["swapped"] for it in swapped)
+    read = streams.get_records(ShardIterator=held)
+    assert keys_of(read["Records"]) == ["1"]
 
-        clock[0] = 5.0  # the iterator GetRecords just returned is first seen now
-        server.upkeep(now=lambda: clock[0])
-        clock[0] = 5.0 + SHARD_ITERATOR_LIFETIME_SECONDS - 1
-        assert read["NextShardIterator"] in backend.shard_iterators
-        assert server.upkeep(now=lambda: clock[0]) > 0  # the ones seen at 0
-        assert read["NextShardIterator"] in backend.shard_iterators
-        clock[0] += 1
-        assert server.upkeep(now=lambda: clock[0]) == 1
-        with pytest.raises(ClientError):
-            streams.get_records(ShardIterator=read["NextShardIterator"])
-    finally:
-        server.stop()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    clock[0] = 5.0  # the iterator GetRecords just returned is first seen now
+    moto.server.upkeep(now=lambda: clock[0])
+    clock[0] = 5.0 + SHARD_ITERATOR_LIFETIME_SECONDS - 1
+    assert moto.server.upkeep(now=lambda: clock[0]) > 0  # the ones seen at 0
+    assert read["NextShardIterator"] in backend.shard_iterators
+    clock[0] += 1
+    assert moto.server.upkeep(now=lambda: clock[0]) == 1
+    with pytest.raises(ClientError):
+        streams.get_records(ShardIterator=read["NextShardIterator"])

@@ -12,6 +12,7 @@ between requests, which is exactly the concurrency AWS has.
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -20,6 +21,7 @@ from typing import Any
 from moto.core.model_instances import reset_model_data
 from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.dynamodb.models import dynamodb_backends
+from moto.dynamodb.models.table import StreamShard
 from moto.dynamodbstreams.models import dynamodbstreams_backends
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
@@ -47,10 +49,30 @@ class OneRequestAtATime:
             return list(self._app(environ, start_response))
 
 
+def _rollback_copy_of_shard(shard: StreamShard, memo: dict[int, Any]) -> StreamShard:
+    """A stream shard as a table's rollback copy needs it: the same records in a
+    list of its own.
+
+    moto deep-copies the table before every TransactWriteItems (once per item of
+    the transaction), its stream with it, every record's old and new images
+    included. A record never changes once added, so the copy may share them; only
+    the list must be its own, so that a failed transaction's records go with it.
+    Deep-copied, the records made a transaction's cost grow with the stream's
+    backlog, which grows while transactions are slow: under load, a spiral.
+    """
+    copied: StreamShard = object.__new__(StreamShard)
+    memo[id(shard)] = copied
+    copied.__dict__.update(shard.__dict__)
+    copied.table = copy.deepcopy(shard.table, memo)
+    copied.items = list(shard.items)
+    return copied
+
+
 class MotoServer:
     """moto's server app, atomic per request, on a free loopback port."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        StreamShard.__deepcopy__ = _rollback_copy_of_shard  # type: ignore[attr-defined]
         self._app = OneRequestAtATime(DomainDispatcherApplication(create_backend_app))
         self._server: BaseWSGIServer = make_server(
             host, port, self._app, threaded=True, request_handler=MotoRequestHandler

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -99,7 +100,7 @@ class PipeDefinition:
         if not self.patterns:
             return True
         return any(
-            EventPattern.load(pattern).matches_event(record)  # type: ignore[arg-type]
+            _event_pattern(pattern).matches_event(record)  # type: ignore[arg-type]
             for pattern in self.patterns
         )
 
@@ -166,8 +167,6 @@ class LocalPipe:
         for shard_id in self._shard_ids(arn):
             while True:
                 records = self._read(arn, shard_id)
-                if not records:
-                    break
                 size = self.definition.batch_size
                 for start in range(0, len(records), size):
                     sent, complete = self._deliver(shard_id, records[start : start + size])
@@ -176,6 +175,8 @@ class LocalPipe:
                         # Read again from the first undelivered record next time.
                         self._iterators.pop(shard_id, None)
                         return moved
+                if len(records) < READ_LIMIT:
+                    break  # the shard had no more when read: the next poll reads on
         return moved
 
     def _shard_ids(self, arn: str) -> list[str]:
@@ -261,6 +262,12 @@ class LocalPipe:
             logger.warning("pipe target refused a batch", extra={"error": str(error)})
             return [False] * len(records)
         return ["ErrorCode" not in entry for entry in response["Entries"]]
+
+
+@cache
+def _event_pattern(text: str) -> EventPattern:
+    """A filter pattern, parsed once (not per record: the pipe reads every write)."""
+    return EventPattern.load(text)
 
 
 def streams_client() -> Any:
