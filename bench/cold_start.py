@@ -112,11 +112,13 @@ print(time.process_time() - started)
 
 @dataclass(frozen=True)
 class Layers:
-    """A built layer with bytecode, the same without, and the functions' folders."""
+    """A built layer with bytecode, the same without, the functions' folders, and
+    the boto3 Lambda's runtime provides (the layer ships none), for the floor."""
 
     compiled: Path
     source_only: Path
     functions: Path
+    runtime: Path
 
 
 def build_layer(artifacts: Path) -> None:
@@ -161,13 +163,35 @@ def built_layers() -> Iterator[Layers]:
         for name in FUNCTIONS:
             (base / "functions" / name).mkdir(parents=True)
             shutil.copy(ROOT / "functions" / name / "app.py", base / "functions" / name)
+        runtime_boto3(base / "runtime")
         yield Layers(
-            base / "compiled" / "python", base / "source-only" / "python", base / "functions"
+            base / "compiled" / "python",
+            base / "source-only" / "python",
+            base / "functions",
+            base / "runtime",
         )
 
 
-def environment(layer: Path, function_dir: Path) -> dict[str, str]:
-    """What Lambda would give the function, with fake credentials: nothing is sent."""
+def runtime_boto3(folder: Path) -> None:
+    """boto3 and s3transfer as Lambda's runtime has them beside the layer (compiled,
+    like the layer): the floor imports boto3, the functions do not."""
+    import boto3
+    import s3transfer
+
+    for package in (boto3, s3transfer):
+        source = Path(str(package.__file__)).parent
+        shutil.copytree(source, folder / source.name, ignore=shutil.ignore_patterns("__pycache__"))
+    compile_all = [sys.executable, "-m", "compileall", "-q", "--invalidation-mode"]
+    subprocess.run(
+        [*compile_all, "unchecked-hash", str(folder)],
+        check=True,
+        capture_output=True,
+    )
+
+
+def environment(layer: Path, function_dir: Path, runtime: Path | None = None) -> dict[str, str]:
+    """What Lambda would give the function, with fake credentials: nothing is sent.
+    ``runtime`` (what Lambda's runtime provides, boto3) comes last on the path."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "POWERTOOLS_"))}
     env.pop("PYTHONPATH", None)
     env.update(
@@ -180,7 +204,9 @@ def environment(layer: Path, function_dir: Path) -> dict[str, str]:
             "TABLE_NAME": "agent-channel-bench",
             "CALLBACK_URL": "https://example.execute-api.us-east-1.amazonaws.com/prod",
             "POWERTOOLS_SERVICE_NAME": "agent-channel",
-            "PYTHONPATH": os.pathsep.join([str(function_dir), str(layer)]),
+            "PYTHONPATH": os.pathsep.join(
+                [str(function_dir), str(layer), *([str(runtime)] if runtime else [])]
+            ),
             "PYTHONDONTWRITEBYTECODE": "1",
             # What Lambda's runtime sets and the X-Ray SDK reads: in Lambda it samples
             # nothing itself (the trace header decides), so it builds no X-Ray client.
@@ -243,10 +269,11 @@ def measure(repeat: int, layers: Layers) -> list[ColdStart]:
     for _ in range(repeat):
         for name, row in rows.items():
             here = layers.functions / name
-            compiled = environment(layers.compiled, here)
+            compiled = environment(layers.compiled, here, layers.runtime)
             row.compiled.append(cpu_seconds(IMPORT_APP, compiled))
             row.floor.append(cpu_seconds(_FLOOR.format(services=list(row.clients)), compiled))
-            row.source_only.append(cpu_seconds(IMPORT_APP, environment(layers.source_only, here)))
+            source_only = environment(layers.source_only, here, layers.runtime)
+            row.source_only.append(cpu_seconds(IMPORT_APP, source_only))
     return list(rows.values())
 
 

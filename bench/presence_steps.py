@@ -38,10 +38,12 @@ sockets (``check_agent``):
 - any other disagreement (a client holding a session the gateway does not) is
   reported as unexplained.
 
-moto's raw capacity (``bench.moto_capacity``) is probed in this process before
-and after the steps (the stack idle), on a table of the run's size, and each
-step's DynamoDB and Scheduler request rate is given as a fraction of what moto
-alone serves for that step's request mix, with the range of the two probes. The
+moto's raw capacity (``bench.moto_capacity``) is probed in this process, alone,
+on copies of the stack's table: as each step left it (its live sessions' items
+in it: moto's cost per request grows with the table), and before and after the
+steps (the stack idle). Each step's DynamoDB and Scheduler request rate is
+given as a fraction of what moto alone serves for that step's request mix on
+that step's table, with the before and after probes' figures beside. The
 stack's moto busy time (its one-request lock held) is given beside: the same
 fraction measured inside the stack.
 """
@@ -522,6 +524,10 @@ class StepResult:
     worker_cpu: float
     stream_records: int = 0
     past_knee: bool = False
+    table: list[dict[str, Any]] = field(default_factory=list)
+    """The stack's table as the step left it (DynamoDB JSON items)."""
+    probe: list[Any] = field(default_factory=list)
+    """moto_capacity.Capacity list, probed on a copy of ``table``."""
 
     @classmethod
     def between(
@@ -624,10 +630,17 @@ class Result:
     """``function|outcome`` -> invocations over the whole run that did not answer ok."""
 
     def capacity_range(self, step: StepResult) -> tuple[float, float]:
+        """What moto alone serves for the step's mix, on the tables before and after."""
         from bench import moto_capacity
 
         found = [moto_capacity.mix_capacity(probe, step.mix) for probe in self.probes]
         return min(found), max(found)
+
+    def capacity(self, step: StepResult) -> float:
+        """What moto alone serves for the step's mix, on the table as the step left it."""
+        from bench import moto_capacity
+
+        return moto_capacity.mix_capacity(step.probe, step.mix)
 
     @property
     def knee(self) -> StepResult | None:
@@ -644,15 +657,18 @@ def goals(result: Result) -> str:
         parts.append("No step was below the knee: the capacity goal cannot be met.")
     else:
         low, high = result.capacity_range(knee)
+        capacity = result.capacity(knee)
         served = sum(knee.mix.values()) / max(knee.record.seconds, 1e-9)
-        share = (served / high, served / low) if low and high else (0.0, 0.0)
-        met = share[0] >= GOAL_SHARE
+        share = served / capacity if capacity else 0.0
+        met = share >= GOAL_SHARE
         parts.append(
             f"Capacity: at {knee.record.name}, the last step below the knee, the routes "
-            f"sent {served:.1f} requests/s, {share[0]:.0%}-{share[1]:.0%} of moto's "
-            f"capacity for that mix ({low:.1f}-{high:.1f}/s); moto was busy "
-            f"{knee.moto_busy / max(knee.record.seconds, 1e-9):.0%} of the step inside "
-            f"the stack: {'met' if met else 'not met'} (goal {GOAL_SHARE:.0%})."
+            f"sent {served:.1f} requests/s, {share:.0%} of moto's capacity for that mix "
+            f"on the table as the step left it ({capacity:.1f}/s; on the smaller tables "
+            f"before and after the steps {low:.1f}-{high:.1f}/s, "
+            f"{served / high if high else 0:.0%}-{served / low if low else 0:.0%}); "
+            f"moto was busy {knee.moto_busy / max(knee.record.seconds, 1e-9):.0%} of the "
+            f"step inside the stack: {'met' if met else 'not met'} (goal {GOAL_SHARE:.0%})."
         )
         if not met:
             parts.append(short_of_capacity(result, knee, share))
@@ -681,25 +697,24 @@ def goals(result: Result) -> str:
     return " ".join(parts)
 
 
-def short_of_capacity(result: Result, knee: StepResult, share: tuple[float, float]) -> str:
+def short_of_capacity(result: Result, knee: StepResult, share: float) -> str:
     """By how much the capacity goal is missed, and what the next step (past the
     knee) shows about why: the load it offered, and moto's lock held beyond its CPU."""
     text = (
-        f"Short by {(GOAL_SHARE - share[1]) * 100:.0f}-{(GOAL_SHARE - share[0]) * 100:.0f} "
-        f"percentage points: below the knee the offered load is what the step's rate "
-        f"makes it."
+        f"Short by {(GOAL_SHARE - share) * 100:.0f} percentage points: below the knee "
+        f"the offered load is what the step's rate makes it."
     )
     index = result.steps.index(knee)
     if index + 1 >= len(result.steps):
         return text
     past = result.steps[index + 1]
     seconds = max(past.record.seconds, 1e-9)
-    low, high = result.capacity_range(past)
+    capacity = result.capacity(past)
     served = sum(past.mix.values()) / seconds
     load = result.loads[index + 1] if index + 1 < len(result.loads) else "?"
     return text + (
         f" The next step, {past.record.name}, sent {served:.1f} requests/s, "
-        f"{served / high:.0%}-{served / low:.0%} of moto's capacity for its mix, but "
+        f"{served / capacity if capacity else 0:.0%} of moto's capacity for its mix, but "
         f"past the knee ({past.timeouts} client timeouts, connect p99 "
         f"{_ms(quantile(past.record.connect, 0.99))} ms): moto was busy "
         f"{past.moto_busy / seconds:.0%} of it and on a core {past.moto_cpu / seconds:.0%}, "
@@ -856,6 +871,8 @@ def load_now() -> str:
 async def _drive(
     stack: Stack, plan: Plan, agents: list[Agent]
 ) -> tuple[list[StepResult], StepResult | None, Findings, Findings, list[str]]:
+    from bench import moto_capacity
+
     load = Load(stack, plan)
     steps: list[StepResult] = []
     loads: list[str] = []
@@ -866,6 +883,7 @@ async def _drive(
         await load.run_step(record, agents, plan.step_seconds)
         after = await asyncio.to_thread(stack.stats)
         step = StepResult.between(record, before, after)
+        step.table = await asyncio.to_thread(moto_capacity.table_items, stack.moto)
         step.past_knee = check_knee(step, steps[0] if steps else step)
         steps.append(step)
         print(f"step {record.name}: {summary(step)}", flush=True)
@@ -890,6 +908,7 @@ async def _drive(
         await load.run_step(record, [busy_agent], plan.step_seconds)
         after = await asyncio.to_thread(stack.stats)
         busy_result = StepResult.between(record, before, after)
+        busy_result.table = await asyncio.to_thread(moto_capacity.table_items, stack.moto)
         print(f"step {record.name}: {summary(busy_result)}", flush=True)
         load.hold.set()
         load.step = StepRecord("held", 0.0)
@@ -934,8 +953,10 @@ def run(plan: Plan) -> Result:
         copied = moto_capacity.table_items(stack.moto)
     finally:
         stack.stop()
-    # After: the stack stopped, so the probe has the machine the stack had.
+    # After: the stack stopped, so the probes have the machine the stack had.
     probes.append(moto_capacity.measure(plan.probe_seconds, copied=copied))
+    for step in [*steps, *([busy] if busy else [])]:
+        step.probe = moto_capacity.measure(plan.probe_seconds, copied=step.table)
     return Result(plan, steps, busy, probes, len(copied), held, closed, len(agents), loads, failed)
 
 
@@ -958,12 +979,13 @@ def step_row(result: Result, step: StepResult) -> str:
     record = step.record
     seconds = max(record.seconds, 1e-9)
     low, high = result.capacity_range(step)
+    capacity = result.capacity(step)
     route_requests = sum(step.mix.values())
     served = route_requests / seconds
     connects = step.ok("ConnectFunction")
     heartbeats = step.calls(HEARTBEAT_FUNCTION)
     disconnects = step.calls(DISCONNECT_FUNCTION)
-    fraction = f"{served / high:.0%}-{served / low:.0%}" if low and high else "-"
+    fraction = f"{served / capacity:.0%}" if capacity else "-"
     return (
         f"| {record.name} | {record.connected}/{record.arrivals - record.no_slot} "
         f"| {_latency(record.connect)} "
@@ -974,7 +996,7 @@ def step_row(result: Result, step: StepResult) -> str:
         f"/ {_ratio(step.per_operation((DISCONNECT_FUNCTION,), disconnects))} "
         f"| {step.ok(HEARTBEAT_FUNCTION)}/{record.heartbeats_sent} "
         f"| {step.timeouts} | {sum(record.failures.values())} "
-        f"| {served:.1f} | {low:.1f}-{high:.1f} | {fraction} "
+        f"| {served:.1f} | {capacity:.1f} ({low:.1f}-{high:.1f}) | {fraction} "
         f"| {step.moto_busy / seconds:.0%} "
         f"| {step.stack_cpu / seconds:.2f} / {step.worker_cpu / seconds:.2f} "
         f"| {'yes' if step.past_knee else 'no'} |"
@@ -986,7 +1008,8 @@ HEADER = (
     "| heartbeat p50 / p99 ms (server) | disconnect p50 / p99 ms (server) "
     "| DynamoDB requests per connect / heartbeat / disconnect "
     "| heartbeats processed / sent | client timeouts | client failures "
-    "| route requests/s | moto capacity for the mix, /s | fraction of moto "
+    "| route requests/s | moto capacity for the mix, /s: step's table (before-after) "
+    "| fraction of moto "
     "| moto busy (in the stack) | CPU cores: stack / workers | past the knee |\n"
     "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
     "| ---: | ---: | --- |"

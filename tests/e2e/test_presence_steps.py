@@ -178,6 +178,10 @@ def test_a_tiny_step_reports_every_figure_and_keeps_the_invariants() -> None:
     assert {c.kind for c in result.probes[0]} >= {"UpdateItem", "TransactWriteItems", "Query"}
     low, high = result.capacity_range(step)
     assert 0 < low <= high
+    # Each step's capacity is probed on a copy of the table as the step left it.
+    assert step.table and result.busy.table
+    assert {c.kind for c in step.probe} == {c.kind for c in result.probes[0]}
+    assert result.capacity(step) > 0
 
     report = presence_steps.markdown(result)
     assert report.startswith(presence_steps.HEADER)
