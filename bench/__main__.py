@@ -361,9 +361,13 @@ def presence_section(plan: presence_steps.Plan) -> str:
             "frames. *Route requests/s* are the routes' (the sweeper, redelivery, "
             "backend and the stack's own stream polling excluded, listed below); "
             "*moto capacity for the mix* is what moto alone serves for that step's "
-            "mix of requests, from the probes before and after the steps on a copy "
-            "of the stack's table; *moto busy* is the share of the step moto held "
-            "its one-request lock inside the stack.",
+            "mix of requests (`bench/moto_capacity.py`, in the driver's process, the "
+            "stack stopped), probed on a copy of the stack's table as the step left "
+            "it (moto's cost per request grows with the table, and during a step it "
+            "holds every live session's items), with the probes on the idle table "
+            "before and after the steps in brackets; the *fraction of moto* is the "
+            "route requests over the first; *moto busy* is the share of the step moto "
+            "held its one-request lock inside the stack.",
             "",
             presence_steps.markdown(result),
             "",
@@ -392,15 +396,12 @@ def presence_section(plan: presence_steps.Plan) -> str:
             "`moto_server.py`), and its TransactWriteItems deep-copies the whole table "
             "once per item of the transaction as its rollback copy: a 4-item "
             "transaction copies the table four times, so its cost grows with the "
-            "table's items and their size (the probe's rate on a copy of the run's "
-            "table, above). Connects (one transaction) and disconnects (one or two) "
-            "pay it; a heartbeat is one UpdateItem. During a step the table holds "
-            "every live session's items, more than the probes' copies taken before "
-            "and after the steps, so a transaction inside the stack costs more than "
-            "the probe's (the command prints moto's time per request by operation, "
-            "per step). moto also runs in the stack process, beside the gateway and "
-            "the invocation threads, on a shared machine: its busy time (lock held) "
-            "exceeds its CPU time by the time it waits for the interpreter and the "
+            "table's items and their size (the raw capacity before and after, "
+            "above). Connects (one transaction) and disconnects (one or two) pay it; "
+            "a heartbeat is one UpdateItem (the command prints moto's time per "
+            "request by operation, per step). moto also runs in the stack process, "
+            "beside the gateway and the invocation threads, on a shared machine: its "
+            "busy time (lock held) exceeds its CPU time by the time it waits for the interpreter and the "
             "cores. The background functions (the sweeper's 257 Queries a minute, "
             "redelivery's Query per routed agent, grace cancellations: the requests "
             "by sender, above) hold the same lock; AWS serves them beside the routes, "
