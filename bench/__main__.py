@@ -153,6 +153,10 @@ def cold_start_section(repeat: int) -> str:
         "or a client model; replay, $default and backend build no boto3 client for it.",
         "- *Lazy imports*: each wiring factory imports what it builds; $default loads "
         "neither PynamoDB nor the presence store; presence routes load no fan-out.",
+        "- *Value types as NamedTuples*: on Python 3.12 a frozen dataclass costs about "
+        "0.5 ms of CPU to define (its generated methods compiled one by one), a "
+        "NamedTuple about 0.08 ms; the backend's init made 31 dataclasses, now 6, three "
+        "of them the libraries' (`tests/contract/test_cold_start.py` bounds the count).",
         "",
         "Run to run, a median moves by several milliseconds on this shared machine; the "
         "pairwise range shows how far single pairs of samples spread.",

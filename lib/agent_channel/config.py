@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from functools import cache
+from typing import NamedTuple
 
 CHANNEL_AGENT_MODEL = "claude-code"
 """The model that marks a channel agent: one served through this channel, with presence."""
@@ -34,8 +34,7 @@ def _int(name: str, default: int) -> int:
     return value
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
     heartbeat_seconds: int
     stale_after_seconds: int
     grace_seconds: int

@@ -271,7 +271,7 @@ def test_a_dispatch_nobody_acknowledges_is_given_up_with_a_metric_and_an_event(
     tap = install_event_tap(settings().event_bus_name, DISPATCH_GIVEN_UP)
     monkeypatch.setattr(
         "agent_channel.delivery.redelivery.settings",
-        lambda: settings().__class__(**{**settings().__dict__, "max_delivery_attempts": 2}),
+        lambda: settings()._replace(max_delivery_attempts=2),
     )
     socket = connect_agent(gateway, management.sink, world, "a=")
     task_id = dispatched(world)

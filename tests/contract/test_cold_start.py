@@ -1,8 +1,8 @@
 """What a function's initialisation does, checked in a fresh interpreter per
 function: no garbage collection during init, everything built by init frozen out
 of later collections, one botocore session for every client (PynamoDB's
-included), and nothing imported that the route never needs. The timings
-themselves are benchmarks (bench/cold_start.py), not tests."""
+included), few dataclasses made, and nothing imported that the route never needs.
+The timings themselves are benchmarks (bench/cold_start.py), not tests."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,17 @@ def record(phase, info):
     if phase == "start" and "agent_channel.lambda_kit.cold_start" in sys.modules:
         collections.append(info["generation"])
 gc.callbacks.append(record)
+import dataclasses
+made = []
+process = dataclasses._process_class
+def making(cls, *args, **kwargs):
+    made.append(cls.__module__ + "." + cls.__qualname__)
+    return process(cls, *args, **kwargs)
+dataclasses._process_class = making
 import app
 print(json.dumps({
     "collections": collections,
+    "dataclasses": made,
     "enabled": gc.isenabled(),
     "frozen": gc.get_freeze_count(),
     "modules": sorted(
@@ -42,6 +51,7 @@ print(json.dumps({
 """
 
 
+@cache
 def probe(function: str) -> dict[str, Any]:
     env = {
         **os.environ,
@@ -69,6 +79,23 @@ def test_init_runs_no_garbage_collection_and_freezes_what_it_built(function: str
     assert found["frozen"] > 50_000
     # Clients come from botocore's session: boto3's import (about 12 ms) buys nothing.
     assert not {m for m in found["modules"] if m.split(".")[0] == "boto3"}
+
+
+MAX_OWN_DATACLASSES = 3
+"""The project's dataclasses a function's init may make: those a tuple cannot be,
+mutable or with a ``__post_init__`` (the backend's ``CommandContext``, ``Caller``
+and ``Redelivered``). The other value types are NamedTuples: on Python 3.12 each
+frozen dataclass costs about 0.5 ms of CPU to make (presence/model.py)."""
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_init_makes_few_dataclasses(function: str) -> None:
+    made = probe(function)["dataclasses"]
+    own = [name for name in made if name.startswith("agent_channel.")]
+    assert len(own) <= MAX_OWN_DATACLASSES, own
+    # The libraries' own (botocore's plugin and client contexts, PynamoDB's
+    # cancellation reason) come on top.
+    assert len(made) <= MAX_OWN_DATACLASSES + 3, made
 
 
 def test_routes_import_only_what_they_use() -> None:

@@ -16,7 +16,6 @@ finish to a continuation.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 import statistics
@@ -157,8 +156,7 @@ class Simulation:
         self.meter = Meter()
         self.store = MemoryPresenceStore(self.meter)
         self.scheduler = MemoryGraceScheduler(self.meter)
-        self.settings = dataclasses.replace(
-            Settings.from_env(),
+        self.settings = Settings.from_env()._replace(
             heartbeat_seconds=scenario.heartbeat_seconds,
             stale_after_seconds=scenario.stale_after_seconds,
             grace_seconds=scenario.grace_seconds,

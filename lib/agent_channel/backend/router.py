@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from agent_channel import client_json
 from agent_channel.backend import idempotency
@@ -199,8 +199,7 @@ class CommandContext:
 Handler = Callable[[Args, CommandContext], dict[str, Any]]
 
 
-@dataclass(frozen=True)
-class Op:
+class Op(NamedTuple):
     name: str
     summary: str
     handler: Handler

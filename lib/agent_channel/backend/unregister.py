@@ -20,7 +20,7 @@ half-way) finishes what the first began and changes nothing else:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from agent_channel import clock
 from agent_channel.delivery.closing import close_connections
@@ -72,8 +72,7 @@ class Unregistered:
     withdrawn_schedules: int = 0
 
 
-@dataclass(frozen=True)
-class Services:
+class Services(NamedTuple):
     """What unregistering reaches: the stores, the scheduler, the sockets."""
 
     presence: PresenceStore

@@ -8,8 +8,7 @@ error frame that names the task and changes nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from agent_channel import clock
 from agent_channel.delivery.delivery_store import AckOutcome
@@ -33,8 +32,7 @@ class AckRefused(Refusal):
     code = "ack_refused"
 
 
-@dataclass(frozen=True)
-class Ack:
+class Ack(NamedTuple):
     task_id: int
     generation: int
 

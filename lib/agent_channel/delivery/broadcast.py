@@ -6,7 +6,6 @@ partition (``delivery.members``); the posts go out through ``delivery.fanout``.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from agent_channel.config import settings
@@ -69,7 +68,7 @@ def broadcast_to_stream(
         retry=retry,
     )
     if handed_off:
-        result = dataclasses.replace(result, handed_off=handed_off)
+        result = result._replace(handed_off=handed_off)
     logger.info(
         "broadcast",
         extra={

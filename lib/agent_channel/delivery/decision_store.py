@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from agent_channel.errors import Refusal
 
@@ -11,8 +10,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     """A permission decision of one agent's request."""
 
     agent_id: int

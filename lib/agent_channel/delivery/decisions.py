@@ -9,8 +9,7 @@ is still there for the next replay, however long the outage.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from agent_channel import client_json, clock
 from agent_channel.delivery.broadcast import broadcast_to_stream
@@ -139,8 +138,7 @@ def record_decision(
     return decision
 
 
-@dataclass(frozen=True)
-class Decided:
+class Decided(NamedTuple):
     record: Decision
     broadcast: BroadcastResult
 
@@ -225,8 +223,7 @@ def parse_replay_body(body: str | None, limit: int) -> list[str]:
     return normalize_request_ids(message.get("request_ids"), limit)
 
 
-@dataclass(frozen=True)
-class Replayed:
+class Replayed(NamedTuple):
     requested: int
     sent: tuple[str, ...]
     broadcasts: tuple[BroadcastResult, ...]

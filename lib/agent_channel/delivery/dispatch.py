@@ -23,9 +23,8 @@ elsewhere).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from agent_channel import clock
 from agent_channel.delivery.broadcast import broadcast_to_stream
@@ -110,8 +109,7 @@ class StaleGeneration(DispatchError):
     code = "stale_generation"
 
 
-@dataclass(frozen=True)
-class Comment:
+class Comment(NamedTuple):
     """The comment that carries the work, as the plugin shows it to the agent."""
 
     id: int | None
@@ -134,7 +132,7 @@ class Comment:
         }
 
 
-COMMENT_FIELDS = frozenset(f.name for f in fields(Comment))
+COMMENT_FIELDS = frozenset(Comment._fields)
 
 
 def iso8601(moment: float) -> str:
@@ -154,8 +152,7 @@ def dispatch_message(
     }
 
 
-@dataclass(frozen=True)
-class Dispatched:
+class Dispatched(NamedTuple):
     task: Task
     message: dict[str, Any]
     to_agent: BroadcastResult
@@ -191,7 +188,7 @@ def _message(
         unknown = set(comment_fields) - COMMENT_FIELDS
         if unknown:
             raise InvalidComment(f"unknown comment fields: {', '.join(sorted(unknown))}")
-        comment = replace(comment, **comment_fields)
+        comment = comment._replace(**comment_fields)
     if comment.topic_id != task.topic_id:
         raise InvalidComment(f"the comment belongs to topic {comment.topic_id}, not the task's")
     return dispatch_message(task, comment, context.session_topic, generation)

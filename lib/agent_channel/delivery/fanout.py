@@ -37,8 +37,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from botocore.exceptions import ClientError
 
@@ -71,8 +70,7 @@ class PayloadTooLarge(Refusal, ValueError):
     code = "payload_too_large"
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
+class RetryPolicy(NamedTuple):
     """Backoff for throttled posts: full jitter, ``base * 2**n`` capped at ``cap``."""
 
     attempts: int = 5
@@ -86,8 +84,7 @@ class RetryPolicy:
 DEFAULT_RETRY = RetryPolicy()
 
 
-@dataclass(frozen=True)
-class BroadcastResult:
+class BroadcastResult(NamedTuple):
     stream: str
     delivered: tuple[str, ...] = ()
     gone: tuple[str, ...] = ()
@@ -115,8 +112,7 @@ class PostStatus(enum.StrEnum):
     FAILED = "failed"
 
 
-@dataclass(frozen=True)
-class _Outcome:
+class _Outcome(NamedTuple):
     connection_id: str
     status: PostStatus
     retries: int

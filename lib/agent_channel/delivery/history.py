@@ -19,8 +19,7 @@ any resume; nothing depends on one process's memory.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from agent_channel import clock
 from agent_channel.config import settings
@@ -79,8 +78,7 @@ class UnknownSequence(StreamError):
 # ---------------------------------------------------------------- publish
 
 
-@dataclass(frozen=True)
-class Published:
+class Published(NamedTuple):
     message: dict[str, Any]
     """As sent: with ``seq`` and ``epoch`` when it was kept."""
     result: BroadcastResult
@@ -130,8 +128,7 @@ def publish(
 # ---------------------------------------------------------------- requests
 
 
-@dataclass(frozen=True)
-class ResumeRequest:
+class ResumeRequest(NamedTuple):
     after: int
     epoch: str | None
 
@@ -183,8 +180,7 @@ def channel_agent(caller: Caller | None) -> int:
 # ---------------------------------------------------------------- resume
 
 
-@dataclass(frozen=True)
-class Resumed:
+class Resumed(NamedTuple):
     missed: tuple[Entry, ...]
     gap: bool
     seq: int
@@ -274,8 +270,7 @@ def resume(
 # ---------------------------------------------------------------- resync
 
 
-@dataclass(frozen=True)
-class Resynced:
+class Resynced(NamedTuple):
     task_ids: tuple[int, ...]
     seq: int
     epoch: str | None

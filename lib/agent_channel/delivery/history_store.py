@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from pynamodb.exceptions import PutError
 
@@ -35,8 +34,7 @@ class HistoryUnavailable(Exception):
     """A sequence number could not be allocated (too many concurrent writers)."""
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """One message of an agent stream as it was sent: ``body`` carries seq and epoch."""
 
     agent_id: int

@@ -7,15 +7,13 @@ receive the very next message.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from agent_channel.storage import schema
 from agent_channel.storage.records import ConnectionRecord, Record
 
 
-@dataclass(frozen=True)
-class OpenConnection:
+class OpenConnection(NamedTuple):
     """A connection as ``$connect`` recorded it."""
 
     connection_id: str

@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from agent_channel.errors import Refusal
 from agent_channel.observability import count, logger
@@ -40,8 +39,7 @@ class BadSlice(Refusal, ValueError):
     code = "bad_slice"
 
 
-@dataclass(frozen=True)
-class Slice:
+class Slice(NamedTuple):
     """What one fan-out worker posts: ``data`` to each of ``connection_ids``."""
 
     stream: str
@@ -104,8 +102,7 @@ Invoke = Callable[[bytes], object]
 """Starts one asynchronous invocation of the worker with this payload."""
 
 
-@dataclass(frozen=True)
-class Splitter:
+class Splitter(NamedTuple):
     """Hands slices of a stream to asynchronous invocations of the worker."""
 
     members: int

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from agent_channel import clock
 from agent_channel.grace.task_book import CancelVerdict, DelegatedTask, TaskBook
@@ -64,8 +64,7 @@ class Result:
         }
 
 
-@dataclass(frozen=True)
-class Proceed:
+class Proceed(NamedTuple):
     """The rechecks passed on ``seen``; cancel in these topics (None: every topic)."""
 
     seen: Presence

@@ -7,15 +7,13 @@ it when the agent comes back; ``cancel_offline`` receives the cancellation.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
 
-@dataclass(frozen=True)
-class GraceCancellation:
+class GraceCancellation(NamedTuple):
     """What a grace schedule carries to ``cancel_offline``."""
 
     agent_id: int

@@ -7,8 +7,7 @@ cancels a task only while the agent's presence is still as the recheck read it.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from agent_channel.tasks.model import Status
 
@@ -25,8 +24,7 @@ class CancelVerdict(enum.StrEnum):
     """Still delegated, but presence changed since the recheck: decide again."""
 
 
-@dataclass(frozen=True)
-class DelegatedTask:
+class DelegatedTask(NamedTuple):
     """A task in scope of a grace cancellation, as the index listed it."""
 
     task_id: int

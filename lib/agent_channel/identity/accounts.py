@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from pynamodb.exceptions import DeleteError, UpdateError
 
@@ -25,8 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
 
-@dataclass(frozen=True)
-class User:
+class User(NamedTuple):
     """A human, or an AI agent (``created_by`` names its owner)."""
 
     user_id: int
@@ -45,8 +43,7 @@ class User:
         return self.is_agent and self.model == CHANNEL_AGENT_MODEL
 
 
-@dataclass(frozen=True)
-class Topic:
+class Topic(NamedTuple):
     """A conversation. ``session_id`` set makes it private to one session of its agent."""
 
     topic_id: int

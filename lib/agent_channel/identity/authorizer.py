@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from agent_channel.identity.accounts import topic_from, user_from
 from agent_channel.identity.caller import Caller, Target
@@ -25,8 +25,7 @@ class BadConnectRequest(ValueError):
     """The connect parameters are missing or malformed (answered with 400)."""
 
 
-@dataclass(frozen=True)
-class ConnectRequest:
+class ConnectRequest(NamedTuple):
     agent_id: int | None
     topic_id: int | None
     session_id: str
@@ -88,8 +87,7 @@ class AuthVerdict(enum.StrEnum):
     FORBIDDEN = "forbidden"
 
 
-@dataclass(frozen=True)
-class Authorization:
+class Authorization(NamedTuple):
     verdict: AuthVerdict
     caller: Caller | None = None
 

@@ -7,8 +7,7 @@ the storage conditions that make these rules race-free live in the store.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from agent_channel import clock
 from agent_channel.grace.scheduler import GraceCancellation, GraceScheduler
@@ -147,8 +146,7 @@ def disconnect(
     return settle(store, scheduler, settings, agent_id, dropped=dropped)
 
 
-@dataclass(frozen=True)
-class Swept:
+class Swept(NamedTuple):
     """What a sweep settled, and where it stopped if its budget ran out first:
     ``rest`` the shards it did not finish, in order (empty: it finished), and
     ``resume`` the point reached inside the first of them, if it had begun it."""

@@ -10,8 +10,7 @@ point it reached, to a continuation: another invocation of the same function.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from agent_channel.storage import schema
 
@@ -46,8 +45,7 @@ class BadShards(ValueError):
     """A worker event whose shard list, resume point or hop count is malformed."""
 
 
-@dataclass(frozen=True)
-class Resume:
+class Resume(NamedTuple):
     """Where a sweep of one shard stopped: ``after`` is the last agent settled, in
     the index's order (by ``schema.agent_sort``); the shard's sweep goes on with the
     agents after it."""
@@ -56,8 +54,7 @@ class Resume:
     after: int
 
 
-@dataclass(frozen=True)
-class Worker:
+class Worker(NamedTuple):
     """What one sweep invocation is asked to do: settle the agents of ``shards``
     (those after ``resume.after`` in ``resume.shard``), as hop ``hop`` of a chain
     (0: started by the scheduled sweep; a continuation counts from 1)."""

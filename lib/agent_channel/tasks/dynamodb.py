@@ -6,8 +6,7 @@ it starts from, the slot taken or freed beside it, and any guard on another item
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from agent_channel import clock
 from agent_channel.storage import schema
@@ -43,8 +42,7 @@ if TYPE_CHECKING:
     from pynamodb.transactions import TransactWrite
 
 
-@dataclass(frozen=True)
-class _Guard:
+class _Guard(NamedTuple):
     """A condition on another item that a transition's transaction must also meet (a
     ConditionCheck): the transition holds only while what its caller decided on is
     unchanged."""
@@ -208,10 +206,9 @@ class DynamoTaskStore:
             task, {Status.RUNNING}, Status.DELEGATED, extra_actions=extra, guards=guards
         )
         if pending_tool_call:
-            delegated = replace(delegated, pending_tool_call=pending_tool_call)
+            delegated = delegated._replace(pending_tool_call=pending_tool_call)
         if delivery is not None:
-            delegated = replace(
-                delegated,
+            delegated = delegated._replace(
                 generation=delivery.generation,
                 dispatch_message=delivery.message,
                 acked_generation=0,
@@ -234,7 +231,7 @@ class DynamoTaskStore:
             free_slot=True,
             extra_condition=fence,
         )
-        return replace(done, pending_tool_call=None, next_delivery_at=None)
+        return done._replace(pending_tool_call=None, next_delivery_at=None)
 
     def cancel_delegated(
         self,
@@ -299,7 +296,7 @@ class DynamoTaskStore:
             free_slot=True,
             guards=guards,
         )
-        return replace(cancelled, pending_tool_call=None, next_delivery_at=None)
+        return cancelled._replace(pending_tool_call=None, next_delivery_at=None)
 
     def _transition(
         self,
@@ -370,7 +367,7 @@ class DynamoTaskStore:
         # A transaction returns no item, and a read after it would cost one more
         # request: the new task is the old one with what this transaction wrote
         # (every other field of a task is fixed when it is created).
-        return replace(task, status=to, updated_at=now)
+        return task._replace(status=to, updated_at=now)
 
     def release_slot(self, agent_id: int, task_id: int) -> None:
         SlotRecord(*schema.slot_key(agent_id, task_id)).delete()

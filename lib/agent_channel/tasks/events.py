@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from mypy_boto3_events import EventBridgeClient
@@ -43,8 +42,7 @@ class EventNotPublished(Exception):
     """The bus refused an event after every attempt."""
 
 
-@dataclass(frozen=True)
-class DispatchGivenUp:
+class DispatchGivenUp(NamedTuple):
     """A dispatch no session acknowledged after every redelivery: the task is still
     delegated, and the backend decides what to do with it."""
 

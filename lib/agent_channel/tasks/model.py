@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class Status(enum.StrEnum):
@@ -39,8 +39,7 @@ class TransitionRefused(Exception):
         self.current = current
 
 
-@dataclass(frozen=True)
-class Task:
+class Task(NamedTuple):
     """Work given to an agent on a topic."""
 
     task_id: int
@@ -68,8 +67,7 @@ class Task:
         return self.generation > 0 and self.acked_generation == self.generation
 
 
-@dataclass(frozen=True)
-class DeliveryPlan:
+class DeliveryPlan(NamedTuple):
     """What a dispatch records on the task in its delegate transition."""
 
     generation: int
@@ -77,8 +75,7 @@ class DeliveryPlan:
     next_delivery_at: float
 
 
-@dataclass(frozen=True)
-class DispatchContext:
+class DispatchContext(NamedTuple):
     """What dispatching a task needs besides the task, read consistently in one go."""
 
     agent_routable: bool
