@@ -72,6 +72,7 @@ class MotoServer:
     """moto's server app, atomic per request, on a free loopback port."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        # For the whole process (moto has one StreamShard class): same semantics, cheaper.
         StreamShard.__deepcopy__ = _rollback_copy_of_shard  # type: ignore[attr-defined]
         self._app = OneRequestAtATime(DomainDispatcherApplication(create_backend_app))
         self._server: BaseWSGIServer = make_server(

@@ -41,8 +41,9 @@ if TYPE_CHECKING:
 
 TASK_EVENT_PIPE = "TaskEventPipe"
 READ_LIMIT = 1000
-SHARD_DISCOVERY_SECONDS = 60.0
 """Records read per GetRecords (its maximum); delivered in batches of BatchSize."""
+SHARD_DISCOVERY_SECONDS = 60.0
+"""How often the stream is described again for new shards."""
 _PLACEHOLDER = re.compile(r'("?)<\$\.([A-Za-z0-9_.]+)>("?)')
 
 
