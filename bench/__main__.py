@@ -130,7 +130,7 @@ def cold_start_section(repeat: int) -> str:
         "- *Rare ops load on first use*: the backend imports `unregister_agent`'s and "
         "`create_task`'s account records, and the acting-user checks, only when one "
         "runs, so a backend that dispatches and decides never loads them.",
-        "- *Bytecode in the layer*: without it every cold start compiles boto3, botocore, "
+        "- *Bytecode in the layer*: without it every cold start compiles botocore, "
         "PynamoDB, Powertools and the project again (the last column); `lib/Makefile` "
         "compiles every module with `--invalidation-mode unchecked-hash`, so the "
         "interpreter loads the `.pyc` without checking the source's mtime (which the zip "
@@ -366,12 +366,14 @@ def presence_section(plan: presence_steps.Plan) -> str:
             "backend and the stack's own stream polling excluded, listed below); "
             "*moto capacity for the mix* is what moto alone serves for that step's "
             "mix of requests (`bench/moto_capacity.py`, in the driver's process, the "
-            "stack stopped), probed on a copy of the stack's table as the step left "
-            "it (moto's cost per request grows with the table, and during a step it "
-            "holds every live session's items), with the probes on the idle table "
-            "before and after the steps in brackets; the *fraction of moto* is the "
-            "route requests over the first; *moto busy* is the share of the step moto "
-            "held its one-request lock inside the stack.",
+            "stack stopped), probed on copies of the stack's table as the step found "
+            "it (as the previous step left it) and as it left it: moto's cost per "
+            "request grows with the table, which grows during a step as its sessions "
+            "arrive, so the step's capacity lies between the two. The probes on the "
+            "idle table before and after the steps are in brackets. The *fraction of "
+            "moto* is the route requests over the step's two capacities; the goal "
+            "asks the whole range. *moto busy* is the "
+            "share of the step moto held its one-request lock inside the stack.",
             "",
             presence_steps.markdown(result),
             "",

@@ -181,7 +181,10 @@ def test_a_tiny_step_reports_every_figure_and_keeps_the_invariants() -> None:
     # Each step's capacity is probed on a copy of the table as the step left it.
     assert step.table and result.busy.table
     assert {c.kind for c in step.probe} == {c.kind for c in result.probes[0]}
-    assert result.capacity(step) > 0
+    start, end = result.capacity_bounds(step)
+    assert start > 0 and end > 0
+    low_share, high_share = result.fraction(step)
+    assert 0 < low_share <= high_share
 
     report = presence_steps.markdown(result)
     assert report.startswith(presence_steps.HEADER)
