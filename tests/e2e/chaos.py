@@ -18,6 +18,8 @@ from agent_channel_dev.client import AgentClient, Backoff, ClientConfig, Message
 from tests.e2e.stack import DevServer, start_dev_server
 
 FAULTS = "drop=0.1,crash=0.2,close=0.2,handshake=0.05,seed=11"
+CUT_TIMEOUT = 30.0
+"""How long the run waits for the faults' first cut before the second half."""
 REDELIVERY_SECONDS = 2
 GRACE_SECONDS = 30
 """Longer than any reconnect here: the chaos is about delivery, not departures."""
@@ -137,6 +139,8 @@ def run_chaos(dev: DevServer, dispatches: int) -> ChaosReport:
 
     def dispatch_all() -> None:
         for n in range(dispatches):
+            if n == dispatches // 2:
+                wait_for_a_cut()
             created = call(
                 {
                     "op": "create_task",
@@ -158,6 +162,14 @@ def run_chaos(dev: DevServer, dispatches: int) -> ChaosReport:
                 assert answer["error"] == "agent_not_routable", answer
                 report.not_routable_retries += 1
                 time.sleep(0.2)
+
+    def wait_for_a_cut() -> None:
+        """The faults cut a socket about every 2.5 s, at random: a run quicker than
+        that could dispatch everything before the first cut. Half the dispatches go
+        out only once the client has had to reconnect."""
+        deadline = time.monotonic() + CUT_TIMEOUT
+        while client.connections < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     async def scenario() -> None:
         stop = asyncio.Event()
