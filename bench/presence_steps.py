@@ -608,6 +608,11 @@ class StepResult:
         return {op.split(":", 1)[1]: n for op, n in self.requests_of(sorted(routes)).items()}
 
     @property
+    def served(self) -> float:
+        """The routes' requests per second over the step."""
+        return sum(self.mix.values()) / max(self.record.seconds, 1e-9)
+
+    @property
     def all_requests(self) -> int:
         return sum(self.requests.values())
 
@@ -647,19 +652,18 @@ class Result:
         from bench import moto_capacity
 
         end = moto_capacity.mix_capacity(step.probe, step.mix)
-        if step not in self.steps:
+        index = next((n for n, each in enumerate(self.steps) if each is step), None)
+        if index is None:
             return end, end  # the busy agent's step starts from an emptied table
-        index = self.steps.index(step)
         found = self.steps[index - 1].probe if index else self.probes[0]
         return moto_capacity.mix_capacity(found, step.mix), end
 
     def fraction(self, step: StepResult) -> tuple[float, float]:
         """The step's route requests over moto's capacity for them: (low, high)."""
-        served = sum(step.mix.values()) / max(step.record.seconds, 1e-9)
         bounds = [capacity for capacity in self.capacity_bounds(step) if capacity]
         if not bounds:
             return 0.0, 0.0
-        return served / max(bounds), served / min(bounds)
+        return step.served / max(bounds), step.served / min(bounds)
 
     @property
     def knee(self) -> StepResult | None:
@@ -677,7 +681,7 @@ def goals(result: Result) -> str:
     else:
         low, high = result.capacity_range(knee)
         start, end = result.capacity_bounds(knee)
-        served = sum(knee.mix.values()) / max(knee.record.seconds, 1e-9)
+        served = knee.served
         share = result.fraction(knee)
         met = share[0] >= GOAL_SHARE
         parts.append(
@@ -732,7 +736,7 @@ def short_of_capacity(result: Result, knee: StepResult, share: tuple[float, floa
     past = result.steps[index + 1]
     seconds = max(past.record.seconds, 1e-9)
     low, high = result.fraction(past)
-    served = sum(past.mix.values()) / seconds
+    served = past.served
     load = result.loads[index + 1] if index + 1 < len(result.loads) else "?"
     return text + (
         f" The next step, {past.record.name}, sent {served:.1f} requests/s, "
@@ -1003,8 +1007,7 @@ def step_row(result: Result, step: StepResult) -> str:
     low, high = result.capacity_range(step)
     start, end = result.capacity_bounds(step)
     share = result.fraction(step)
-    route_requests = sum(step.mix.values())
-    served = route_requests / seconds
+    served = step.served
     connects = step.ok("ConnectFunction")
     heartbeats = step.calls(HEARTBEAT_FUNCTION)
     disconnects = step.calls(DISCONNECT_FUNCTION)
