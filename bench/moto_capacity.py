@@ -4,21 +4,33 @@ request at a time, over loopback HTTP) answers, for each kind of request the
 presence routes send (DynamoDB and Scheduler). Printed beside the presence load
 figures, so that each is read as a fraction of what the emulator itself can do.
 
+moto runs in a process of its own, as nothing but a server: the client threads
+that load it would otherwise share its interpreter lock, and slow it most where
+its requests are cheapest. TransactWriteItems is measured at each size from one
+to four items: moto copies the whole table once per item as its rollback copy,
+so a transaction's cost is its size, and a mix is charged for the sizes it sent.
+
     .venv/bin/python -m bench.moto_capacity [--seconds S] [--items N]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import multiprocessing
 import os
+import re
+import statistics
 import sys
 import time
-import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+
+from bench.stack_accounting import transaction_name
 
 ROOT = Path(__file__).resolve().parent.parent
 for _path in (ROOT, ROOT / "lib", ROOT / "devtools"):
@@ -26,6 +38,11 @@ for _path in (ROOT, ROOT / "lib", ROOT / "devtools"):
         sys.path.insert(0, str(_path))
 
 TABLE = "agent-channel-capacity"
+TRANSACTION = re.compile(r"TransactWriteItems \((\d+) items?\)")
+"""As ``stack_accounting`` names a transaction: by its number of items."""
+TRANSACTION_SIZES = (1, 2, 3, 4)
+"""The sizes the presence routes send (a ``$connect``'s and a ``$disconnect``'s)."""
+START_TIMEOUT = 60.0
 ITEMS = 500
 """Items in the table first (about what the presence load leaves): moto's cost per
 request grows with the table, its transactions most (each copies the table)."""
@@ -45,12 +62,48 @@ class Capacity:
 
 def mix_capacity(capacities: list[Capacity], requests: dict[str, int]) -> float:
     """Requests per second moto alone serves for this mix (operation -> count): the
-    mix's requests over the seconds moto needs for each at its own rate. A kind the
-    probe does not send is charged as an UpdateItem (the cheapest write)."""
-    rates = {c.kind: c.per_second for c in capacities}
-    fallback = rates.get("UpdateItem", 0.0)
-    seconds = sum(n / (rates.get(op) or fallback) for op, n in requests.items() if n)
+    mix's requests over the seconds moto needs for each at its own rate.
+
+    An operation is charged at the probe's rate for it by name (a transaction by
+    its size); a transaction of a size the probe did not send, on the straight
+    line through the sizes it did (a cost per request and one per item); another
+    operation the probe does not send, at its kind's rate, else as an UpdateItem
+    (the cheapest write)."""
+    by_name = {c.operation: c.per_second for c in capacities if c.per_second}
+    by_kind = {c.kind: c.per_second for c in capacities if c.per_second}
+    sizes = {
+        size: 1 / c.per_second
+        for c in capacities
+        if c.per_second and (size := transaction_size(c.operation))
+    }
+
+    def cost(operation: str) -> float:
+        """moto's seconds for one request of this operation."""
+        if operation in by_name:
+            return 1 / by_name[operation]
+        size = transaction_size(operation)
+        if size and len(sizes) >= 2:
+            return max(_line(sizes)(size), min(sizes.values()))
+        rate = by_kind.get(operation.split(" ", 1)[0]) or by_kind.get("UpdateItem")
+        return 1 / rate if rate else 0.0
+
+    seconds = sum(n * cost(op) for op, n in requests.items() if n)
     return sum(requests.values()) / seconds if seconds else 0.0
+
+
+def transaction_size(operation: str) -> int:
+    """The items of a ``TransactWriteItems (N items)``; 0 for any other name."""
+    match = TRANSACTION.fullmatch(operation)
+    return int(match.group(1)) if match else 0
+
+
+def _line(points: dict[int, float]) -> Callable[[int], float]:
+    """The least-squares line through (size, seconds) points."""
+    mean_x = statistics.fmean(points)
+    mean_y = statistics.fmean(points.values())
+    spread = sum((x - mean_x) ** 2 for x in points)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points.items()) / spread
+    return lambda x: mean_y + slope * (x - mean_x)
 
 
 def measure(
@@ -70,24 +123,13 @@ def measure(
             "AWS_DEFAULT_REGION": "us-east-1",
         }
     )
-    import logging
-
     import boto3
     from botocore.config import Config
 
-    from agent_channel_dev.local.moto_server import MotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-
-    server = MotoServer()
-    server.start()
-    # moto's backends live in this process, across servers: start from nothing.
-    reset = urllib.request.Request(f"{server.url}/moto-api/reset", method="POST")  # noqa: S310
-    urllib.request.urlopen(reset, timeout=30).close()  # noqa: S310 (our own loopback server)
-    try:
+    with moto_process() as url:
         client = boto3.client(
             "dynamodb",
-            endpoint_url=server.url,
+            endpoint_url=url,
             config=Config(max_pool_connections=threads, retries={"total_max_attempts": 1}),
         )
         client.create_table(
@@ -126,7 +168,7 @@ def measure(
             )
         scheduler = boto3.client(
             "scheduler",
-            endpoint_url=server.url,
+            endpoint_url=url,
             config=Config(max_pool_connections=threads, retries={"total_max_attempts": 1}),
         )
 
@@ -140,38 +182,30 @@ def measure(
                 ExpressionAttributeValues={":n": {"N": str(n)}},
             )
 
-        def transact(n: int) -> None:
-            agent = f"A#{n % AGENTS}"
-            client.transact_write_items(
-                TransactItems=[
-                    {
-                        "Put": {
-                            "TableName": TABLE,
-                            "Item": {"pk": {"S": f"C#{n}"}, "sk": {"S": "C"}},
-                        }
-                    },
-                    {
-                        "Put": {
-                            "TableName": TABLE,
-                            "Item": {"pk": {"S": f"S#{n}"}, "sk": {"S": "M"}},
-                        }
-                    },
-                    {
-                        "Put": {
-                            "TableName": TABLE,
-                            "Item": {"pk": {"S": agent}, "sk": {"S": f"N#{n}"}},
-                        }
-                    },
+        def transaction(size: int) -> Callable[[int], None]:
+            def transact(n: int) -> None:
+                # The agent item's update and puts over leases already there: the
+                # table keeps its size, so every size is measured on the same table.
+                writes: list[Any] = [
                     {
                         "Update": {
                             "TableName": TABLE,
-                            "Key": {"pk": {"S": agent}, "sk": {"S": "USER"}},
+                            "Key": {"pk": {"S": f"A#{n % AGENTS}"}, "sk": {"S": "USER"}},
                             "UpdateExpression": "ADD version :one",
                             "ExpressionAttributeValues": {":one": {"N": "1"}},
                         }
-                    },
+                    }
                 ]
-            )
+                for lease in ((n * 3 + j) % items for j in range(size - 1)):
+                    item: dict[str, str | int] = {
+                        "pk": f"A#{lease % AGENTS}",
+                        "sk": f"L#{lease}",
+                        "seen": n,
+                    }
+                    writes.append({"Put": {"TableName": TABLE, "Item": _typed(item)}})
+                client.transact_write_items(TransactItems=writes)
+
+            return transact
 
         def query(n: int) -> None:
             client.query(
@@ -221,7 +255,6 @@ def measure(
             )
             scheduler.delete_schedule(Name=name)
 
-        # Transactions last: each adds items, and the table's size is their cost.
         rates = [
             _rate("UpdateItem", update, seconds, threads),
             _rate("Query (one agent's partition)", query, seconds, threads),
@@ -230,10 +263,47 @@ def measure(
         ]
         pairs = _rate("Schedule", schedule, seconds, threads).per_second
         rates += [Capacity("CreateSchedule", 2 * pairs), Capacity("DeleteSchedule", 2 * pairs)]
-        rates.append(_rate("TransactWriteItems (4 items)", transact, seconds, threads))
+        rates += [
+            _rate(transaction_name(size), transaction(size), seconds, threads)
+            for size in TRANSACTION_SIZES
+        ]
         return rates
+
+
+@contextlib.contextmanager
+def moto_process() -> Iterator[str]:
+    """The local stack's moto server, alone in a fresh process (its backends start
+    empty), for as long as the block runs; its URL."""
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    process = context.Process(target=_serve_moto, args=(theirs,), name="moto", daemon=True)
+    process.start()
+    try:
+        if not ours.poll(START_TIMEOUT):
+            raise RuntimeError(f"moto did not start within {START_TIMEOUT:g} s")
+        yield ours.recv()
     finally:
-        server.stop()
+        ours.close()  # the server's end reads EOF: it stops
+        process.join(START_TIMEOUT)
+        if process.is_alive():
+            process.kill()
+
+
+def _serve_moto(stop: Connection) -> None:
+    import logging
+
+    for path in (ROOT / "lib", ROOT / "devtools"):
+        if str(path) not in sys.path:
+            sys.path.insert(0, str(path))
+    from agent_channel_dev.local.moto_server import MotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = MotoServer()
+    server.start()
+    stop.send(server.url)
+    with contextlib.suppress(EOFError):
+        stop.recv()
+    server.stop()
 
 
 def table_items(endpoint_url: str) -> list[dict[str, Any]]:
@@ -258,6 +328,11 @@ def table_items(endpoint_url: str) -> list[dict[str, Any]]:
         for page in client.get_paginator("scan").paginate(TableName=name):
             found += page["Items"]
     return found
+
+
+def _typed(item: dict[str, str | int]) -> dict[str, dict[str, str]]:
+    """A flat item in DynamoDB JSON."""
+    return {k: {"N": str(v)} if isinstance(v, int) else {"S": v} for k, v in item.items()}
 
 
 def _rate(name: str, call: Callable[[int], Any], seconds: float, threads: int) -> Capacity:

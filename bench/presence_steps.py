@@ -38,15 +38,15 @@ sockets (``check_agent``):
 - any other disagreement (a client holding a session the gateway does not) is
   reported as unexplained.
 
-moto's raw capacity (``bench.moto_capacity``) is probed in this process, alone,
-on copies of the stack's table: as each step left it (its live sessions' items
-in it: moto's cost per request grows with the table), and before and after the
-steps (the stack idle). Each step's DynamoDB and Scheduler request rate is
-given as a fraction of what moto alone serves for that step's request mix on
-the table as the step found it (the previous step's) and as it left it, a
-range, with the idle probes' figures beside. The
-stack's moto busy time (its one-request lock held) is given beside: the same
-fraction measured inside the stack.
+moto's raw capacity (``bench.moto_capacity``: moto alone in a process of its
+own, each transaction size apart) is probed on copies of the stack's table: as
+each step left it (its live sessions' items in it: moto's cost per request grows
+with the table), and before and after the steps (the stack idle). Each step's
+DynamoDB and Scheduler request rate is given as a fraction of what moto alone
+serves for that step's request mix on the table as the step found it (the
+previous step's) and as it left it, a range, with the idle probes' figures
+beside. The stack's moto busy time (its one-request lock held) is given beside:
+the same fraction measured inside the stack.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ server (``moto_server.OneRequestAtATime``), and each invocation is one
 loopback port of its own:
 
 - moto: requests by (function, operation), error answers by (operation, code),
+  a TransactWriteItems named with its number of items (``TransactWriteItems (2
+  items)``: moto copies the table once per item, so the size is its cost),
   the wall time moto held its one-request lock (busy time) and the CPU time its
   thread spent inside it. Which function sent a request is read from the SigV4
   access key in its ``Authorization`` header: the local stack gives every function
@@ -34,6 +36,7 @@ loopback port of its own:
 from __future__ import annotations
 
 import cProfile
+import io
 import json
 import multiprocessing
 import os
@@ -91,6 +94,8 @@ class Accounting:
         target = environ.get("HTTP_X_AMZ_TARGET", "")
         if target:
             operation = target.rsplit(".", 1)[-1]
+            if operation == "TransactWriteItems":
+                operation = transaction_name(_transaction_items(environ))
         else:
             # REST-JSON services (Scheduler): the method and the resource name it
             # acts on stand for the operation.
@@ -188,6 +193,22 @@ class Accounting:
         found["stack_cpu"] = time.process_time()
         found["worker_cpu"] = _workers_cpu()
         return found
+
+
+def transaction_name(items: int) -> str:
+    return f"TransactWriteItems ({items} item{'' if items == 1 else 's'})"
+
+
+def _transaction_items(environ: dict[str, Any]) -> int:
+    """How many items the request's transaction holds; the body is read once and
+    put back for moto to read."""
+    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    environ["wsgi.input"] = io.BytesIO(body)
+    try:
+        items = json.loads(body).get("TransactItems")
+    except (ValueError, AttributeError):
+        return 0
+    return len(items) if isinstance(items, list) else 0
 
 
 def _workers_cpu() -> float:

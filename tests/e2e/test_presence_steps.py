@@ -7,10 +7,14 @@ first on states made up here: it must see a violation when there is one."""
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 
 import pytest
-from bench import presence_steps
+from bench import moto_capacity, presence_steps
+from bench.moto_capacity import Capacity, mix_capacity
 from bench.presence_steps import ServerView, check_agent
+from bench.stack_accounting import Accounting
 
 TINY = presence_steps.Plan(
     rates=(2.0,),
@@ -146,6 +150,33 @@ def test_the_stack_reports_a_connect_its_client_abandoned() -> None:
     assert presence["leases"] == [] and presence["routing"] is False, presence
 
 
+def test_a_transaction_is_counted_and_charged_by_its_size() -> None:
+    body = json.dumps({"TransactItems": [{"Put": {}}, {"Delete": {}}]}).encode()
+    environ = {
+        "HTTP_AUTHORIZATION": "AWS4-HMAC-SHA256 Credential=key/20261126/us-east-1/dynamodb/x",
+        "HTTP_X_AMZ_TARGET": "DynamoDB_20120810.TransactWriteItems",
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.input": io.BytesIO(body),
+    }
+    assert Accounting().describe(environ) == ("key", "dynamodb:TransactWriteItems (2 items)")
+    assert environ["wsgi.input"].read() == body  # put back for moto to read
+
+    probe = [
+        Capacity("UpdateItem", 300.0),
+        Capacity("TransactWriteItems (1 item)", 80.0),
+        Capacity("TransactWriteItems (2 items)", 40.0),
+        Capacity("TransactWriteItems (4 items)", 20.0),
+    ]
+    assert mix_capacity(probe, {"TransactWriteItems (2 items)": 5}) == pytest.approx(40.0)
+    both = mix_capacity(probe, {"UpdateItem": 1, "TransactWriteItems (1 item)": 1})
+    assert both == pytest.approx(2 / (1 / 300 + 1 / 80))
+    # Sizes the probe did not send lie on the line through those it did.
+    assert 20.0 < mix_capacity(probe, {"TransactWriteItems (3 items)": 1}) < 40.0
+    assert mix_capacity(probe, {"TransactWriteItems (8 items)": 1}) < 20.0
+    # Another operation the probe does not send is charged as an UpdateItem.
+    assert mix_capacity(probe, {"GetItem": 3}) == pytest.approx(300.0)
+
+
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_a_tiny_step_reports_every_figure_and_keeps_the_invariants() -> None:
@@ -173,7 +204,9 @@ def test_a_tiny_step_reports_every_figure_and_keeps_the_invariants() -> None:
         assert measured.per_operation(
             (presence_steps.HEARTBEAT_FUNCTION,), measured.calls(presence_steps.HEARTBEAT_FUNCTION)
         ) == pytest.approx(1.0, abs=0.5)
-        assert measured.mix.get("TransactWriteItems", 0) > 0
+        # Transactions are counted by their size: moto's cost is one copy per item.
+        sizes = [op for op in measured.mix if op.startswith("TransactWriteItems (")]
+        assert sizes and all(moto_capacity.transaction_size(op) for op in sizes), sizes
         assert measured.moto_busy > 0
     assert {c.kind for c in result.probes[0]} >= {"UpdateItem", "TransactWriteItems", "Query"}
     low, high = result.capacity_range(step)
