@@ -286,11 +286,16 @@ FAILING_TRANSACTION = [
 
 
 def fail_a_transaction(dynamodb: Any, table: str) -> None:
+    items = json.loads(json.dumps(FAILING_TRANSACTION).replace("{table}", table))
+    fail_a_transaction_of(dynamodb, items)
+
+
+def fail_a_transaction_of(dynamodb: Any, items: list[dict[str, Any]]) -> None:
     from botocore.exceptions import ClientError
 
-    items = json.loads(json.dumps(FAILING_TRANSACTION).replace("{table}", table))
-    with pytest.raises(ClientError):
+    with pytest.raises(ClientError) as failed:
         dynamodb.transact_write_items(TransactItems=items)
+    assert failed.value.response["Error"]["Code"] == "TransactionCanceledException"
 
 
 def test_a_failed_transaction_leaves_the_stream_as_it_was(served_moto: ServedMoto) -> None:
@@ -317,6 +322,51 @@ def test_a_failed_transaction_leaves_the_stream_as_it_was(served_moto: ServedMot
     assert keys_of(records) == ["0", "1", "2", "3"]
     numbers = [int(record["dynamodb"]["SequenceNumber"]) for record in records]
     assert numbers == list(range(numbers[0], numbers[0] + 4))
+
+
+def test_a_transaction_copies_each_table_once_and_rolls_all_back(
+    served_moto: ServedMoto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """moto copies a transaction's table once per item as its rollback copy; the
+    local stack once per table, and a failed transaction still undoes every write
+    of every table it touched."""
+    from moto.dynamodb.models.table import Table
+
+    moto, dynamodb = served_moto, served_moto.dynamodb
+    for name in ("left", "right"):
+        moto.table_with_stream(name)
+        dynamodb.put_item(TableName=name, Item={"pk": {"S": "kept"}})
+    copies: list[int] = []
+    copy_table = Table.__deepcopy__  # type: ignore[attr-defined]
+
+    def counted(table: Table, memo: dict[int, Any]) -> Table:
+        copied: Table = copy_table(table, memo)
+        copies.append(id(copied))
+        return copied
+
+    monkeypatch.setattr(Table, "__deepcopy__", counted, raising=False)
+
+    def put(table: str, key: str) -> dict[str, Any]:
+        return {"Put": {"TableName": table, "Item": {"pk": {"S": key}}}}
+
+    written = [put("left", "a"), put("right", "b"), put("left", "c"), put("left", "d")]
+    dynamodb.transact_write_items(TransactItems=written)
+    assert len(copies) == 4 and len(set(copies)) == 2  # asked four times, made twice
+
+    check = {
+        "ConditionCheck": {
+            "TableName": "right",
+            "Key": {"pk": {"S": "missing"}},
+            "ConditionExpression": "attribute_exists(pk)",
+        }
+    }
+    fail_a_transaction_of(dynamodb, [put("left", "e"), put("right", "f"), put("left", "g"), check])
+
+    def keys(table: str) -> set[str]:
+        return {item["pk"]["S"] for item in dynamodb.scan(TableName=table)["Items"]}
+
+    assert keys("left") == {"kept", "a", "c", "d"}
+    assert keys("right") == {"kept", "b"}
 
 
 def test_stream_iterators_read_the_live_table_and_expire_as_on_aws(
