@@ -2,7 +2,10 @@
 handler module (which builds its AWS clients at import), against the floor of
 ``import boto3`` plus creating the same clients. Each sample is a new interpreter.
 
-    .venv/bin/python -m bench.cold_start [--repeat N]
+    .venv/bin/python -m bench.cold_start [--repeat N] [--functions NAME [NAME ...]]
+
+``--functions`` measures only the functions named (all of them by default): a
+function near the aim can be sampled more often in the same time.
 
 It runs what Lambda runs: the layer is built by the layer's own Makefile (the
 target ``sam build`` invokes) into a temporary folder, and each function's
@@ -264,8 +267,8 @@ def clients_built(layers: Layers, function: str) -> tuple[str, ...]:
     return tuple(json.loads(_run(_CLIENTS, env).stdout.strip().splitlines()[-1]))
 
 
-def measure(repeat: int, layers: Layers) -> list[ColdStart]:
-    rows = {name: ColdStart(name, clients_built(layers, name), [], [], []) for name in FUNCTIONS}
+def measure(repeat: int, layers: Layers, functions: tuple[str, ...] = FUNCTIONS) -> list[ColdStart]:
+    rows = {name: ColdStart(name, clients_built(layers, name), [], [], []) for name in functions}
     for _ in range(repeat):
         for name, row in rows.items():
             here = layers.functions / name
@@ -330,9 +333,17 @@ def import_profile(layers: Layers, function: str, top: int = 10) -> list[tuple[s
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument(
+        "--functions",
+        nargs="+",
+        choices=FUNCTIONS,
+        default=FUNCTIONS,
+        metavar="NAME",
+        help="measure only these functions (default: all)",
+    )
     args = parser.parse_args(argv)
     with built_layers() as layers:
-        rows = measure(args.repeat, layers)
+        rows = measure(args.repeat, layers, tuple(args.functions))
         for row in rows:
             low, high = row.ratio_range
             print(
