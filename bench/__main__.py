@@ -68,7 +68,8 @@ def cold_start_section(repeat: int) -> str:
         classes_cpu, classes = cold_start.dataclass_cost(layers, worst.function)
     lines = [
         f"Command: `{COMMAND}` (alone: `.venv/bin/python -m bench.cold_start --repeat "
-        f"{repeat}`). Machine: {machine()}. Load: {before} at the start, {load()} at the end.",
+        f"{repeat} --stack-offsets {cold_start.STACK_OFFSETS}`). Machine: {machine()}. "
+        f"Load: {before} at the start, {load()} at the end.",
         "",
         "The layer is built by `lib/Makefile` (the target `sam build` runs for "
         "`BuildMethod: makefile`) into a temporary folder, with this interpreter; each "
@@ -79,7 +80,12 @@ def cold_start_section(repeat: int) -> str:
         "client, as in Lambda, where the trace header decides). Each figure is the CPU "
         "time (`time.process_time`) of "
         f"a fresh interpreter, the median of {repeat}; function, floor and no-bytecode "
-        "samples alternate, so drifting load hits every column alike.",
+        "samples alternate, so drifting load hits every column alike. The rounds start "
+        f"at {cold_start.STACK_OFFSETS} depths spread over one of CPython's 16 KiB "
+        "frame-stack chunks, function and floor alike: where a chunk's edge falls "
+        "decides how often an import maps and unmaps one (some 9 ms of CPU at a bad "
+        "depth), and on Lambda it falls where the runtime's depth puts it, not where "
+        "the benchmark's does (`docs/PERFORMANCE.md`).",
         "",
         "*Function*: `import app`, which builds the function's clients at init, plus "
         "PynamoDB's DynamoDB client where the function uses DynamoDB (the project builds "
@@ -453,7 +459,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     wanted = set(args.only or ["cold_start", "requests", "fanout", "presence", "delivery"])
     benchmarks: list[tuple[str, str, Callable[[], str]]] = [
-        ("cold_start", "Cold start", lambda: cold_start_section(3 if args.quick else 5)),
+        (
+            "cold_start",
+            "Cold start",
+            lambda: cold_start_section(3 if args.quick else cold_start.STACK_OFFSETS),
+        ),
         ("fanout", "Fan-out", lambda: fanout_section(1 if args.quick else 3)),
         ("requests", "Requests per operation", requests_section),
         (

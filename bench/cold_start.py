@@ -16,7 +16,9 @@ edge maps and unmaps it every time: at this script's own depth a function can
 pay some 2,000 such pairs (about 9 ms of CPU) that a few frames deeper it does
 not pay at all, and the floor likewise. On Lambda the edges fall where its
 runtime's depth puts them, not where this script's does; offsets spread over one
-chunk average that out. The default (1) samples at this script's depth only.
+chunk average that out. The default spreads the rounds over ``STACK_OFFSETS``
+depths (``--repeat`` a multiple of it weighs each depth alike); ``1`` samples at
+this script's depth only.
 
 It runs what Lambda runs: the layer is built by the layer's own Makefile (the
 target ``sam build`` invokes) into a temporary folder, and each function's
@@ -68,6 +70,8 @@ FUNCTIONS = (
 )
 
 AIM = 1.15
+STACK_OFFSETS = 8
+"""Depths within one frame-stack chunk the rounds are spread over (``--stack-offsets``)."""
 
 CHUNK_SLOTS = 16 * 1024 // 8
 """Pointers in one chunk of CPython's frame stack (16 KiB on 3.11 and 3.12)."""
@@ -296,7 +300,10 @@ def at_stack_offset(code: str, slots: int) -> str:
 
 
 def measure(
-    repeat: int, layers: Layers, functions: tuple[str, ...] = FUNCTIONS, stack_offsets: int = 1
+    repeat: int,
+    layers: Layers,
+    functions: tuple[str, ...] = FUNCTIONS,
+    stack_offsets: int = STACK_OFFSETS,
 ) -> list[ColdStart]:
     rows = {name: ColdStart(name, clients_built(layers, name), [], [], []) for name in functions}
     for round_ in range(repeat):
@@ -365,7 +372,7 @@ def import_profile(layers: Layers, function: str, top: int = 10) -> list[tuple[s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=STACK_OFFSETS)
     parser.add_argument(
         "--functions",
         nargs="+",
@@ -377,9 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stack-offsets",
         type=int,
-        default=1,
+        default=STACK_OFFSETS,
         metavar="N",
-        help="spread the rounds over N frame-stack offsets within one chunk (default: 1)",
+        help=f"spread the rounds over N frame-stack offsets within one chunk "
+        f"(default: {STACK_OFFSETS})",
     )
     args = parser.parse_args(argv)
     if args.stack_offsets < 1:

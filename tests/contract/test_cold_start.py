@@ -131,9 +131,20 @@ def test_every_client_shares_one_botocore_session(monkeypatch: pytest.MonkeyPatc
         factory.cache_clear()
     assert len(sessions) == 4
     assert all(session is wiring.botocore_session() for session in sessions)
+    # As at a cold start: no record class holds a connection yet (earlier tests'
+    # requests may have given one to a class of its own; restored after).
+    monkeypatch.setattr(Record, "_connection", None)
+    for record_class in _subclasses(Record):
+        if "_connection" in vars(record_class):
+            monkeypatch.delattr(record_class, "_connection")
+    wiring.dynamodb.cache_clear()
     wiring.dynamodb()
     connection = Record._get_connection().connection
     assert connection.session is wiring.botocore_session()
     # Record classes inherit the base's connection: one DynamoDB client in all.
     assert LeaseRecord._get_connection() is Record._get_connection()
     assert TaskRecord._get_connection().connection.client is connection.client
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [sub for direct in cls.__subclasses__() for sub in (direct, *_subclasses(direct))]
