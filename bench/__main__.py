@@ -332,6 +332,8 @@ def presence_section(plan: presence_steps.Plan) -> str:
     before = load()
     result = presence_steps.run(plan)
     below = [step for step in result.steps if not step.past_knee]
+    routes = sum(sum(step.mix.values()) for step in result.steps)
+    background = sum(step.all_requests for step in result.steps) - routes
     goal = presence_steps.goals(result)
     return "\n".join(
         [
@@ -414,12 +416,22 @@ def presence_section(plan: presence_steps.Plan) -> str:
             "(`_copying_each_table_once`), and the probe's moto is the same server. Connects "
             "(one transaction) and disconnects (one or two) pay it; a heartbeat is one "
             "UpdateItem (the command prints moto's time per request by operation, per step). "
+            "What the fraction leaves out is the background: the sweeper and redelivery "
+            "each send one Query per routed agent every minute, whatever the arrival rate, "
+            "each grace that fires one more, "
+            "and the stack's own stream and schedule polling (AWS's Pipes and Scheduler, "
+            "which on AWS cost the table nothing) hold moto's lock too: over the steps the "
+            f"background sent {background:,} requests and the routes {routes:,} (by sender, "
+            "above). AWS serves it all beside the routes, moto between "
+            "them; the goals give the background's share of moto's busy time (each "
+            "operation's busy time shared out by its senders). Making the "
+            "sweeper and redelivery read only what is due (a sparse index of leases by "
+            "expiry, of dispatches by their next delivery) would take their cost from the "
+            "number of routed agents to the work there is: not done. "
             "moto also runs in the stack process, beside the gateway and the invocation "
             "threads, on a shared machine: its busy time (lock held) exceeds its CPU time by the "
-            "time it waits for the interpreter and the cores. The background functions (the "
-            "sweeper's 257 Queries a minute, redelivery's Query per routed agent, grace "
-            "cancellations: the requests by sender, above) hold the same lock; AWS serves them "
-            "beside the routes, moto between them. What was the local stack's, and is fixed: moto "
+            "time it waits for the interpreter and the cores. What was the local stack's, and "
+            "is fixed: moto "
             "keeps every model object it ever made for its dashboard, the rollback copies of the "
             "table each transaction makes included, and every stream iterator it returned; the "
             "stack process grew by millions of objects in a run, and its full garbage collections "
@@ -433,11 +445,8 @@ def presence_section(plan: presence_steps.Plan) -> str:
             "only when it changed. "
             "The probe's figures are moto's alone: it serves from a process of its own, "
             "where the client threads that load it do not share its interpreter, and each "
-            "transaction size is probed (moto copies the table once per item), so a step's "
-            "mix is charged for the sizes it sent. Inside the stack moto shares its process "
-            "with the gateway and the invocation threads, so its busy time there is longer "
-            "than its own work by the waits for the interpreter. "
-            "Read the fraction as the benchmark's figure, and moto busy as the check on it. "
+            "transaction size the routes send is probed, so a step's "
+            "mix is charged for the sizes it sent. "
             "Requests per operation are at the minimum the requests table gives. "
             + (
                 f"The last step below the knee is {below[-1].record.name}."

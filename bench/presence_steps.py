@@ -608,6 +608,24 @@ class StepResult:
         return {op.split(":", 1)[1]: n for op, n in self.requests_of(sorted(routes)).items()}
 
     @property
+    def background_busy(self) -> float:
+        """moto's busy seconds in the step spent on the background's requests (the
+        sweeper, redelivery, grace cancellations, the backend, the stack's stream and
+        schedule polling): each operation's busy time shared by its requests' senders."""
+        by_operation: Counter[str] = Counter()
+        background: Counter[str] = Counter()
+        for key, n in self.requests.items():
+            who, operation = key.split("|", 1)
+            by_operation[operation] += n
+            if who in BACKGROUND:
+                background[operation] += n
+        return sum(
+            busy * background[operation] / by_operation[operation]
+            for operation, busy in self.busy_by_operation.items()
+            if by_operation[operation]
+        )
+
+    @property
     def served(self) -> float:
         """The routes' requests per second over the step."""
         return sum(self.mix.values()) / max(self.record.seconds, 1e-9)
@@ -725,16 +743,21 @@ def goals(result: Result) -> str:
 def short_of_capacity(result: Result, knee: StepResult, share: tuple[float, float]) -> str:
     """By how much the capacity goal is missed, and what the next step (past the
     knee) shows about why: the load it offered, and moto's lock held beyond its CPU."""
+    seconds = max(knee.record.seconds, 1e-9)
     text = (
         f"Short by {max(GOAL_SHARE - share[1], 0) * 100:.0f}-"
-        f"{(GOAL_SHARE - share[0]) * 100:.0f} percentage points: below the knee the "
-        f"offered load is what the step's rate makes it."
+        f"{(GOAL_SHARE - share[0]) * 100:.0f} percentage points. At {knee.record.name} moto "
+        f"was busy {knee.moto_busy / seconds:.0%} of the step inside the stack, "
+        f"{knee.background_busy / seconds:.0%} of it on the background's requests "
+        f"(the sweeper, redelivery, grace cancellations, the stack's stream and schedule "
+        f"polling), which the fraction does not count."
     )
     index = result.steps.index(knee)
     if index + 1 >= len(result.steps):
         return text
     past = result.steps[index + 1]
     seconds = max(past.record.seconds, 1e-9)
+    background = past.background_busy / seconds
     low, high = result.fraction(past)
     served = past.served
     load = result.loads[index + 1] if index + 1 < len(result.loads) else "?"
@@ -743,7 +766,8 @@ def short_of_capacity(result: Result, knee: StepResult, share: tuple[float, floa
         f"{low:.0%}-{high:.0%} of moto's capacity for its mix, but "
         f"past the knee ({past.timeouts} client timeouts, connect p99 "
         f"{_ms(quantile(past.record.connect, 0.99))} ms): moto was busy "
-        f"{past.moto_busy / seconds:.0%} of it and on a core {past.moto_cpu / seconds:.0%}, "
+        f"{past.moto_busy / seconds:.0%} of it ({background:.0%} on the background) and on "
+        f"a core {past.moto_cpu / seconds:.0%}, "
         f"its one-request lock held while its thread waited for a core (load average "
         f"{load} at the step's start, {os.cpu_count()} cores)."
     )

@@ -177,6 +177,33 @@ def test_a_transaction_is_counted_and_charged_by_its_size() -> None:
     assert mix_capacity(probe, {"GetItem": 3}) == pytest.approx(300.0)
 
 
+def test_moto_busy_time_is_shared_by_each_operations_senders() -> None:
+    step = presence_steps.StepResult(
+        presence_steps.StepRecord("1/s", 1.0, seconds=10.0),
+        requests={
+            "SweeperFunction|dynamodb:Query": 3,
+            "ConnectFunction|dynamodb:Query": 1,
+            "ConnectFunction|dynamodb:TransactWriteItems (6 items)": 2,
+            "stack|dynamodb:GetRecords": 5,
+        },
+        invocations={},
+        durations={},
+        errors={},
+        moto_busy=1.5,
+        busy_by_operation={
+            "dynamodb:Query": 0.4,
+            "dynamodb:TransactWriteItems (6 items)": 1.0,
+            "dynamodb:GetRecords": 0.1,
+        },
+        moto_cpu=1.2,
+        stack_cpu=2.0,
+        worker_cpu=0.5,
+    )
+
+    assert step.background_busy == pytest.approx(0.3 + 0.1)
+    assert step.mix == {"Query": 1, "TransactWriteItems (6 items)": 2}
+
+
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_a_tiny_step_reports_every_figure_and_keeps_the_invariants() -> None:
