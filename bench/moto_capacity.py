@@ -46,9 +46,12 @@ TRANSACTION_SIZES = (1, 2, 6)
 ``$connect``'s six."""
 START_TIMEOUT = 60.0
 ITEMS = 500
-"""Items in the table first (about what the presence load leaves): moto's cost per
-request grows with the table, its transactions most (each copies the table)."""
-AGENTS = 200
+"""Items in the table before the probe, copied ones included (about what the
+presence load leaves): moto's cost per request grows with the table, its
+transactions most (each copies the table)."""
+TARGETS = 50
+"""Items of the probe's own that its requests aim at, put in beside the copied
+ones (which make up the rest of ``ITEMS``, or all of a larger table)."""
 
 
 @dataclass(frozen=True)
@@ -115,9 +118,13 @@ def measure(
     copied: list[dict[str, Any]] | None = None,
 ) -> list[Capacity]:
     """Each request kind's rate. ``copied``: items (pk/sk keyed, as the project's
-    table) put in the table first, so that it holds what a run's table held: moto's
-    transactions copy the whole table, so their cost is its items' size, not only
-    their number."""
+    table) put in the table first, so that it holds what a run's table held, and
+    not much more: moto's transactions copy the whole table, so their cost is its
+    items' size, not only their number. The probe's own items (``TARGETS``, or what
+    ``items`` asks beyond the copied ones) are the keys its requests aim at; its
+    writes overwrite them, so the table keeps its size."""
+    targets = max(TARGETS, items - len(copied or ()))
+    agents = max(1, targets * 2 // 5)  # two or three items to an agent's partition
     os.environ.update(
         {
             "AWS_ACCESS_KEY_ID": "bench",
@@ -146,16 +153,16 @@ def measure(
                 {"AttributeName": "sk", "KeyType": "RANGE"},
             ],
         )
-        for start in range(0, items, 25):
+        for start in range(0, targets, 25):
             client.batch_write_item(
                 RequestItems={
                     TABLE: [
                         {
                             "PutRequest": {
-                                "Item": {"pk": {"S": f"A#{i % AGENTS}"}, "sk": {"S": f"L#{i}"}}
+                                "Item": {"pk": {"S": f"A#{i % agents}"}, "sk": {"S": f"L#{i}"}}
                             }
                         }
-                        for i in range(start, min(start + 25, items))
+                        for i in range(start, min(start + 25, targets))
                     ]
                 }
             )
@@ -175,10 +182,10 @@ def measure(
         )
 
         def update(n: int) -> None:
-            item = n % items
+            item = n % targets
             client.update_item(
                 TableName=TABLE,
-                Key={"pk": {"S": f"A#{item % AGENTS}"}, "sk": {"S": f"L#{item}"}},
+                Key={"pk": {"S": f"A#{item % agents}"}, "sk": {"S": f"L#{item}"}},
                 UpdateExpression="SET seen = :n",
                 ConditionExpression="attribute_exists(pk)",
                 ExpressionAttributeValues={":n": {"N": str(n)}},
@@ -192,15 +199,15 @@ def measure(
                     {
                         "Update": {
                             "TableName": TABLE,
-                            "Key": {"pk": {"S": f"A#{n % AGENTS}"}, "sk": {"S": "USER"}},
+                            "Key": {"pk": {"S": f"A#{n % agents}"}, "sk": {"S": "USER"}},
                             "UpdateExpression": "ADD version :one",
                             "ExpressionAttributeValues": {":one": {"N": "1"}},
                         }
                     }
                 ]
-                for lease in ((n * 3 + j) % items for j in range(size - 1)):
+                for lease in ((n * 3 + j) % targets for j in range(size - 1)):
                     item: dict[str, str | int] = {
-                        "pk": f"A#{lease % AGENTS}",
+                        "pk": f"A#{lease % agents}",
                         "sk": f"L#{lease}",
                         "seen": n,
                     }
@@ -213,19 +220,19 @@ def measure(
             client.query(
                 TableName=TABLE,
                 KeyConditionExpression="pk = :pk",
-                ExpressionAttributeValues={":pk": {"S": f"A#{n % AGENTS}"}},
+                ExpressionAttributeValues={":pk": {"S": f"A#{n % agents}"}},
                 ConsistentRead=True,
             )
 
         def batch_get(n: int) -> None:
             # As the authorizer's: the token digest and the target, consistently.
-            item = n % items
+            item = n % targets
             client.batch_get_item(
                 RequestItems={
                     TABLE: {
                         "Keys": [
-                            {"pk": {"S": f"A#{item % AGENTS}"}, "sk": {"S": f"L#{item}"}},
-                            {"pk": {"S": f"A#{(item + 1) % AGENTS}"}, "sk": {"S": "USER"}},
+                            {"pk": {"S": f"A#{item % agents}"}, "sk": {"S": f"L#{item}"}},
+                            {"pk": {"S": f"A#{(item + 1) % agents}"}, "sk": {"S": "USER"}},
                         ],
                         "ConsistentRead": True,
                     }
@@ -236,7 +243,7 @@ def measure(
             # As $disconnect's lease delete: conditional, returning the old item.
             client.delete_item(
                 TableName=TABLE,
-                Key={"pk": {"S": f"A#{n % AGENTS}"}, "sk": {"S": f"D#{n}"}},
+                Key={"pk": {"S": f"A#{n % agents}"}, "sk": {"S": f"D#{n}"}},
                 ReturnValues="ALL_OLD",
             )
 
