@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import multiprocessing
 import os
-import re
 import statistics
 import sys
 import time
@@ -31,7 +30,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from bench.stack_accounting import transaction_name
+from bench.stack_accounting import transaction_name, transaction_size
 
 ROOT = Path(__file__).resolve().parent.parent
 for _path in (ROOT, ROOT / "lib", ROOT / "devtools"):
@@ -39,8 +38,6 @@ for _path in (ROOT, ROOT / "lib", ROOT / "devtools"):
         sys.path.insert(0, str(_path))
 
 TABLE = "agent-channel-capacity"
-TRANSACTION = re.compile(r"TransactWriteItems \((\d+) items?\)")
-"""As ``stack_accounting`` names a transaction: by its number of items."""
 TRANSACTION_SIZES = (1, 2, 6)
 """The sizes the presence routes send: a ``$disconnect``'s one or two, a
 ``$connect``'s six."""
@@ -61,8 +58,7 @@ class Capacity:
 
     @property
     def kind(self) -> str:
-        """The API operation (``TransactWriteItems`` of ``TransactWriteItems (4 items)``)."""
-        return self.operation.split(" ", 1)[0]
+        return _kind(self.operation)
 
 
 def mix_capacity(capacities: list[Capacity], requests: dict[str, int]) -> float:
@@ -82,24 +78,25 @@ def mix_capacity(capacities: list[Capacity], requests: dict[str, int]) -> float:
         if c.per_second and (size := transaction_size(c.operation))
     }
 
+    line = _line(sizes) if len(sizes) >= 2 else None
+
     def cost(operation: str) -> float:
         """moto's seconds for one request of this operation."""
         if operation in by_name:
             return 1 / by_name[operation]
         size = transaction_size(operation)
-        if size and len(sizes) >= 2:
-            return max(_line(sizes)(size), min(sizes.values()))
-        rate = by_kind.get(operation.split(" ", 1)[0]) or by_kind.get("UpdateItem")
+        if size and line is not None:
+            return max(line(size), min(sizes.values()))
+        rate = by_kind.get(_kind(operation)) or by_kind.get("UpdateItem")
         return 1 / rate if rate else 0.0
 
     seconds = sum(n * cost(op) for op, n in requests.items() if n)
     return sum(requests.values()) / seconds if seconds else 0.0
 
 
-def transaction_size(operation: str) -> int:
-    """The items of a ``TransactWriteItems (N items)``; 0 for any other name."""
-    match = TRANSACTION.fullmatch(operation)
-    return int(match.group(1)) if match else 0
+def _kind(operation: str) -> str:
+    """The API operation (``TransactWriteItems`` of ``TransactWriteItems (6 items)``)."""
+    return operation.split(" ", 1)[0]
 
 
 def _line(points: dict[int, float]) -> Callable[[int], float]:

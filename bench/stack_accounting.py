@@ -10,7 +10,7 @@ loopback port of its own:
 
 - moto: requests by (function, operation), error answers by (operation, code),
   a TransactWriteItems named with its number of items (``TransactWriteItems (2
-  items)``: moto copies the table once per item, so the size is its cost),
+  items)``: its cost in moto grows with its size),
   the wall time moto held its one-request lock (busy time) and the CPU time its
   thread spent inside it. Which function sent a request is read from the SigV4
   access key in its ``Authorization`` header: the local stack gives every function
@@ -195,8 +195,18 @@ class Accounting:
         return found
 
 
+TRANSACTION = re.compile(r"TransactWriteItems \((\d+) items?\)")
+
+
 def transaction_name(items: int) -> str:
+    """The operation a TransactWriteItems of this many items is counted under."""
     return f"TransactWriteItems ({items} item{'' if items == 1 else 's'})"
+
+
+def transaction_size(operation: str) -> int:
+    """The items of a ``transaction_name``; 0 for any other operation."""
+    match = TRANSACTION.fullmatch(operation)
+    return int(match.group(1)) if match else 0
 
 
 def _transaction_items(environ: dict[str, Any]) -> int:

@@ -11,10 +11,10 @@ import io
 import json
 
 import pytest
-from bench import moto_capacity, presence_steps
+from bench import presence_steps
 from bench.moto_capacity import Capacity, mix_capacity
 from bench.presence_steps import ServerView, check_agent
-from bench.stack_accounting import Accounting
+from bench.stack_accounting import Accounting, transaction_size
 
 TINY = presence_steps.Plan(
     rates=(2.0,),
@@ -233,7 +233,7 @@ def test_a_tiny_step_reports_every_figure_and_keeps_the_invariants() -> None:
         ) == pytest.approx(1.0, abs=0.5)
         # Transactions are counted by their size: moto's cost is one copy per item.
         sizes = [op for op in measured.mix if op.startswith("TransactWriteItems (")]
-        assert sizes and all(moto_capacity.transaction_size(op) for op in sizes), sizes
+        assert sizes and all(transaction_size(op) for op in sizes), sizes
         assert measured.moto_busy > 0
     assert {c.kind for c in result.probes[0]} >= {"UpdateItem", "TransactWriteItems", "Query"}
     low, high = result.capacity_range(step)
