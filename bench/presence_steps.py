@@ -96,6 +96,7 @@ BACKEND_THREADS = 8
 
 # What a function's invocations stand for in the report.
 CONNECT_FUNCTIONS = ("AuthorizeFunction", "ConnectFunction")
+PROVISIONED_FUNCTIONS = (*LIFECYCLE_FUNCTIONS, "CancelOfflineFunction")
 HEARTBEAT_FUNCTION = "HeartbeatIntegration"
 """The heartbeat route runs no Lambda: API Gateway's DynamoDB integration renews the
 lease (template.yaml); the accounting counts its calls and requests under this name."""
@@ -112,9 +113,9 @@ BACKGROUND = (
 
 @dataclass(frozen=True)
 class Plan:
-    rates: tuple[float, ...] = (1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 3.0, 4.0, 6.0, 8.0)
-    """Arrivals per second, a quarter apart where the knee has been on a 2-core
-    machine (1.5-2.5/s): the last step below it is found to within 0.25/s."""
+    rates: tuple[float, ...] = (1.0, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 8.0)
+    """Arrivals per second, half a step apart where the knee has been on a 2-core
+    machine (3-4/s): the last step below it is found to within 0.5/s."""
     step_seconds: float = 45.0
     lifetime: tuple[float, float] = (20.0, 60.0)
     heartbeat_seconds: int = 15
@@ -123,6 +124,9 @@ class Plan:
     busy_sessions: int = 40
     probe_seconds: float = 2.0
     seed: int = 16
+    provisioned_workers: int = 8
+    """Workers started before the steps for each function a step invokes (the
+    local stack's provisioned concurrency; its most, ``max_concurrency``)."""
 
     @property
     def busy_rate(self) -> float:
@@ -154,7 +158,7 @@ GOAL_SHARE = 0.5
 # -- the child: the stack with its accounting --------------------------------------
 
 
-def serve(heartbeat: int, stale: int, grace: int) -> int:
+def serve(heartbeat: int, stale: int, grace: int, provisioned_workers: int) -> int:
     for path in (ROOT, ROOT / "lib", ROOT / "devtools"):
         if str(path) not in sys.path:
             sys.path.insert(0, str(path))
@@ -180,6 +184,12 @@ def serve(heartbeat: int, stale: int, grace: int) -> int:
         # Lambda's default account concurrency is far above this; the local stack's
         # default (8 workers per function) is what a laptop runs.
         max_concurrency=8,
+        # The functions a step invokes, that many workers of each started before the
+        # steps (provisioned concurrency): here a cold start takes its CPU from every
+        # other invocation on the machine's cores, where Lambda gives it an
+        # environment of its own, and under a rising load the cold starts fed on
+        # each other. Those that still happen are counted per step.
+        provisioned={name: provisioned_workers for name in PROVISIONED_FUNCTIONS},
     )
     code = dev.run(options)
     if accounting.profile is not None:
@@ -305,6 +315,7 @@ def start_stack(plan: Plan) -> Stack:
             str(plan.heartbeat_seconds),
             str(plan.stale_after_seconds),
             str(plan.grace_seconds),
+            str(plan.provisioned_workers),
         ],
         stdout=subprocess.PIPE,
         # BENCH_PROFILE_TO: where the child's profile (its stderr) goes.
@@ -526,6 +537,8 @@ class StepResult:
     stack_cpu: float
     worker_cpu: float
     stream_records: int = 0
+    cold_starts: dict[str, int] = field(default_factory=dict)
+    """Workers started in the step, by function (Lambda's cold starts)."""
     past_knee: bool = False
     table: list[dict[str, Any]] = field(default_factory=list)
     """The stack's table as the step left it (DynamoDB JSON items)."""
@@ -563,6 +576,7 @@ class StepResult:
             after["stack_cpu"] - before["stack_cpu"],
             max(0.0, after["worker_cpu"] - before["worker_cpu"]),
             int((after.get("table_items") or {}).get("stream_records") or 0),
+            delta("cold_starts"),
         )
 
     def moto_ms(self) -> list[tuple[str, float, float]]:
@@ -746,11 +760,10 @@ def short_of_capacity(result: Result, knee: StepResult, share: tuple[float, floa
     seconds = max(knee.record.seconds, 1e-9)
     text = (
         f"Short by {max(GOAL_SHARE - share[1], 0) * 100:.0f}-"
-        f"{(GOAL_SHARE - share[0]) * 100:.0f} percentage points. At {knee.record.name} moto "
-        f"was busy {knee.moto_busy / seconds:.0%} of the step inside the stack, "
-        f"{knee.background_busy / seconds:.0%} of it on the background's requests "
-        f"(the sweeper, redelivery, grace cancellations, the stack's stream and schedule "
-        f"polling), which the fraction does not count."
+        f"{(GOAL_SHARE - share[0]) * 100:.0f} percentage points. Of that busy time, "
+        f"{knee.background_busy / seconds:.0%} of the step went to the background's "
+        f"requests (the sweeper, redelivery, grace cancellations, the stack's stream and "
+        f"schedule polling), which the fraction does not count."
     )
     index = result.steps.index(knee)
     if index + 1 >= len(result.steps):
@@ -981,7 +994,13 @@ def summary(step: StepResult) -> str:
         f"requests, moto busy {step.moto_busy / max(record.seconds, 1e-9):.0%} "
         f"(CPU {step.moto_cpu / max(record.seconds, 1e-9):.0%}), stream "
         f"{step.stream_records}, "
-        f"timeouts {step.timeouts}, failures {dict(record.failures)}; moto ms/request: "
+        f"timeouts {step.timeouts}, failures {dict(record.failures)}, cold starts "
+        f"{step.cold_starts}, server p99 ms "
+        + ", ".join(
+            f"{name} {_ms(quantile(step.durations.get(name, []), 0.99))}"
+            for name in CONNECT_FUNCTIONS
+        )
+        + "; moto ms/request: "
         + ", ".join(f"{op} {ms:.1f}" for op, _, ms in step.moto_ms()[:5])
     )
 
@@ -1011,6 +1030,18 @@ def run(plan: Plan) -> Result:
 
 
 # -- markdown ----------------------------------------------------------------------
+
+
+def cold_starts(result: Result) -> str:
+    """Workers started during each step, by function, or none."""
+    steps = [*result.steps, *([result.busy] if result.busy else [])]
+    started = [
+        f"{step.record.name}: "
+        + ", ".join(f"{name} {n}" for name, n in sorted(step.cold_starts.items()))
+        for step in steps
+        if step.cold_starts
+    ]
+    return "; ".join(started) or "none"
 
 
 def _ms(value: float | None) -> str:
@@ -1095,7 +1126,10 @@ def markdown(result: Result) -> str:
         "",
         f"Table items during the run: {result.table_items:,}. Agents: {result.agents} "
         f"(2-3 session slots each) plus the busy one ({plan.busy_sessions} slots). "
-        f"Load average at each step's start: {'; '.join(result.loads)}.",
+        f"Load average at each step's start: {'; '.join(result.loads)}. "
+        f"{plan.provisioned_workers} workers of each of "
+        f"{', '.join(PROVISIONED_FUNCTIONS)} were started before the steps (provisioned "
+        f"concurrency); cold starts in the steps: {cold_starts(result)}.",
         "",
         "The routes' requests over the whole run: "
         + (", ".join(f"{op} {n}" for op, n in mixes.most_common()) or "none")
@@ -1123,7 +1157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-seconds", type=float, default=Plan.step_seconds)
     parser.add_argument("--lifetime", type=float, nargs=2, default=list(Plan.lifetime))
     parser.add_argument("--busy-sessions", type=int, default=Plan.busy_sessions)
-    parser.add_argument("--serve", type=int, nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--serve", type=int, nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         return serve(*args.serve)

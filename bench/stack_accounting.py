@@ -64,6 +64,9 @@ class Accounting:
         self.moto_cpu = 0.0
         self.invocations: Counter[str] = Counter()
         self.durations: dict[str, list[float]] = {}
+        self.cold_starts: Counter[str] = Counter()
+        """Workers started, by function: an invocation that found no warm worker
+        waited for one's init (Lambda's cold start)."""
         self.in_flight = 0
         self.handlers = 0
         """The gateway's socket handlers running: one per open socket, plus each
@@ -184,6 +187,7 @@ class Accounting:
                 "moto_cpu": self.moto_cpu,
                 "invocations": dict(self.invocations),
                 "durations": {name: list(values) for name, values in self.durations.items()},
+                "cold_starts": dict(self.cold_starts),
                 "in_flight": self.in_flight,
             }
         found["open_sockets"] = self.open_sockets() if self.open_sockets else None
@@ -287,6 +291,16 @@ def install(accounting: Accounting) -> None:
         return result
 
     workers.Functions.invoke = timed_invoke  # type: ignore[method-assign]
+
+    start_worker = workers.FunctionPool._start
+
+    def counted_start(self: workers.FunctionPool) -> Any:
+        worker = start_worker(self)
+        with accounting._lock:
+            accounting.cold_starts[self.spec.logical_id] += 1
+        return worker
+
+    workers.FunctionPool._start = counted_start  # type: ignore[method-assign]
 
     run_integration = service_integration.run
 

@@ -369,6 +369,121 @@ def test_a_transaction_copies_each_table_once_and_rolls_all_back(
     assert keys("right") == {"kept", "b"}
 
 
+def test_a_query_answers_as_moto_does_reading_only_what_it_reaches(
+    served_moto: ServedMoto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """moto's Query sorts every item of the table to keep one partition's (on an
+    index, those with its keys); the local stack's reads the partition (every item,
+    unsorted, on an index). Every answer is moto's own: on the table and on an
+    index, forwards and backwards, with sort key conditions, filters, projections
+    and pages; on a table with a sort key and on one without. And the Query no
+    longer compares the table's other items."""
+    from moto.dynamodb.models.dynamo_type import DynamoType
+    from moto.dynamodb.models.table import Table
+
+    dynamodb = served_moto.dynamodb
+    key = [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}]
+    dynamodb.create_table(
+        TableName="ranged",
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[
+            {"AttributeName": name, "AttributeType": "S"} for name in ("pk", "sk", "ix", "ixs")
+        ],
+        KeySchema=key,
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": "by_ix",
+                "KeySchema": [
+                    {"AttributeName": "ix", "KeyType": "HASH"},
+                    {"AttributeName": "ixs", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
+    )
+    dynamodb.create_table(
+        TableName="flat",
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        KeySchema=key[:1],
+    )
+    for n in range(120):
+        item = {"pk": {"S": f"a{n % 9}"}, "sk": {"S": f"s{(n * 37) % 120:03d}"}, "n": {"N": str(n)}}
+        if n % 3 != 1:  # a sparse index, ties in its sort key broken by the table's keys
+            item |= {"ix": {"S": f"i{n % 4}"}, "ixs": {"S": f"t{n % 5}"}}
+        dynamodb.put_item(TableName="ranged", Item=item)
+        dynamodb.put_item(TableName="flat", Item={"pk": {"S": f"f{n}"}, "n": {"N": str(n)}})
+
+    def value(text: str) -> dict[str, Any]:
+        return {":v": {"S": text}, ":w": {"S": "s050"}, ":x": {"S": "t3"}, ":n": {"N": "40"}}
+
+    asked: list[dict[str, Any]] = []
+    for forward in (True, False):
+        for limit in ({}, {"Limit": 4}):
+            common = {"ScanIndexForward": forward, **limit}
+            asked += [
+                {"TableName": "ranged", "KeyConditionExpression": "pk = :v", **common},
+                {"TableName": "ranged", "KeyConditionExpression": "pk = :v AND sk > :w", **common},
+                {
+                    "TableName": "ranged",
+                    "KeyConditionExpression": "pk = :v",
+                    "FilterExpression": "n > :n",
+                    "ProjectionExpression": "sk, n",
+                    **common,
+                },
+                {
+                    "TableName": "ranged",
+                    "IndexName": "by_ix",
+                    "KeyConditionExpression": "ix = :v",
+                    **common,
+                },
+                {
+                    "TableName": "ranged",
+                    "IndexName": "by_ix",
+                    "KeyConditionExpression": "ix = :v AND ixs >= :x",
+                    **common,
+                },
+                {"TableName": "flat", "KeyConditionExpression": "pk = :v", **common},
+            ]
+    partitions = ["a0", "a4", "a8", "i0", "i3", "f7", "missing"]
+
+    def pages(query: dict[str, Any], partition: str) -> list[Any]:
+        used = query["KeyConditionExpression"] + query.get("FilterExpression", "")
+        values = {name: v for name, v in value(partition).items() if name in used}
+        request = {**query, "ExpressionAttributeValues": values}
+        answers: list[Any] = []
+        while True:
+            page = dynamodb.query(**request)
+            answers.append((page["Items"], page["Count"], page["ScannedCount"]))
+            if "LastEvaluatedKey" not in page:
+                return answers
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    ours = [pages(query, partition) for query in asked for partition in partitions]
+    compared: list[int] = []
+    original_lt = DynamoType.__lt__
+
+    def counted_lt(self: Any, other: Any) -> bool:
+        compared.append(1)
+        return bool(original_lt(self, other))
+
+    monkeypatch.setattr(DynamoType, "__lt__", counted_lt)
+    dynamodb.query(
+        TableName="ranged", KeyConditionExpression="pk = :v", ExpressionAttributeValues=value("a1")
+    )
+    comparisons_of_ours = len(compared)
+    monkeypatch.setattr(Table, "query", Table.query.__wrapped__)  # type: ignore[attr-defined]
+    monkeypatch.setattr(Table, "all_items", Table.all_items.__wrapped__)  # type: ignore[attr-defined]
+    compared.clear()
+    dynamodb.query(
+        TableName="ranged", KeyConditionExpression="pk = :v", ExpressionAttributeValues=value("a1")
+    )
+    assert comparisons_of_ours < 40 < len(compared)  # a partition of 13, a table of 120
+    assert [pages(query, partition) for query in asked for partition in partitions] == ours
+    assert any(len(answer) > 1 for answer in ours)  # some were paged
+    assert sum(len(items) for answer in ours for items, _, _ in answer) > 500  # and found
+
+
 def test_stream_iterators_read_the_live_table_and_expire_as_on_aws(
     served_moto: ServedMoto,
 ) -> None:

@@ -5,7 +5,9 @@ between invocations and reset after a timeout."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,13 +53,15 @@ def app(tmp_path: Path) -> sam_app.SamApp:
     return sam_app.load(tmp_path / "template.yaml", stack_name="w")
 
 
-def functions(app: sam_app.SamApp) -> Functions:
+def functions(app: sam_app.SamApp, provisioned: dict[str, int] | None = None) -> Functions:
     return Functions(
         app,
         environment=lambda spec: lambda_environment(
             spec, endpoint_url="http://127.0.0.1:9", access_key=("k", "s")
         ),
         local_origin="http://127.0.0.1:9",
+        max_concurrency=3,
+        provisioned=provisioned,
     )
 
 
@@ -93,6 +97,41 @@ def test_warm_between_invocations_killed_and_reset_after_its_timeout(app: sam_ap
         after = await pool.invoke("Configured", {})
         assert after["pid"] != first["pid"]  # the timed out environment is gone
         assert after["started"] > first["started"]
+
+    try:
+        asyncio.run(run())
+    finally:
+        pool.close()
+
+
+def test_provisioned_workers_are_started_before_and_serve_concurrent_invocations(
+    tmp_path: Path,
+) -> None:
+    """Provisioned concurrency: warming starts that many workers of the function
+    (capped at its concurrency), so concurrent invocations find each one warm; a
+    function not named gets one. A name that is no function is refused."""
+    (tmp_path / "fn").mkdir()
+    (tmp_path / "fn" / "app.py").write_text(HANDLER, encoding="utf-8")
+    configured = "    Properties: {CodeUri: fn/, Environment: {Variables: {GREETING: hello}}}"
+    template = TEMPLATE.replace("    Properties: {CodeUri: fn/}", configured)
+    (tmp_path / "template.yaml").write_text(template, encoding="utf-8")
+    app = sam_app.load(tmp_path / "template.yaml", stack_name="w")
+    with pytest.raises(ValueError, match="Missing"):
+        functions(app, {"Missing": 2})
+    pool = functions(app, {"Configured": 5})
+
+    async def at_once(name: str, count: int) -> list[dict[str, Any]]:
+        calls = (pool.invoke(name, {"sleep": 0.3}) for _ in range(count))
+        return list(await asyncio.gather(*calls))
+
+    async def run() -> None:
+        await pool.warm_all()
+        warmed = time.time()
+        provisioned = await at_once("Configured", 3)
+        assert len({answer["pid"] for answer in provisioned}) == 3  # three at once
+        assert all(answer["started"] < warmed for answer in provisioned)  # none cold
+        other = await at_once("Unconfigured", 2)
+        assert sorted(answer["started"] < warmed for answer in other) == [False, True]
 
     try:
         asyncio.run(run())

@@ -25,6 +25,7 @@ TINY = presence_steps.Plan(
     grace_seconds=3,
     busy_sessions=4,
     probe_seconds=0.3,
+    provisioned_workers=1,
 )
 
 

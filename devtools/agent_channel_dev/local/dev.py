@@ -74,6 +74,9 @@ class DevOptions:
     ordered_frames: bool = False
     delete_close_code: int = GOING_AWAY
     max_concurrency: int = 8
+    provisioned: dict[str, int] = field(default_factory=dict)
+    """Workers started before the stack serves, by function logical id (one for any
+    other): provisioned concurrency, up to ``max_concurrency``."""
     data_dir: str | None = None
     """Where state and the backend secret live (None: $AGENT_CHANNEL_DATA_DIR or the default)."""
     fresh: bool = False
@@ -306,6 +309,7 @@ async def _serve_with_moto(
         # A shortened staleness needs the sweeper more often than every minute.
         rate_seconds=sweep_interval(options.stale_after_seconds) if project else None,
         max_concurrency=options.max_concurrency,
+        provisioned=options.provisioned,
     )
     demo = (
         await asyncio.to_thread(

@@ -12,8 +12,6 @@ between requests, which is exactly the concurrency AWS has.
 
 from __future__ import annotations
 
-import copy
-import functools
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -21,8 +19,7 @@ from typing import Any
 
 from moto.core.model_instances import reset_model_data
 from moto.core.models import DEFAULT_ACCOUNT_ID
-from moto.dynamodb.models import DynamoDBBackend, dynamodb_backends
-from moto.dynamodb.models.table import StreamShard, Table
+from moto.dynamodb.models import dynamodb_backends
 from moto.dynamodbstreams.models import dynamodbstreams_backends
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
@@ -30,6 +27,8 @@ from moto.moto_server.werkzeug_app import (
     create_backend_app,
 )
 from werkzeug.serving import BaseWSGIServer, make_server
+
+from agent_channel_dev.local import moto_costs
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -50,81 +49,11 @@ class OneRequestAtATime:
             return list(self._app(environ, start_response))
 
 
-def _rollback_copy_of_shard(shard: StreamShard, memo: dict[int, Any]) -> StreamShard:
-    """A stream shard as a table's rollback copy needs it: the same records in a
-    list of its own.
-
-    moto deep-copies the table before every TransactWriteItems (here once per
-    table of the transaction: ``_copying_each_table_once``), its stream with it,
-    every record's old and new images included. A record never changes once
-    added, so the copy may share them; only the list must be its own, so that a
-    failed transaction's records go with it.
-    Deep-copied, the records made a transaction's cost grow with the stream's
-    backlog, which grows while transactions are slow: under load, a spiral.
-    """
-    copied: StreamShard = object.__new__(StreamShard)
-    memo[id(shard)] = copied
-    copied.__dict__.update(shard.__dict__)
-    copied.table = copy.deepcopy(shard.table, memo)
-    copied.items = list(shard.items)
-    return copied
-
-
-_transaction = threading.local()
-"""The rollback copies made so far by the TransactWriteItems this thread serves."""
-
-
-def _copying_each_table_once(
-    transact_write_items: Callable[[DynamoDBBackend, list[dict[str, Any]]], None],
-) -> Callable[[DynamoDBBackend, list[dict[str, Any]]], None]:
-    """moto's TransactWriteItems, making one rollback copy per table, not per item.
-
-    Before it writes anything, moto deep-copies a transaction's table once for
-    each item, keeping the last copy: a 6-item transaction (a ``$connect``'s)
-    copied the whole table six times, nearly all of the transaction's cost, and
-    the copies are alike since nothing is written between them. The first copy
-    of each table stands for the rest: the same rollback, a sixth of the cost.
-    """
-    if getattr(transact_write_items, "copies_each_table_once", False):
-        return transact_write_items
-
-    @functools.wraps(transact_write_items)
-    def transact(backend: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> None:
-        _transaction.copies = {}
-        try:
-            transact_write_items(backend, transact_items)
-        finally:
-            _transaction.copies = None
-
-    transact.copies_each_table_once = True  # type: ignore[attr-defined]
-    return transact
-
-
-def _rollback_copy_of_table(table: Table, memo: dict[int, Any]) -> Table:
-    """A deep copy of the table, as ``copy.deepcopy`` makes one, made once per
-    transaction (``_copying_each_table_once``). The copy is not tracked for moto's
-    dashboard (``object.__new__``): the stack does not serve it."""
-    copies: dict[int, Table] | None = getattr(_transaction, "copies", None)
-    if copies is not None and id(table) in copies:
-        return copies[id(table)]
-    copied: Table = object.__new__(type(table))
-    memo[id(table)] = copied
-    copied.__dict__.update(copy.deepcopy(table.__dict__, memo))
-    if copies is not None:
-        copies[id(table)] = copied
-    return copied
-
-
 class MotoServer:
     """moto's server app, atomic per request, on a free loopback port."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        # For the whole process (moto has one class of each): same semantics, cheaper.
-        StreamShard.__deepcopy__ = _rollback_copy_of_shard  # type: ignore[attr-defined]
-        Table.__deepcopy__ = _rollback_copy_of_table  # type: ignore[attr-defined]
-        DynamoDBBackend.transact_write_items = _copying_each_table_once(  # type: ignore[method-assign,assignment]
-            DynamoDBBackend.transact_write_items
-        )
+        moto_costs.install()
         self._app = OneRequestAtATime(DomainDispatcherApplication(create_backend_app))
         self._server: BaseWSGIServer = make_server(
             host, port, self._app, threaded=True, request_handler=MotoRequestHandler

@@ -68,6 +68,7 @@ class LocalStack:
         options: GatewayOptions,
         rate_seconds: float | None = None,
         max_concurrency: int = 8,
+        provisioned: dict[str, int] | None = None,
     ) -> LocalStack:
         """Wire the stack (the resources must exist already)."""
         keys = {
@@ -87,6 +88,7 @@ class LocalStack:
             ),
             local_origin=local_origin,
             max_concurrency=max_concurrency,
+            provisioned=provisioned,
         )
         # What the API's AWS service integrations call: the stack's moto, with the
         # gateway's own credentials (each integration's role is checked on the way).
@@ -118,7 +120,8 @@ class LocalStack:
 
     async def start(self, sock: socket.socket) -> None:
         # Every function is started (and imported) now: a broken one fails the
-        # start, not the first request.
+        # start, not the first request. A function with provisioned concurrency
+        # starts that many workers.
         await self.functions.warm_all()
         self._runner = web.AppRunner(
             self.web_app, access_log=None, handle_signals=False, shutdown_timeout=CLEANUP_SECONDS

@@ -197,14 +197,16 @@ class FunctionPool:
                 raise FunctionError(json.loads(payload))
             return json.loads(payload)
 
-    async def warm(self) -> None:
-        """Start one worker now: a function that cannot even import fails the start."""
-        async with self._semaphore():
-            try:
-                self._idle.append(await asyncio.to_thread(self._start))
-            except FunctionError as failed:
-                failed.payload["function"] = self.spec.logical_id
-                raise
+    async def warm(self, workers: int = 1) -> None:
+        """Start ``workers`` workers now (at most ``max_concurrency``), one after
+        another: a function that cannot even import fails the start."""
+        for _ in range(max(1, min(workers, self.max_concurrency))):
+            async with self._semaphore():
+                try:
+                    self._idle.append(await asyncio.to_thread(self._start))
+                except FunctionError as failed:
+                    failed.payload["function"] = self.spec.logical_id
+                    raise
 
     def close(self) -> None:
         while self._idle:
@@ -226,7 +228,14 @@ class Functions:
         environment: Callable[[FunctionSpec], dict[str, str]],
         local_origin: str,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        provisioned: dict[str, int] | None = None,
     ) -> None:
+        self._provisioned = dict(provisioned or {})
+        """Workers ``warm_all`` starts, by logical id (one for any other): as
+        Lambda's provisioned concurrency keeps environments initialized, so that a
+        rising load does not wait for cold starts. Here a cold start also takes its
+        CPU from every other invocation on the machine, where Lambda gives it an
+        environment of its own."""
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(PRELOAD)
         self._pools = {
@@ -247,12 +256,17 @@ class Functions:
             )
             for logical_id, spec in app.functions.items()
         }
+        unknown = sorted(set(self._provisioned) - set(self._pools))
+        if unknown:
+            raise ValueError(f"provisioned concurrency for no such function: {unknown}")
 
     async def invoke(self, logical_id: str, event: Any) -> Any:
         return await self._pools[logical_id].invoke(event)
 
     async def warm_all(self) -> None:
-        await asyncio.gather(*(pool.warm() for pool in self._pools.values()))
+        await asyncio.gather(
+            *(pool.warm(self._provisioned.get(name, 1)) for name, pool in self._pools.items())
+        )
 
     def close(self) -> None:
         for pool in self._pools.values():
