@@ -33,9 +33,13 @@ lint:
 typecheck:
 	$(BIN)/mypy lib devtools functions bench
 
-# The README's test command: lint, types, then the whole suite.
+# The README's test command: lint, types, then the whole suite, on TEST_WORKERS
+# processes (pytest-xdist; 0: in this one). Each worker takes tests as it frees up
+# and steals from the other's share at the end (worksteal), so one long test does
+# not leave a worker idle; the e2e tests each start their own servers on free ports.
+TEST_WORKERS ?= 2
 test: setup lint typecheck
-	PATH="$(CURDIR)/$(SAMENV)/bin:$$PATH" $(BIN)/pytest
+	PATH="$(CURDIR)/$(SAMENV)/bin:$$PATH" $(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal
 
 bench: setup
 	$(BIN)/python -m bench

@@ -39,6 +39,13 @@ for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
 
 import moto  # noqa: E402  (moto must hook botocore before any client exists)
 
+from agent_channel_dev.local import moto_costs  # noqa: E402
+
 assert moto  # imported for its side effect
+
+# The local stack's moto (same answers, cheaper) from the first test on, not only
+# once a test has started its server, which installs it for the whole process:
+# every test, in any order and on any worker, runs against the same moto.
+moto_costs.install()
 
 pytest_plugins = ["tests.support.fixtures"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import boto3
 import pytest
@@ -45,7 +45,7 @@ from tests.support.interleave import (
     explore,
     run_once,
 )
-from tests.support.presence_world import fresh_world
+from tests.support.presence_world import PreparedWorlds, PresenceWorld
 
 tasks = DynamoTaskStore()
 
@@ -702,47 +702,64 @@ def test_the_handler_never_logs_the_token(
 # --- every interleaving (invariant 3) ------------------------------------------------
 
 
+class Prepared(NamedTuple):
+    """What a grace's race is run from: every actor that may take part, the work
+    at stake, and the tap on the bus."""
+
+    everyone: dict[str, Callable[[], Any]]
+    task_id: int
+    agent_id: int
+    tap: EventTap
+
+
+def grace_due_with_delegated_work(world: PresenceWorld) -> Prepared:
+    """The agent's only session left with a task delegated; its grace is due. The
+    grace may fire (twice), a reply land, the agent reconnect."""
+    clock = world.clock
+    tap = install_event_tap(settings().event_bus_name)
+    world.open("a", "s1")
+    agent_id = int(world.agent_id)
+    reader = accounts.create_user("reader")
+    topic = accounts.create_topic(int(reader.user_id), "t", primary_agent_id=agent_id)
+    task_id = delegated_task(topic.topic_id, agent_id)
+    world.disconnect("a")()
+    payload = json.loads(
+        boto3.client("scheduler").get_schedule(
+            Name=schedule_name(agent_id, None), GroupName=settings().schedule_group
+        )["Target"]["Input"]
+    )
+    clock.advance(settings().grace_seconds)
+    task = tasks.get(task_id)
+    assert task is not None
+
+    def reply() -> str:
+        try:
+            tasks.claim_reply(task)
+        except TransitionRefused:
+            return "refused"
+        return "done"
+
+    everyone: dict[str, Callable[[], Any]] = {
+        "grace": lambda: invoke("cancel_offline", payload),
+        "grace_again": lambda: invoke("cancel_offline", payload),
+        "reply": reply,
+        "back": world.subscribe("b", "s1"),
+    }
+    return Prepared(everyone, task_id, agent_id, tap)
+
+
 def reply_or_reconnect_races_the_grace(
-    clock: FakeClock, choose: Chooser, actors: tuple[str, ...]
+    worlds: PreparedWorlds[Prepared], choose: Chooser, actors: tuple[str, ...]
 ) -> Run:
     """The grace fires while a reply lands and/or the agent reconnects, as separate
     Lambda instances whose DynamoDB calls interleave in the order ``choose`` picks."""
-    with fresh_world(clock) as world:
-        tap = install_event_tap(settings().event_bus_name)
-        world.open("a", "s1")
-        agent_id = int(world.agent_id)
-        reader = accounts.create_user("reader")
-        topic = accounts.create_topic(int(reader.user_id), "t", primary_agent_id=agent_id)
-        task_id = delegated_task(topic.topic_id, agent_id)
-        world.disconnect("a")()
-        payload = json.loads(
-            boto3.client("scheduler").get_schedule(
-                Name=schedule_name(agent_id, None), GroupName=settings().schedule_group
-            )["Target"]["Input"]
-        )
-        clock.advance(settings().grace_seconds)
-        task = tasks.get(task_id)
-        assert task is not None
-
-        def reply() -> str:
-            try:
-                tasks.claim_reply(task)
-            except TransitionRefused:
-                return "refused"
-            return "done"
-
-        everyone: dict[str, Callable[[], Any]] = {
-            "grace": lambda: invoke("cancel_offline", payload),
-            "grace_again": lambda: invoke("cancel_offline", payload),
-            "reply": reply,
-            "back": world.subscribe("b", "s1"),
-        }
+    with worlds.world() as (_, (everyone, task_id, agent_id, tap)):
         # Three actors with every Scheduler and @connections request a point too run
         # past the time budget: those interleave over their DynamoDB requests.
         services = TABLE_ONLY if len(actors) > 2 else INTERLEAVED_SERVICES
         run = run_once([(name, everyone[name]) for name in actors], choose, services)
         with explaining(run):
-            check_invariant_3(run, task_id, tap, agent_id)
+            check_invariant_3(run, task_id, tap.afresh(), agent_id)
         return run
 
 
@@ -790,10 +807,11 @@ def test_every_interleaving_keeps_invariant_3(
 ) -> None:
     start = fake_clock.value
     outcomes: set[str] = set()
+    worlds = PreparedWorlds(fake_clock, grace_due_with_delegated_work)
 
     def one(choose: Chooser) -> None:
         fake_clock.value = start
-        run = reply_or_reconnect_races_the_grace(fake_clock, choose, actors)
+        run = reply_or_reconnect_races_the_grace(worlds, choose, actors)
         outcomes.add(run.results["grace"]["outcome"])
 
     runs = explore(one)
@@ -805,46 +823,63 @@ def test_every_interleaving_keeps_invariant_3(
 # --- every interleaving of a session-scoped drain -------------------------------------
 
 
-def session_drain_races(clock: FakeClock, choose: Chooser, actors: tuple[str, ...]) -> Run:
-    """s1 left while s2 stays; s1's own topic has a delegated task and a queued one.
-    The session grace fires while s1 comes back and/or the backend starts the queued
-    task, as separate Lambda instances interleaving their DynamoDB calls."""
-    with fresh_world(clock) as world:
-        tap = install_event_tap(settings().event_bus_name)
-        world.open("a", "s1")
-        world.open("b", "s2")
-        agent_id = int(world.agent_id)
-        owner = accounts.create_user("reader")
-        topic = accounts.create_topic(
-            int(owner.user_id), "s1", primary_agent_id=agent_id, session_id="s1"
-        )
-        delegated = delegated_task(topic.topic_id, agent_id)
-        queued = waiting_task(topic.topic_id, agent_id, Status.QUEUED)
-        world.disconnect("a")()
-        payload = json.loads(
-            boto3.client("scheduler").get_schedule(
-                Name=schedule_name(agent_id, "s1"), GroupName=settings().schedule_group
-            )["Target"]["Input"]
-        )
-        clock.advance(settings().grace_seconds)
+class PreparedDrain(NamedTuple):
+    everyone: dict[str, Callable[[], Any]]
+    agent_id: int
+    delegated: int
+    queued: int
+    tap: EventTap
 
-        def start() -> str:
-            task = tasks.get(queued)
-            assert task is not None
-            try:
-                tasks.start(task)
-            except TransitionRefused:
-                return "refused"
-            return "started"
 
-        everyone: dict[str, Callable[[], Any]] = {
-            "grace": lambda: invoke("cancel_offline", payload),
-            "back": world.subscribe("c", "s1"),
-            "start": start,
-        }
+def session_grace_due_beside_a_sibling(world: PresenceWorld) -> PreparedDrain:
+    """s1 left while s2 stays; s1's own topic has a delegated task and a queued one,
+    and s1's grace is due. The grace may fire, s1 come back, the backend start the
+    queued task."""
+    clock = world.clock
+    tap = install_event_tap(settings().event_bus_name)
+    world.open("a", "s1")
+    world.open("b", "s2")
+    agent_id = int(world.agent_id)
+    owner = accounts.create_user("reader")
+    topic = accounts.create_topic(
+        int(owner.user_id), "s1", primary_agent_id=agent_id, session_id="s1"
+    )
+    delegated = delegated_task(topic.topic_id, agent_id)
+    queued = waiting_task(topic.topic_id, agent_id, Status.QUEUED)
+    world.disconnect("a")()
+    payload = json.loads(
+        boto3.client("scheduler").get_schedule(
+            Name=schedule_name(agent_id, "s1"), GroupName=settings().schedule_group
+        )["Target"]["Input"]
+    )
+    clock.advance(settings().grace_seconds)
+
+    def start() -> str:
+        task = tasks.get(queued)
+        assert task is not None
+        try:
+            tasks.start(task)
+        except TransitionRefused:
+            return "refused"
+        return "started"
+
+    everyone: dict[str, Callable[[], Any]] = {
+        "grace": lambda: invoke("cancel_offline", payload),
+        "back": world.subscribe("c", "s1"),
+        "start": start,
+    }
+    return PreparedDrain(everyone, agent_id, delegated, queued, tap)
+
+
+def session_drain_races(
+    worlds: PreparedWorlds[PreparedDrain], choose: Chooser, actors: tuple[str, ...]
+) -> Run:
+    """The session grace fires while s1 comes back and/or the backend starts the
+    queued task, as separate Lambda instances interleaving their DynamoDB calls."""
+    with worlds.world() as (_, (everyone, agent_id, delegated, queued, tap)):
         run = run_once([(name, everyone[name]) for name in actors], choose)
         with explaining(run):
-            check_session_drain(run, agent_id, delegated, queued, tap)
+            check_session_drain(run, agent_id, delegated, queued, tap.afresh())
         return run
 
 
@@ -878,10 +913,11 @@ def test_every_interleaving_of_a_session_drain(
 ) -> None:
     start = fake_clock.value
     outcomes: set[str] = set()
+    worlds = PreparedWorlds(fake_clock, session_grace_due_beside_a_sibling)
 
     def one(choose: Chooser) -> None:
         fake_clock.value = start
-        run = session_drain_races(fake_clock, choose, actors)
+        run = session_drain_races(worlds, choose, actors)
         outcomes.add(run.results["grace"]["outcome"])
 
     runs = explore(one)

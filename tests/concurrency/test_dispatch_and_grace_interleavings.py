@@ -31,7 +31,7 @@ from tests.support.interleave import (
     random_chooser,
     run_once,
 )
-from tests.support.presence_world import PresenceWorld, fresh_world
+from tests.support.presence_world import PreparedWorlds, PresenceWorld
 
 tasks = DynamoTaskStore()
 TABLE_AND_SOCKETS = frozenset({"dynamodb", "apigatewaymanagementapi"})
@@ -86,20 +86,31 @@ def dispatch_actor(task_id: int) -> Callable[[], Any]:
     return act
 
 
-def dispatch_races_leave_and_return(clock: FakeClock, choose: Chooser) -> Run:
-    with fresh_world(clock) as world:
-        world.open("a", "s1")
-        topic = accounts.create_topic(
-            int(world.agent_record().created_by), "t", primary_agent_id=world.agent_id
-        )
-        task = tasks.start(
-            tasks.create(topic_id=int(topic.topic_id), agent_id=world.agent_id, content="x")
-        )
-        actors = [
-            ("dispatch", dispatch_actor(task.task_id)),
-            ("leave", world.disconnect("a")),
-            ("back", world.subscribe("b", "s1")),
-        ]
+Actors = list[tuple[str, Callable[[], Any]]]
+
+
+def leave_and_return_beside_a_dispatch(world: PresenceWorld) -> tuple[Actors, Task]:
+    """The agent's only session open, a task started: the dispatch, the session
+    leaving and the same session coming back."""
+    world.open("a", "s1")
+    topic = accounts.create_topic(
+        int(world.agent_record().created_by), "t", primary_agent_id=world.agent_id
+    )
+    task = tasks.start(
+        tasks.create(topic_id=int(topic.topic_id), agent_id=world.agent_id, content="x")
+    )
+    actors = [
+        ("dispatch", dispatch_actor(task.task_id)),
+        ("leave", world.disconnect("a")),
+        ("back", world.subscribe("b", "s1")),
+    ]
+    return actors, task
+
+
+def dispatch_races_leave_and_return(
+    worlds: PreparedWorlds[tuple[Actors, Task]], choose: Chooser
+) -> Run:
+    with worlds.world() as (world, (actors, task)):
         # Scheduler requests (the grace scheduled and withdrawn) change nothing the
         # check looks at; with them as points too the exploration runs past the
         # time budget.
@@ -151,10 +162,11 @@ def test_every_interleaving_of_dispatch_and_presence_delegates_to_a_live_socket(
     suite's budget on two cores. The default suite samples SAMPLED_RUNS of them."""
     start = fake_clock.value
     outcomes: set[str] = set()
+    worlds = PreparedWorlds(fake_clock, leave_and_return_beside_a_dispatch)
 
     def one(choose: Chooser) -> Run:
         fake_clock.value = start
-        run = dispatch_races_leave_and_return(fake_clock, choose)
+        run = dispatch_races_leave_and_return(worlds, choose)
         outcomes.add(str(run.results["dispatch"]))
         return run
 
@@ -170,12 +182,14 @@ def test_every_interleaving_of_dispatch_and_presence_delegates_to_a_live_socket(
 # -- 4. a session-scoped grace versus the session's heartbeat ---------------------------
 
 
-def session_grace_races_heartbeat(clock: FakeClock, choose: Chooser, beat: str = "touch") -> Run:
-    """Every lease stale, routing still on (no sweep yet): the session's grace fires
-    while its plugin, alive after all, heartbeats on the unreaped lease: an on-time
-    heartbeat (``touch``, API Gateway's UpdateItem, no version bump: the race the
-    cancel's lease guards close) or a late one (``restore``, through Lambda)."""
-    with fresh_world(clock) as world:
+def stale_session_with_delegated_work(beat: str) -> Callable[[PresenceWorld], tuple[Actors, int]]:
+    """Every lease stale, routing still on (no sweep yet), a task of the session
+    delegated: the session's grace, and a heartbeat of its plugin, alive after all,
+    on the unreaped lease: an on-time heartbeat (``touch``, API Gateway's
+    UpdateItem, no version bump: the race the cancel's lease guards close) or a late
+    one (``restore``, through Lambda)."""
+
+    def prepare(world: PresenceWorld) -> tuple[Actors, int]:
         world.open("a", "s1")
         owner_id = int(world.agent_record().created_by)
         topic = accounts.create_topic(
@@ -194,6 +208,17 @@ def session_grace_races_heartbeat(clock: FakeClock, choose: Chooser, beat: str =
             ("grace", lambda: invoke("cancel_offline", payload)),
             ("beat", world.touch("a") if beat == "touch" else world.heartbeat("a")),
         ]
+        return actors, task_id
+
+    return prepare
+
+
+def session_grace_races_heartbeat(
+    worlds: PreparedWorlds[tuple[Actors, int]], choose: Chooser
+) -> Run:
+    """The session's grace fires while its plugin heartbeats on the unreaped lease
+    (``stale_session_with_delegated_work``): the heartbeat, if it came first, wins."""
+    with worlds.world() as (world, (actors, task_id)):
         run = run_once(actors, choose)
         with explaining(run):
             world.check_invariants()
@@ -216,10 +241,11 @@ def test_every_interleaving_of_a_session_grace_and_a_revival_lets_the_revival_wi
 ) -> None:
     start = fake_clock.value
     outcomes: set[str] = set()
+    worlds = PreparedWorlds(fake_clock, stale_session_with_delegated_work(beat))
 
     def one(choose: Chooser) -> None:
         fake_clock.value = start + settings().stale_after_seconds + 1
-        run = session_grace_races_heartbeat(fake_clock, choose, beat)
+        run = session_grace_races_heartbeat(worlds, choose)
         outcomes.add(str(run.results["grace"]["outcome"]))
 
     runs = explore(one)
@@ -290,10 +316,11 @@ def test_the_harness_catches_an_unguarded_delegate(
 ) -> None:
     monkeypatch.setattr(sys.modules[__name__], "tasks", broken())
     start = fake_clock.value
+    worlds = PreparedWorlds(fake_clock, leave_and_return_beside_a_dispatch)
 
     def one(choose: Chooser) -> None:
         fake_clock.value = start
-        dispatch_races_leave_and_return(fake_clock, choose)
+        dispatch_races_leave_and_return(worlds, choose)
 
     with pytest.raises(InterleavingError, match="none of which held a lease"):
         explore(one)
@@ -306,10 +333,11 @@ def test_the_harness_catches_a_cancel_without_lease_guards(
 
     monkeypatch.setattr(app, "book", DynamoTaskBook(CancelWithoutLeaseGuards()))
     start = fake_clock.value
+    worlds = PreparedWorlds(fake_clock, stale_session_with_delegated_work("touch"))
 
     def one(choose: Chooser) -> None:
         fake_clock.value = start
-        session_grace_races_heartbeat(fake_clock, choose)
+        session_grace_races_heartbeat(worlds, choose)
 
     with pytest.raises(InterleavingError, match="revived it first"):
         explore(one)
@@ -334,10 +362,11 @@ def test_the_harness_catches_a_recheck_that_reaps_a_routed_agents_last_leases(
 
     monkeypatch.setattr(cancellation, "_reaped", always_reap)
     start = fake_clock.value
+    worlds = PreparedWorlds(fake_clock, stale_session_with_delegated_work("touch"))
 
     def one(choose: Chooser) -> None:
         fake_clock.value = start
-        session_grace_races_heartbeat(fake_clock, choose)
+        session_grace_races_heartbeat(worlds, choose)
 
     with pytest.raises(InterleavingError):
         explore(one)

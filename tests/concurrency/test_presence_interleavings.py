@@ -31,7 +31,7 @@ from tests.support.interleave import (
     random_chooser,
     run_once,
 )
-from tests.support.presence_world import PresenceWorld, fresh_world
+from tests.support.presence_world import PreparedWorlds, PresenceWorld
 
 SCHEDULE_WRITES = ("CreateSchedule", "UpdateSchedule")
 
@@ -306,14 +306,15 @@ explored exhaustively over their DynamoDB requests, and under random interleavin
 of every request (test_random_interleavings_with_every_point)."""
 
 
+Worlds = PreparedWorlds[tuple[list, Callable]]
+
+
 def run_scenario(
-    scenario: Callable,
-    clock: FakeClock,
-    choose: Chooser,
-    services: frozenset[str] = INTERLEAVED_SERVICES,
+    worlds: Worlds, choose: Chooser, services: frozenset[str] = INTERLEAVED_SERVICES
 ) -> Run:
-    with fresh_world(clock) as world:
-        actors, check = scenario(world)
+    """One run of the scenario ``worlds`` prepares (once: every run starts from a
+    copy of the state it left)."""
+    with worlds.world() as (world, (actors, check)):
         run = run_once(actors, choose, services)
         with explaining(run):
             world.check_invariants()
@@ -324,7 +325,8 @@ def run_scenario(
 @pytest.mark.parametrize("scenario", SMALL_SCENARIOS, ids=lambda s: s.__name__)
 def test_every_interleaving_keeps_the_invariants(scenario: Callable, fake_clock: FakeClock) -> None:
     services = TABLE_ONLY if scenario in TABLE_ONLY_WHEN_EXHAUSTIVE else INTERLEAVED_SERVICES
-    runs = explore(lambda choose: run_scenario(scenario, fake_clock, choose, services))
+    worlds = PreparedWorlds(fake_clock, scenario)
+    runs = explore(lambda choose: run_scenario(worlds, choose, services))
     assert runs > 1, "the scenario should have more than one interleaving"
     print(f"{scenario.__name__}: {runs} interleavings")
 
@@ -341,13 +343,14 @@ SAMPLED_RUNS = 60
 def test_larger_small_scenarios_exhaustively_on_demand(
     scenario: Callable, fake_clock: FakeClock
 ) -> None:
+    worlds = PreparedWorlds(fake_clock, scenario)
     if os.environ.get("AGENT_CHANNEL_EXHAUSTIVE") == "1":
-        runs = explore(lambda choose: run_scenario(scenario, fake_clock, choose))
+        runs = explore(lambda choose: run_scenario(worlds, choose))
         print(f"{scenario.__name__}: {runs} interleavings")
         return
     traces = set()
     for seed in range(SAMPLED_RUNS):
-        traces.add(tuple(run_scenario(scenario, fake_clock, random_chooser(seed)).trace))
+        traces.add(tuple(run_scenario(worlds, random_chooser(seed)).trace))
     assert len(traces) > SAMPLED_RUNS // 2, "the random schedules should differ"
 
 
@@ -381,10 +384,11 @@ def test_the_harness_catches_an_unconditioned_clear(
     broken = UnconditionedClearStore()
     for route in ("disconnect", "sweeper"):
         monkeypatch.setattr(function(route), "store", broken)
+    worlds = PreparedWorlds(fake_clock, scenario)
     with pytest.raises(
         InterleavingError, match=r"unroutable|lost to a concurrent clear|routing_on"
     ):
-        explore(lambda choose: run_scenario(scenario, fake_clock, choose, TABLE_ONLY))
+        explore(lambda choose: run_scenario(worlds, choose, TABLE_ONLY))
 
 
 def larger_scenario(world: PresenceWorld) -> tuple[list, Callable]:
@@ -445,8 +449,9 @@ def test_random_interleavings_of_larger_scenarios(
     scenario: Callable, fake_clock: FakeClock
 ) -> None:
     traces = set()
+    worlds = PreparedWorlds(fake_clock, scenario)
     for seed in range(RANDOM_RUNS):
-        run = run_scenario(scenario, fake_clock, random_chooser(seed))
+        run = run_scenario(worlds, random_chooser(seed))
         traces.add(tuple(run.trace))
     assert len(traces) > RANDOM_RUNS // 2, "the random schedules should differ"
 
@@ -502,16 +507,17 @@ OWED_GRACE_SCENARIOS = {
 }
 
 
-def run_with_scheduler_down(scenario: Callable, clock: FakeClock, choose: Chooser) -> Run:
-    with scheduler_down(OWED_GRACE_SCENARIOS[scenario]):
-        return run_scenario(scenario, clock, choose)
+def run_with_scheduler_down(worlds: Worlds, choose: Chooser) -> Run:
+    with scheduler_down(OWED_GRACE_SCENARIOS[worlds.prepare]):
+        return run_scenario(worlds, choose)
 
 
 @pytest.mark.parametrize("scenario", list(OWED_GRACE_SCENARIOS), ids=lambda s: s.__name__)
 def test_owed_graces_keep_the_index_and_every_departure_covered(
     scenario: Callable, fake_clock: FakeClock
 ) -> None:
-    runs = explore(lambda choose: run_with_scheduler_down(scenario, fake_clock, choose))
+    worlds = PreparedWorlds(fake_clock, scenario)
+    runs = explore(lambda choose: run_with_scheduler_down(worlds, choose))
     assert runs > 1
     print(f"{scenario.__name__}: {runs} interleavings")
 
@@ -563,5 +569,6 @@ def test_the_harness_catches_an_unguarded_owed_grace(
     store = broken()
     for route in ("disconnect", "sweeper"):
         monkeypatch.setattr(function(route), "store", store)
+    worlds = PreparedWorlds(fake_clock, scenario)
     with pytest.raises(InterleavingError, match=r"unindexed|stranded|while routed"):
-        explore(lambda choose: run_with_scheduler_down(scenario, fake_clock, choose))
+        explore(lambda choose: run_with_scheduler_down(worlds, choose))

@@ -31,7 +31,7 @@ from tests.support.interleave import (
     random_chooser,
     run_once,
 )
-from tests.support.presence_world import PresenceWorld, fresh_world
+from tests.support.presence_world import PreparedWorlds, PresenceWorld
 
 tasks = DynamoTaskStore()
 
@@ -111,10 +111,11 @@ def unregister_races_a_second_connect(world: PresenceWorld) -> tuple[list, Calla
     return actors, check_closed
 
 
-def run_scenario(scenario: Callable, clock: FakeClock, choose: Chooser) -> Run:
+def run_scenario(worlds: PreparedWorlds[tuple[list, Callable]], choose: Chooser) -> Run:
+    """One run of the scenario ``worlds`` prepares (once: every run starts from a
+    copy of the state it left)."""
     CLOSED.clear()
-    with fresh_world(clock) as world:
-        actors, check = scenario(world)
+    with worlds.world() as (world, (actors, check)):
         run = run_once(actors, choose)
         with explaining(run):
             world.check_invariants()
@@ -131,9 +132,10 @@ def test_every_interleaving_leaves_the_agent_closed(
     scenario: Callable, fake_clock: FakeClock
 ) -> None:
     outcomes: set[Any] = set()
+    worlds = PreparedWorlds(fake_clock, scenario)
 
     def one(choose: Chooser) -> None:
-        run = run_scenario(scenario, fake_clock, choose)
+        run = run_scenario(worlds, choose)
         outcomes.add(
             tuple(sorted((k, str(v)[:40]) for k, v in run.results.items() if k != "unregister"))
         )
@@ -173,7 +175,8 @@ def unregister_with_work_and_company(world: PresenceWorld) -> tuple[list, Callab
             found = tasks.get(task_id)
             assert found is not None and found.status == "cancelled", found
         assert tasks.held_slots(world.agent_id) == []
-        published = sorted(int(event["detail"]["task_id"]) for event in tap.drain())
+        # A pipe that has read nothing yet: every run starts from the same table.
+        published = sorted(int(event["detail"]["task_id"]) for event in tap.afresh().drain())
         assert published == sorted([delegated.task_id, queued.task_id]), "one event per task"
 
     return actors, check
@@ -184,8 +187,9 @@ RANDOM_RUNS = 30
 
 def test_random_interleavings_with_work_and_company(fake_clock: FakeClock) -> None:
     traces = set()
+    worlds = PreparedWorlds(fake_clock, unregister_with_work_and_company)
     for seed in range(RANDOM_RUNS):
-        run = run_scenario(unregister_with_work_and_company, fake_clock, random_chooser(seed))
+        run = run_scenario(worlds, random_chooser(seed))
         traces.add(tuple(run.trace))
     assert len(traces) > RANDOM_RUNS // 2
 
@@ -198,5 +202,6 @@ def test_the_harness_catches_a_close_not_conditioned_on_presence(
     from agent_channel.storage.records import UserRecord
 
     monkeypatch.setattr(schema, "presence_version_is", lambda version: UserRecord.pk.exists())
+    worlds = PreparedWorlds(fake_clock, unregister_races_a_second_connect)
     with pytest.raises(InterleavingError, match=r"outlived|stayed open|routing on|unroutable"):
-        explore(lambda choose: run_scenario(unregister_races_a_second_connect, fake_clock, choose))
+        explore(lambda choose: run_scenario(worlds, choose))

@@ -52,6 +52,15 @@ def clean_environment(**extra: str) -> dict[str, str]:
     return environment
 
 
+def app_environment() -> dict[str, str]:
+    """For a dev server of another app: a data directory of its own (the server
+    keeps its backend secret there) instead of the user's default one, which a
+    server started by another test worker may be writing at the same moment."""
+    return clean_environment(
+        AGENT_CHANNEL_DATA_DIR=tempfile.mkdtemp(prefix="agent-channel-e2e-app-")
+    )
+
+
 def wait_until(check: Callable[[], T | None], timeout: float, what: str, every: float = 0.2) -> T:
     deadline = time.monotonic() + timeout
     while True:
@@ -320,7 +329,7 @@ def start_app_server(template: Path, *extra: str) -> AppServer:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=clean_environment(),
+        env=app_environment(),
     )
     output = LineReader(process.stdout)
     try:

@@ -19,7 +19,7 @@ import websockets
 
 from tests.e2e.stack import (
     AppServer,
-    clean_environment,
+    app_environment,
     command_line,
     start_app_server,
     wait_until,
@@ -93,7 +93,7 @@ def test_a_template_that_cannot_be_served_is_refused_with_its_reason(tmp_path: P
         capture_output=True,
         text=True,
         timeout=60,
-        env=clean_environment(),
+        env=app_environment(),
         check=False,
     )
     assert done.returncode == 2
@@ -110,7 +110,7 @@ def test_a_function_that_cannot_start_fails_the_launch_and_is_named(tmp_path: Pa
         capture_output=True,
         text=True,
         timeout=90,
-        env=clean_environment(),
+        env=app_environment(),
         check=False,
     )
     assert done.returncode == 1

@@ -107,8 +107,9 @@ def test_sessions_stay_live_and_routable_through_steady_broadcasts(dev: DevServe
             replacement = await open_session(dev, agent_id, f"rotating-{round_number % 3}")
             await current.close()
             current = replacement
-            for socket in (anchor, current):
-                assert await socket.probe() == [], f"round {round_number}"
+            # Both sockets probed at once: each waits SETTLE_SECONDS for its answer.
+            probed = await asyncio.gather(anchor.probe(), current.probe())
+            assert probed == [[], []], f"round {round_number}"
             await settled_presence(dev, agent_id, live=2, what=f"round {round_number}")
         # Alone under traffic: the last session of the agent must survive too.
         await anchor.close()

@@ -22,6 +22,20 @@ class EventTap:
     queue_url: str
     pipe: LocalPipe
 
+    def afresh(self) -> EventTap:
+        """The same tap through a pipe that has read nothing yet (on the same
+        clients): for a table put back as it was before this tap's pipe read it."""
+        old = self.pipe
+        pipe = LocalPipe(
+            old.definition,
+            old.table_name,
+            old.bus_name,
+            dynamodb=old.dynamodb,
+            streams=old.streams,
+            events=old.events,
+        )
+        return EventTap(self.queue_url, pipe)
+
     def drain(self) -> list[dict[str, Any]]:
         """Every event delivered so far (each at most once: they are deleted)."""
         self.pipe.pump()

@@ -4,11 +4,13 @@ would make it."""
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import boto3
 from moto import mock_aws
@@ -21,9 +23,12 @@ from agent_channel.presence.model import Presence
 from agent_channel.storage import schema
 from agent_channel.storage.records import ConnectionRecord, LeaseRecord, UserRecord
 from agent_channel_dev.local.apigw_events import scheduled_event
+from tests.support import moto_state
 from tests.support.clock import FakeClock
 from tests.support.fixtures import create_table
 from tests.support.gateway import Gateway, invoke
+
+T = TypeVar("T")
 
 
 class PresenceWorld:
@@ -191,3 +196,56 @@ def fresh_world(clock: FakeClock) -> Iterator[PresenceWorld]:
         create_table()
         _scheduler().create_schedule_group(Name=settings().schedule_group)
         yield PresenceWorld(clock)
+
+
+@dataclass(frozen=True)
+class _Prepared(Generic[T]):
+    aws: moto_state.Saved
+    world: dict[str, Any]
+    clock: float
+    prepared: T
+
+
+class PreparedWorlds(Generic[T]):
+    """Fresh worlds that each begin as ``prepare`` left the first one.
+
+    An exploration runs one scenario from the same start every time; building that
+    start (the account, the sessions it opens, the work it delegates) through the
+    handlers costs about as much as a run. ``prepare`` runs once, in the first
+    world; every later world is a fresh ``mock_aws`` holding a copy of moto's state
+    as ``prepare`` left it, the same ``PresenceWorld`` with its own state (its
+    gateway's sockets, its connections) put back, and the clock where ``prepare``
+    left it. What ``prepare`` returns (the actors, the check) is reused: it must
+    keep no state of its own outside the world, moto and the clock (an event tap
+    is read through ``EventTap.afresh``: its pipe keeps its place in the stream).
+    """
+
+    def __init__(self, clock: FakeClock, prepare: Callable[[PresenceWorld], T]) -> None:
+        self.clock = clock
+        self.prepare = prepare
+        self._world: PresenceWorld | None = None
+        self._saved: _Prepared[T] | None = None
+
+    def _copy_of(self, state: dict[str, Any]) -> dict[str, Any]:
+        # The clock is shared (the handlers read it), never copied.
+        return copy.deepcopy(state, {id(self.clock): self.clock})
+
+    @contextmanager
+    def world(self) -> Iterator[tuple[PresenceWorld, T]]:
+        if self._world is None or self._saved is None:
+            with fresh_world(self.clock) as world:
+                prepared = self.prepare(world)
+                self._saved = _Prepared(
+                    moto_state.save(), self._copy_of(vars(world)), self.clock.value, prepared
+                )
+                self._world = world
+                yield world, prepared
+            return
+        saved = self._saved
+        with mock_aws():
+            moto_state.restore(saved.aws)
+            state = vars(self._world)
+            state.clear()
+            state.update(self._copy_of(saved.world))
+            self.clock.value = saved.clock
+            yield self._world, saved.prepared
