@@ -1157,6 +1157,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-seconds", type=float, default=Plan.step_seconds)
     parser.add_argument("--lifetime", type=float, nargs=2, default=list(Plan.lifetime))
     parser.add_argument("--busy-sessions", type=int, default=Plan.busy_sessions)
+    parser.add_argument(
+        "--provisioned-workers",
+        type=int,
+        default=Plan.provisioned_workers,
+        metavar="N",
+        help="workers started before the steps for each function a step invokes "
+        f"(default: {Plan.provisioned_workers}; 1 leaves the rest to cold starts)",
+    )
     parser.add_argument("--serve", type=int, nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
@@ -1166,6 +1174,7 @@ def main(argv: list[str] | None = None) -> int:
         step_seconds=args.step_seconds,
         lifetime=(args.lifetime[0], args.lifetime[1]),
         busy_sessions=args.busy_sessions,
+        provisioned_workers=args.provisioned_workers,
     )
     print(markdown(run(plan)))
     return 0

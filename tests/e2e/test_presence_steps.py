@@ -232,7 +232,7 @@ def test_a_tiny_step_reports_every_figure_and_keeps_the_invariants() -> None:
         assert measured.per_operation(
             (presence_steps.HEARTBEAT_FUNCTION,), measured.calls(presence_steps.HEARTBEAT_FUNCTION)
         ) == pytest.approx(1.0, abs=0.5)
-        # Transactions are counted by their size: moto's cost is one copy per item.
+        # Transactions are counted by their size: moto's cost grows with it.
         sizes = [op for op in measured.mix if op.startswith("TransactWriteItems (")]
         assert sizes and all(transaction_size(op) for op in sizes), sizes
         assert measured.moto_busy > 0
