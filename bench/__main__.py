@@ -383,7 +383,9 @@ def presence_section(plan: presence_steps.Plan) -> str:
             "idle table before and after the steps are in brackets. The *fraction of "
             "moto* is the route requests over the step's two capacities; the goal "
             "asks the whole range. *moto busy* is the "
-            "share of the step moto held its one-request lock inside the stack.",
+            "share of the step the stack's moto held its one-request lock. *CPU cores*: "
+            "the stack's process (gateway, `@connections`, pipe, schedule loop), moto's "
+            "process and the functions' worker processes.",
             "",
             presence_steps.markdown(result),
             "",
@@ -436,10 +438,15 @@ def presence_section(plan: presence_steps.Plan) -> str:
             "invocation on the machine's cores, where Lambda gives it an environment of "
             "its own, and under a rising load the cold starts fed on each other (the "
             "cold starts that still happen are listed above). "
-            "moto also runs in the stack process, beside the gateway and the invocation "
-            "threads, on a shared machine: its busy time (lock held) exceeds its CPU time by the "
-            "time it waits for the interpreter and the cores. What was the local stack's, and "
-            "is fixed: moto "
+            "The stack's moto runs in a process of its own, as the probe's does "
+            "(`moto_process.py`): in the stack's process it shared one interpreter lock "
+            "with the gateway, and a transaction took there 1.7 times what it takes alone. "
+            "It still shares the machine's two cores with the stack, the workers and the "
+            "driver's clients, where DynamoDB has its own: its busy time (lock held) exceeds "
+            "its CPU time by the time it waits for a core. What was the local stack's, and "
+            "is fixed: moto's table kept an empty partition for every key a request ever "
+            "named (each connection's, each token's), and every rollback copy copied them "
+            "(`moto_costs.py`); moto "
             "keeps every model object it ever made for its dashboard, the rollback copies of the "
             "table each transaction makes included, and every stream iterator it returned; the "
             "stack process grew by millions of objects in a run, and its full garbage collections "

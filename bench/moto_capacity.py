@@ -1,15 +1,16 @@
 """moto's raw capacity on this machine: how many DynamoDB requests per second the
-local stack's embedded moto server (``agent_channel_dev.local.moto_server``, one
+local stack's moto server (``agent_channel_dev.local.moto_server``, one
 request at a time, over loopback HTTP) answers, for each kind of request the
 presence routes send (DynamoDB and Scheduler). Printed beside the presence load
 figures, so that each is read as a fraction of what the emulator itself can do.
 
-moto runs in a process of its own, as nothing but a server: the client threads
-that load it would otherwise share its interpreter lock, and slow it most where
-its requests are cheapest. TransactWriteItems is measured at each size the
-routes send: a transaction's cost grows with its items (moto copied the whole
-table once per item; the local stack's once per table), and a mix is charged
-for the sizes it sent.
+moto runs in a process of its own (``moto_process``, as in the local stack), as
+nothing but a server: the client threads that load it would otherwise share its
+interpreter lock, and slow it most where its requests are cheapest. Its table is
+the project's (``project_table``), stream and index included. TransactWriteItems
+is measured at each size the routes send: a transaction's cost grows with its
+items (moto copied the whole table once per item; the local stack's once per
+table), and a mix is charged for the sizes it sent.
 
     .venv/bin/python -m bench.moto_capacity [--seconds S] [--items N]
 """
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import multiprocessing
 import os
 import statistics
 import sys
@@ -26,7 +26,6 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,6 @@ TABLE = "agent-channel-capacity"
 TRANSACTION_SIZES = (1, 2, 6)
 """The sizes the presence routes send: a ``$disconnect``'s one or two, a
 ``$connect``'s six."""
-START_TIMEOUT = 60.0
 ITEMS = 500
 """Items in the table before the probe, copied ones included (about what the
 presence load leaves): moto's cost per request grows with the table, its
@@ -138,18 +136,7 @@ def measure(
             endpoint_url=url,
             config=Config(max_pool_connections=threads, retries={"total_max_attempts": 1}),
         )
-        client.create_table(
-            TableName=TABLE,
-            BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "sk", "AttributeType": "S"},
-            ],
-            KeySchema=[
-                {"AttributeName": "pk", "KeyType": "HASH"},
-                {"AttributeName": "sk", "KeyType": "RANGE"},
-            ],
-        )
+        client.create_table(**project_table())
         for start in range(0, targets, 25):
             client.batch_write_item(
                 RequestItems={
@@ -280,36 +267,29 @@ def measure(
 def moto_process() -> Iterator[str]:
     """The local stack's moto server, alone in a fresh process (its backends start
     empty), for as long as the block runs; its URL."""
-    context = multiprocessing.get_context("spawn")
-    ours, theirs = context.Pipe()
-    process = context.Process(target=_serve_moto, args=(theirs,), name="moto", daemon=True)
+    from agent_channel_dev.local.moto_process import MotoProcess
+
+    process = MotoProcess()
     process.start()
     try:
-        if not ours.poll(START_TIMEOUT):
-            raise RuntimeError(f"moto did not start within {START_TIMEOUT:g} s")
-        yield ours.recv()
+        yield process.url
     finally:
-        ours.close()  # the server's end reads EOF: it stops
-        process.join(START_TIMEOUT)
-        if process.is_alive():
-            process.kill()
+        process.stop()
 
 
-def _serve_moto(stop: Connection) -> None:
-    import logging
+def project_table() -> dict[str, Any]:
+    """The project's table as the stack creates it (its stream and its index
+    included: a write costs moto a stream record, and the rollback copy copies
+    the index's definition), under the probe's own name."""
+    from agent_channel_dev.local import sam_app
 
-    for path in (ROOT / "lib", ROOT / "devtools"):
-        if str(path) not in sys.path:
-            sys.path.insert(0, str(path))
-    from agent_channel_dev.local.moto_server import MotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = MotoServer()
-    server.start()
-    stop.send(server.url)
-    with contextlib.suppress(EOFError):
-        stop.recv()
-    server.stop()
+    app = sam_app.load(ROOT / "template.yaml", stack_name="capacity")
+    keyed = [
+        table.create_kwargs
+        for table in app.tables
+        if {key["AttributeName"] for key in table.create_kwargs["KeySchema"]} == {"pk", "sk"}
+    ]
+    return {**keyed[0], "TableName": TABLE}
 
 
 def table_items(endpoint_url: str) -> list[dict[str, Any]]:

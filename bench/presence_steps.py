@@ -166,11 +166,7 @@ def serve(heartbeat: int, stale: int, grace: int, provisioned_workers: int) -> i
     from bench import stack_accounting
 
     accounting = stack_accounting.Accounting()
-    if os.environ.get("BENCH_PROFILE"):
-        import cProfile
-
-        accounting.profile = cProfile.Profile()
-        accounting.profile_operation = os.environ["BENCH_PROFILE"]
+    # BENCH_PROFILE=Operation: moto's handling of it is profiled in moto's process.
     stack_accounting.install(accounting)
     print(STATS_PREFIX + stack_accounting.serve_stats(accounting), flush=True)
     options = dev.DevOptions(
@@ -191,12 +187,7 @@ def serve(heartbeat: int, stale: int, grace: int, provisioned_workers: int) -> i
         # each other. Those that still happen are counted per step.
         provisioned={name: provisioned_workers for name in PROVISIONED_FUNCTIONS},
     )
-    code = dev.run(options)
-    if accounting.profile is not None:
-        import pstats
-
-        pstats.Stats(accounting.profile, stream=sys.stderr).sort_stats("cumulative").print_stats(40)
-    return code
+    return dev.run(options)
 
 
 @dataclass
@@ -535,6 +526,8 @@ class StepResult:
     busy_by_operation: dict[str, float]
     moto_cpu: float
     stack_cpu: float
+    moto_process_cpu: float
+    """CPU seconds of moto's process: its requests, and its server's HTTP work."""
     worker_cpu: float
     stream_records: int = 0
     cold_starts: dict[str, int] = field(default_factory=dict)
@@ -574,6 +567,7 @@ class StepResult:
             },
             after["moto_cpu"] - before["moto_cpu"],
             after["stack_cpu"] - before["stack_cpu"],
+            after["moto_process_cpu"] - before["moto_process_cpu"],
             max(0.0, after["worker_cpu"] - before["worker_cpu"]),
             int((after.get("table_items") or {}).get("stream_records") or 0),
             delta("cold_starts"),
@@ -1079,7 +1073,8 @@ def step_row(result: Result, step: StepResult) -> str:
         f"| {step.timeouts} | {sum(record.failures.values())} "
         f"| {served:.1f} | {start:.1f}-{end:.1f} ({low:.1f}-{high:.1f}) | {fraction} "
         f"| {step.moto_busy / seconds:.0%} "
-        f"| {step.stack_cpu / seconds:.2f} / {step.worker_cpu / seconds:.2f} "
+        f"| {step.stack_cpu / seconds:.2f} / {step.moto_process_cpu / seconds:.2f} "
+        f"/ {step.worker_cpu / seconds:.2f} "
         f"| {'yes' if step.past_knee else 'no'} |"
     )
 
@@ -1092,7 +1087,7 @@ HEADER = (
     "| route requests/s | moto capacity for the mix, /s: the step's table found-left "
     "(idle before-after) "
     "| fraction of moto "
-    "| moto busy (in the stack) | CPU cores: stack / workers | past the knee |\n"
+    "| moto busy (in the stack) | CPU cores: stack / moto / workers | past the knee |\n"
     "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
     "| ---: | ---: | --- |"
 )

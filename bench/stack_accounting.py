@@ -1,11 +1,13 @@
-"""Server-side accounting for a local stack under load, in the stack's own process.
+"""Server-side accounting for a local stack under load.
 
 The handlers run in worker processes, so nothing the load driver's process hooks
-sees their requests. What every request does pass through is the stack process:
-each DynamoDB, Scheduler or EventBridge request is one call of the embedded moto
-server (``moto_server.OneRequestAtATime``), and each invocation is one
-``Functions.invoke``. This module wraps both, in the child process that runs
-``agent-channel dev`` for a benchmark, and serves what it counted as JSON on a
+sees their requests. What every request does pass through is the stack: each
+DynamoDB, Scheduler or EventBridge request is one call of its moto server
+(``moto_server.OneRequestAtATime``, in moto's own process), and each invocation
+is one ``Functions.invoke`` (in the stack's process). This module wraps both: the
+invocations in the child process that runs ``agent-channel dev`` for a
+benchmark, moto's requests in moto's process (a hook of ``moto_process``,
+read back by command). The stack's process serves what was counted as JSON on a
 loopback port of its own:
 
 - moto: requests by (function, operation), error answers by (operation, code),
@@ -30,17 +32,20 @@ loopback port of its own:
   socket the gateway never held (the client had gone: no ``$disconnect`` follows,
   as API Gateway's is best effort). A driver checks presence against these, what
   the server knows, rather than against what its clients believe.
-- CPU seconds of the stack process and of its worker processes.
+- CPU seconds of the stack process, of moto's and of the worker processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import cProfile
 import io
 import json
 import multiprocessing
 import os
+import pstats
 import re
+import sys
 import threading
 import time
 from collections import Counter
@@ -57,11 +62,9 @@ class Accounting:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.keys: dict[str, str] = {STACK_KEY: "stack"}
-        self.requests: Counter[str] = Counter()
-        self.errors: Counter[str] = Counter()
-        self.moto_busy = 0.0
-        self.busy_by_operation: dict[str, float] = {}
-        self.moto_cpu = 0.0
+        """SigV4 access key -> the function (or part of the stack) that signs with it."""
+        self.moto_process: Any = None
+        """The stack's ``moto_process.MotoProcess``: its requests are counted there."""
         self.invocations: Counter[str] = Counter()
         self.durations: dict[str, list[float]] = {}
         self.cold_starts: Counter[str] = Counter()
@@ -82,53 +85,7 @@ class Accounting:
         """Connection ids whose ``$disconnect`` failed (an error, a timeout)."""
         self.open_sockets: Any = None
         self.gateway: Any = None
-        self.table_items: Any = None
-        self.profile: cProfile.Profile | None = None
-        self.profile_operation = ""
-        """``BENCH_PROFILE=Operation``: moto's handling of that operation is profiled
-        (cProfile) and printed when the stack stops."""
-
-    # -- moto -----------------------------------------------------------------
-
-    def describe(self, environ: dict[str, Any]) -> tuple[str, str]:
-        """(who sent it, ``service:Operation``) for one moto request."""
-        match = CREDENTIAL.search(environ.get("HTTP_AUTHORIZATION", ""))
-        key, service = (match.group(1), match.group(2)) if match else ("?", "?")
-        target = environ.get("HTTP_X_AMZ_TARGET", "")
-        if target:
-            operation = target.rsplit(".", 1)[-1]
-            if operation == "TransactWriteItems":
-                operation = transaction_name(_transaction_items(environ))
-        else:
-            # REST-JSON services (Scheduler): the method and the resource name it
-            # acts on stand for the operation.
-            method = environ.get("REQUEST_METHOD", "")
-            resource = environ.get("PATH_INFO", "").strip("/").split("/", 1)[0]
-            if service == "scheduler" and resource == "schedules":
-                verbs = {"POST": "Create", "DELETE": "Delete", "PUT": "Update", "GET": "Get"}
-                operation = verbs.get(method, method) + "Schedule"
-            else:
-                operation = f"{method} /{resource}"
-        return self.keys.get(key, key), f"{service}:{operation}"
-
-    def moto(
-        self, who: str, operation: str, status: str, body: list[bytes], busy: float, cpu: float
-    ) -> None:
-        code = ""
-        if status[:1] in ("4", "5"):
-            try:
-                answer = json.loads(b"".join(body) or b"{}")
-                code = str(answer.get("__type") or answer.get("Code") or "").rsplit("#", 1)[-1]
-            except ValueError:
-                code = ""
-            code = code or status.split(" ", 1)[0]
-        with self._lock:
-            self.requests[f"{who}|{operation}"] += 1
-            if code:
-                self.errors[f"{operation}:{code}"] += 1
-            self.moto_busy += busy
-            self.busy_by_operation[operation] = self.busy_by_operation.get(operation, 0.0) + busy
-            self.moto_cpu += cpu
+        self.tables: list[str] = []
 
     # -- invocations ----------------------------------------------------------
 
@@ -177,14 +134,16 @@ class Accounting:
     # -- the snapshot -----------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
+        moto = self.moto_process.call(MOTO_COUNTS, self.tables) if self.moto_process else {}
+        requests: Counter[str] = Counter()
+        for key_operation, n in moto.pop("requests", {}).items():
+            key, operation = key_operation.split("|", 1)
+            requests[f"{self.keys.get(key, key)}|{operation}"] += n
         with self._lock:
             found: dict[str, Any] = {
                 "at": time.monotonic(),
-                "requests": dict(self.requests),
-                "errors": dict(self.errors),
-                "moto_busy": self.moto_busy,
-                "busy_by_operation": dict(self.busy_by_operation),
-                "moto_cpu": self.moto_cpu,
+                "requests": dict(requests),
+                **moto,
                 "invocations": dict(self.invocations),
                 "durations": {name: list(values) for name, values in self.durations.items()},
                 "cold_starts": dict(self.cold_starts),
@@ -193,10 +152,89 @@ class Accounting:
         found["open_sockets"] = self.open_sockets() if self.open_sockets else None
         found["handlers"] = self.handlers
         found["queued_frames"] = self.gateway.queued_frames() if self.gateway else None
-        found["table_items"] = self.table_items() if self.table_items else None
         found["stack_cpu"] = time.process_time()
         found["worker_cpu"] = _workers_cpu()
         return found
+
+
+MOTO_COUNTS = "moto_counts"
+MOTO_PROFILE = "moto_profile"
+
+
+class MotoCounts:
+    """moto's requests, counted in moto's process (``count_moto_requests``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: Counter[str] = Counter()
+        """``access key|service:Operation`` -> requests (the stack names the keys)."""
+        self.errors: Counter[str] = Counter()
+        self.busy = 0.0
+        self.busy_by_operation: dict[str, float] = {}
+        self.cpu = 0.0
+        self.profile: cProfile.Profile | None = None
+        self.profile_operation = ""
+        """``BENCH_PROFILE=Operation``: moto's handling of that operation is profiled
+        (cProfile) and printed when the stack stops."""
+
+    def describe(self, environ: dict[str, Any]) -> tuple[str, str]:
+        """(the access key that signed it, ``service:Operation``) for one request."""
+        match = CREDENTIAL.search(environ.get("HTTP_AUTHORIZATION", ""))
+        key, service = (match.group(1), match.group(2)) if match else ("?", "?")
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        if target:
+            operation = target.rsplit(".", 1)[-1]
+            if operation == "TransactWriteItems":
+                operation = transaction_name(_transaction_items(environ))
+        else:
+            # REST-JSON services (Scheduler): the method and the resource name it
+            # acts on stand for the operation.
+            method = environ.get("REQUEST_METHOD", "")
+            resource = environ.get("PATH_INFO", "").strip("/").split("/", 1)[0]
+            if service == "scheduler" and resource == "schedules":
+                verbs = {"POST": "Create", "DELETE": "Delete", "PUT": "Update", "GET": "Get"}
+                operation = verbs.get(method, method) + "Schedule"
+            else:
+                operation = f"{method} /{resource}"
+        return key, f"{service}:{operation}"
+
+    def count(
+        self, key: str, operation: str, status: str, body: list[bytes], busy: float, cpu: float
+    ) -> None:
+        code = ""
+        if status[:1] in ("4", "5"):
+            try:
+                answer = json.loads(b"".join(body) or b"{}")
+                code = str(answer.get("__type") or answer.get("Code") or "").rsplit("#", 1)[-1]
+            except ValueError:
+                code = ""
+            code = code or status.split(" ", 1)[0]
+        with self._lock:
+            self.requests[f"{key}|{operation}"] += 1
+            if code:
+                self.errors[f"{operation}:{code}"] += 1
+            self.busy += busy
+            self.busy_by_operation[operation] = self.busy_by_operation.get(operation, 0.0) + busy
+            self.cpu += cpu
+
+    def snapshot(self, tables: list[str]) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "requests": dict(self.requests),
+                "errors": dict(self.errors),
+                "moto_busy": self.busy,
+                "busy_by_operation": dict(self.busy_by_operation),
+                "moto_cpu": self.cpu,
+                "moto_process_cpu": time.process_time(),
+                "table_items": _table_items(tables),
+            }
+
+    def profile_text(self) -> str:
+        if self.profile is None:
+            return ""
+        out = io.StringIO()
+        pstats.Stats(self.profile, stream=out).sort_stats("cumulative").print_stats(40)
+        return out.getvalue()
 
 
 TRANSACTION = re.compile(r"TransactWriteItems \((\d+) items?\)")
@@ -226,9 +264,12 @@ def _transaction_items(environ: dict[str, Any]) -> int:
 
 
 def _workers_cpu() -> float:
-    """CPU seconds of the live worker processes (utime + stime from /proc)."""
+    """CPU seconds of the live worker processes (utime + stime from /proc); moto's
+    process is counted on its own (``moto_process_cpu``)."""
     total = 0
     for child in multiprocessing.active_children():
+        if child.name == "moto":
+            continue
         try:
             with open(f"/proc/{child.pid}/stat") as stat:
                 fields = stat.read().rsplit(")", 1)[1].split()
@@ -238,14 +279,20 @@ def _workers_cpu() -> float:
     return total / _TICKS
 
 
-def install(accounting: Accounting) -> None:
-    """Wrap the local stack's moto server and invocations (before the stack starts)."""
-    from agent_channel_dev.local import gateway, moto_server, service_integration, stack, workers
+def count_moto_requests(server: Any) -> dict[str, Any]:
+    """A ``moto_process`` hook: count every request moto serves, in moto's process;
+    the commands that read the counts back."""
+    from agent_channel_dev.local import moto_server
+
+    counts = MotoCounts()
+    if os.environ.get("BENCH_PROFILE"):
+        counts.profile = cProfile.Profile()
+        counts.profile_operation = os.environ["BENCH_PROFILE"]
 
     def counted_call(
         self: moto_server.OneRequestAtATime, environ: dict[str, Any], start_response: Any
     ) -> list[bytes]:
-        who, operation = accounting.describe(environ)
+        key, operation = counts.describe(environ)
         status: list[str] = []
 
         def capture(code: str, headers: Any, *rest: Any) -> Any:
@@ -256,18 +303,43 @@ def install(accounting: Accounting) -> None:
         # the busy time is moto's, not the wait for it.
         with self._lock:
             wall, cpu = time.perf_counter(), time.thread_time()
-            if accounting.profile is not None and operation.endswith(accounting.profile_operation):
+            if counts.profile is not None and operation.endswith(counts.profile_operation):
                 # Profiled here, in moto's thread: cProfile sees only this thread.
-                accounting.profile.enable()
+                counts.profile.enable()
                 body = list(self._app(environ, capture))
-                accounting.profile.disable()
+                counts.profile.disable()
             else:
                 body = list(self._app(environ, capture))
             busy, spent = time.perf_counter() - wall, time.thread_time() - cpu
-        accounting.moto(who, operation, status[0] if status else "", body, busy, spent)
+        counts.count(key, operation, status[0] if status else "", body, busy, spent)
         return body
 
     moto_server.OneRequestAtATime.__call__ = counted_call  # type: ignore[method-assign]
+    return {MOTO_COUNTS: counts.snapshot, MOTO_PROFILE: counts.profile_text}
+
+
+def install(accounting: Accounting) -> None:
+    """Wrap the local stack's moto server and invocations (before the stack starts)."""
+    from agent_channel_dev.local import gateway, moto_process, service_integration, stack, workers
+
+    start_moto = moto_process.MotoProcess.start
+
+    def counting_start(self: moto_process.MotoProcess) -> None:
+        self.hooks.append(f"{__name__}:{count_moto_requests.__name__}")
+        accounting.moto_process = self
+        start_moto(self)
+
+    moto_process.MotoProcess.start = counting_start  # type: ignore[method-assign]
+
+    stop_moto = moto_process.MotoProcess.stop
+
+    def profiled_stop(self: moto_process.MotoProcess) -> None:
+        # BENCH_PROFILE: moto's profile, before its process goes (BENCH_PROFILE_TO).
+        with contextlib.suppress(moto_process.MotoProcessError):
+            print(self.call(MOTO_PROFILE), file=sys.stderr, end="")
+        stop_moto(self)
+
+    moto_process.MotoProcess.stop = profiled_stop  # type: ignore[method-assign]
 
     invoke = workers.Functions.invoke
 
@@ -362,8 +434,7 @@ def install(accounting: Accounting) -> None:
             accounting.keys[INTEGRATIONS_KEY] = (
                 integration_name(routes[0]) if len(routes) == 1 else "ServiceIntegrations"
             )
-        tables = [table.create_kwargs["TableName"] for table in built.app.tables]
-        accounting.table_items = lambda: _table_items(tables)
+        accounting.tables = [table.create_kwargs["TableName"] for table in built.app.tables]
         return built
 
     stack.LocalStack.build = classmethod(adopting_build)  # type: ignore[method-assign, assignment]
@@ -405,7 +476,7 @@ class GatewayView:
 
 
 def _table_items(names: list[str]) -> dict[str, int] | None:
-    """Items in the app's tables, read from moto's backend in this process."""
+    """Items in the app's tables, read from moto's backend (in moto's process)."""
     try:
         from moto.core.models import DEFAULT_ACCOUNT_ID
         from moto.dynamodb.models import dynamodb_backends

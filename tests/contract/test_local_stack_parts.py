@@ -484,6 +484,67 @@ def test_a_query_answers_as_moto_does_reading_only_what_it_reaches(
     assert sum(len(items) for answer in ours for items, _, _ in answer) > 500  # and found
 
 
+def test_a_table_keeps_no_partition_for_keys_it_does_not_store(served_moto: ServedMoto) -> None:
+    """moto makes a partition on first access: every key looked up or deleted in a
+    partition that holds nothing left an empty one, which every transaction's
+    rollback copy then copied. Reads, conditions, deletes and transactions answer
+    as before; only the partitions that hold items remain."""
+    from botocore.exceptions import ClientError
+    from moto.core.models import DEFAULT_ACCOUNT_ID
+    from moto.dynamodb.models import dynamodb_backends
+
+    dynamodb = served_moto.dynamodb
+    dynamodb.create_table(
+        TableName="sparse",
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n in ("pk", "sk")],
+        KeySchema=[
+            {"AttributeName": "pk", "KeyType": "HASH"},
+            {"AttributeName": "sk", "KeyType": "RANGE"},
+        ],
+    )
+
+    def key(pk: str, sk: str = "s") -> dict[str, Any]:
+        return {"pk": {"S": pk}, "sk": {"S": sk}}
+
+    dynamodb.put_item(TableName="sparse", Item=key("kept"))
+    dynamodb.put_item(TableName="sparse", Item=key("emptied"))
+    assert "Item" not in dynamodb.get_item(TableName="sparse", Key=key("looked-up"))
+    found = dynamodb.batch_get_item(
+        RequestItems={"sparse": {"Keys": [key("kept"), key("batch-missed")]}}
+    )
+    assert found["Responses"]["sparse"] == [key("kept")]
+    dynamodb.delete_item(TableName="sparse", Key=key("never-there"))
+    dynamodb.delete_item(TableName="sparse", Key=key("emptied"))
+    with pytest.raises(ClientError, match="ConditionalCheckFailed"):
+        dynamodb.update_item(
+            TableName="sparse",
+            Key=key("conditioned"),
+            UpdateExpression="SET n = :n",
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeValues={":n": {"N": "1"}},
+        )
+    fail_a_transaction_of(
+        dynamodb,
+        [
+            {"Put": {"TableName": "sparse", "Item": key("undone")}},
+            {
+                "ConditionCheck": {
+                    "TableName": "sparse",
+                    "Key": key("checked"),
+                    "ConditionExpression": "attribute_exists(pk)",
+                }
+            },
+        ],
+    )
+    dynamodb.put_item(TableName="sparse", Item=key("kept", "second"))
+
+    table = dynamodb_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].tables["sparse"]
+    assert {str(pk.value): len(partition) for pk, partition in table.items.items()} == {"kept": 2}
+    scanned = dynamodb.scan(TableName="sparse")["Items"]
+    assert sorted(item["sk"]["S"] for item in scanned) == ["s", "second"]
+
+
 def test_stream_iterators_read_the_live_table_and_expire_as_on_aws(
     served_moto: ServedMoto,
 ) -> None:

@@ -14,7 +14,7 @@ import pytest
 from bench import presence_steps
 from bench.moto_capacity import Capacity, mix_capacity
 from bench.presence_steps import ServerView, check_agent
-from bench.stack_accounting import Accounting, transaction_size
+from bench.stack_accounting import MotoCounts, transaction_size
 
 TINY = presence_steps.Plan(
     rates=(2.0,),
@@ -159,7 +159,7 @@ def test_a_transaction_is_counted_and_charged_by_its_size() -> None:
         "CONTENT_LENGTH": str(len(body)),
         "wsgi.input": io.BytesIO(body),
     }
-    assert Accounting().describe(environ) == ("key", "dynamodb:TransactWriteItems (2 items)")
+    assert MotoCounts().describe(environ) == ("key", "dynamodb:TransactWriteItems (2 items)")
     assert environ["wsgi.input"].read() == body  # put back for moto to read
 
     probe = [
@@ -198,6 +198,7 @@ def test_moto_busy_time_is_shared_by_each_operations_senders() -> None:
         },
         moto_cpu=1.2,
         stack_cpu=2.0,
+        moto_process_cpu=1.3,
         worker_cpu=0.5,
     )
 

@@ -1,7 +1,7 @@
 """``agent-channel dev``: a SAM WebSocket app served locally, from its template.
 
-An embedded moto server holds the tables, queues, buses and schedule groups the
-template declares; an aiohttp server on one port is the WebSocket gateway and
+A moto server, in a process of its own, holds the tables, queues, buses and
+schedule groups the template declares; an aiohttp server on one port is the WebSocket gateway and
 the ``@connections`` API; each function runs in warm worker processes of its
 own with exactly its template environment; a loop fires due schedules and rate
 schedules. Without ``--template`` it serves this project's own template.yaml,
@@ -39,7 +39,7 @@ from agent_channel_dev.local.intrinsics import REGION
 if TYPE_CHECKING:
     from agent_channel_dev.local.backend_endpoint import BackendGuard
     from agent_channel_dev.local.demo import DemoAccounts
-    from agent_channel_dev.local.moto_server import MotoServer
+    from agent_channel_dev.local.moto_process import MotoProcess
     from agent_channel_dev.local.sam_app import SamApp
     from agent_channel_dev.local.stack import LocalStack
 
@@ -260,13 +260,17 @@ def run(options: DevOptions, out: TextIO = sys.stdout) -> int:
 
 
 async def _serve(options: DevOptions, app: SamApp, sock: socket.socket, out: TextIO) -> int:
-    from agent_channel_dev.local.moto_server import MotoServer
+    from agent_channel_dev.local.moto_process import MotoProcess, MotoProcessError
 
     loop = asyncio.get_running_loop()
     loop.set_default_executor(ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="invoke"))
     _quiet_libraries()
-    moto = MotoServer(HOST)
-    moto.start()
+    moto = MotoProcess(HOST)
+    try:
+        await asyncio.to_thread(moto.start)
+    except MotoProcessError as error:
+        print(f"cannot start moto: {error}", file=sys.stderr)
+        return 1
     try:
         return await _serve_with_moto(options, app, sock, out, moto)
     finally:
@@ -274,7 +278,7 @@ async def _serve(options: DevOptions, app: SamApp, sock: socket.socket, out: Tex
 
 
 async def _serve_with_moto(
-    options: DevOptions, app: SamApp, sock: socket.socket, out: TextIO, moto: MotoServer
+    options: DevOptions, app: SamApp, sock: socket.socket, out: TextIO, moto: MotoProcess
 ) -> int:
     from agent_channel_dev.local.stack import LocalStack, create_resources
     from agent_channel_dev.local.workers import FunctionError
@@ -296,7 +300,7 @@ async def _serve_with_moto(
         restored = state.load_demo()
         print(f"restored the state kept in {directory} ({replayed} requests)", file=out)
     if project:
-        state.record()
+        state.record(moto.record)
     if restored is None:
         await asyncio.to_thread(create_resources, app)
     secret = backend_secret.mint(directory)
@@ -366,7 +370,7 @@ def _project_extras(
     stack: LocalStack,
     guard: BackendGuard,
     restored: DemoAccounts | None,
-    moto: MotoServer,
+    moto: MotoProcess,
 ) -> DemoAccounts:
     """This project's own additions: the /_backend and /_admin endpoints (the
     BackendFunction and the AdminFunction, invoked directly, behind the per-run
@@ -400,8 +404,8 @@ def _project_extras(
     from agent_channel_dev.local import demo
 
     # The task-event pipe, from its definition in the template, on moto's stream;
-    # what it has handled is trimmed from the stream (why: MotoServer.trim_stream),
-    # and stream iterators expire as on AWS (MotoServer.upkeep).
+    # what it has handled is trimmed from the stream (why: MotoServer.trim_stream, in moto's
+    # process), and stream iterators expire as on AWS (MotoServer.upkeep).
     table_name = backend.environment["TABLE_NAME"]
     run_in_background(
         LocalPipe(PipeDefinition.from_template(), table_name, app.event_buses[0]),

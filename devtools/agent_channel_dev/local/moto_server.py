@@ -1,4 +1,4 @@
-"""The embedded moto server, one request at a time.
+"""The local stack's moto server, one request at a time.
 
 DynamoDB applies each request atomically (a transaction all or nothing, a
 conditional write against the item as it is). moto's in-memory backends take
@@ -139,6 +139,23 @@ class MotoServer:
             if live is not None and live.stream_shard is not None:
                 iterator.stream_shard = live.stream_shard
         return len(expired)
+
+    def record(self, path: str) -> None:
+        """From now on, append every request served that may change state to the
+        file at ``path`` (moto's own recorder: ``persistence.py``)."""
+        from moto.moto_api import recorder
+
+        from agent_channel_dev.local.persistence import changes_state
+
+        record_request = recorder._record_request
+
+        def record_changes(request: Any, body: bytes | None = None) -> None:
+            if changes_state(request.method, request.headers.get("X-Amz-Target")):
+                record_request(request, body)
+
+        recorder._record_request = record_changes  # type: ignore[method-assign]
+        recorder._location = path
+        recorder.start_recording()
 
     def start(self) -> None:
         self._thread.start()

@@ -1,7 +1,8 @@
 """The local stack's state, kept across restarts (even ``kill -9``) in its data directory.
 
-The mechanism is moto's own request recorder: every request the embedded moto
-server receives (DynamoDB, Scheduler, EventBridge) is appended to
+The mechanism is moto's own request recorder: every request the stack's moto
+server receives that may change its state (DynamoDB, Scheduler, EventBridge; not
+the reads: ``changes_state``) is appended to
 ``<data dir>/moto-requests.jsonl`` before it is served, one line each, the file
 closed after every line. On the next start the file is replayed, in order,
 against the fresh server: the same requests against the same starting state give
@@ -20,8 +21,9 @@ schedules fire once it is back, as they would have.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agent_channel_dev.local.data_dir import write_private
 
@@ -34,6 +36,28 @@ if TYPE_CHECKING:
 
 REQUESTS_FILE = "moto-requests.jsonl"
 DEMO_FILE = "demo.json"
+
+
+READ_PREFIXES = ("Get", "Describe", "List", "Query", "Scan", "BatchGet")
+"""Operations (by name) that only read: DynamoDB's, its stream's, SQS's and
+EventBridge's reads all start so (``ReceiveMessage``, which hides a message, does not)."""
+
+
+def changes_state(method: str, target: str | None) -> bool:
+    """Whether a request (its HTTP method, its ``X-Amz-Target`` if any) may change
+    what moto holds. Only those are recorded: replaying a read changes nothing,
+    the task-event pipe's stream reads and the schedule loop's listings would grow
+    the recording by a request every second or so, and a replayed stream read names
+    an iterator the fresh server never issued (moto answers 500)."""
+    if target:
+        return not target.rsplit(".", 1)[-1].startswith(READ_PREFIXES)
+    return method not in ("GET", "HEAD")
+
+
+def _changes_state(entry: dict[str, Any]) -> bool:
+    """``changes_state`` for one line of the recording."""
+    headers = entry.get("headers") or {}
+    return changes_state(str(entry.get("method", "")), headers.get("X-Amz-Target"))
 
 
 class LocalState:
@@ -51,22 +75,26 @@ class LocalState:
             path.unlink(missing_ok=True)
 
     def replay(self, moto_url: str) -> int:
-        """Serve every recorded request again, in order, to the server at ``moto_url``."""
+        """Serve every recorded request that changed state again, in order, to the
+        server at ``moto_url``; how many. The recording keeps only those from now on
+        (one made before reads were left out of it loses them here)."""
         from moto.moto_api import recorder
 
+        with self.requests.open(encoding="utf-8") as file:
+            kept = [line for line in file if line.strip() and _changes_state(json.loads(line))]
+        compacted = self.requests.with_suffix(".compacting")
+        write_private(compacted, "".join(kept))
+        compacted.replace(self.requests)
         recorder._location = str(self.requests)
         recorder.replay_recording(target_host=moto_url)
-        with self.requests.open(encoding="utf-8") as file:
-            return sum(1 for _ in file)
+        return len(kept)
 
-    def record(self) -> None:
-        """From now on, append every request moto serves to the recording."""
-        from moto.moto_api import recorder
-
+    def record(self, start_recording: Callable[[str], None]) -> None:
+        """From now on, append every request moto serves to the recording
+        (``start_recording``: moto's recorder, in moto's process, to this file)."""
         if not self.requests.exists():
             write_private(self.requests, "")
-        recorder._location = str(self.requests)
-        recorder.start_recording()
+        start_recording(str(self.requests))
 
     def save_demo(self, demo: DemoAccounts) -> None:
         write_private(self.demo_file, json.dumps(asdict(demo)))

@@ -4,7 +4,7 @@ Everything the local stack serves comes from here: the WebSocket API (route
 selection expression, routes through their integrations, the ``$connect``
 authorizer and its identity sources, the stage), each function (code folder,
 handler, runtime environment with Globals merged, Timeout, MemorySize, layers,
-IAM statements, rate schedules) and the resources the embedded moto must hold
+IAM statements, rate schedules) and the resources the stack's moto must hold
 (tables, queues, event buses, schedule groups). Nothing is specific to
 agent-channel: any Python SAM WebSocket app's template reads the same way.
 """

@@ -1,6 +1,6 @@
 """EventBridge Scheduler, locally: fire due one-time schedules and the sweeper.
 
-Schedules live in the embedded moto server, created by the unchanged
+Schedules live in the stack's moto server, created by the unchanged
 grace_scheduler. Moto stores them but never fires them, so this loop lists the
 group, fires each ``at()`` schedule whose time has come by invoking its target
 function with its recorded input, and deletes it (``ActionAfterCompletion:
@@ -79,7 +79,7 @@ class SchedulerLoop:
         self._read: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
         """(group, name) -> (its summary's creation and modification dates, the
         schedule as read): a schedule is read again only when it changed, not at
-        every tick, which would hold the embedded moto's one-request lock for a
+        every tick, which would hold the stack's moto's one-request lock for a
         GetSchedule per pending grace every second."""
 
     def due(self, now: float) -> list[DueSchedule]:

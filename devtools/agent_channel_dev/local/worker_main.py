@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -90,6 +91,9 @@ def _error(error: BaseException, kind: str | None = None) -> dict[str, Any]:
 
 def serve(conn: Connection, spec: WorkerSpec) -> None:
     """The worker's main loop: init, say ready, then invocations until EOF."""
+    # Ctrl-C reaches the terminal's whole process group; the stack stops its
+    # workers itself (a Lambda runtime never sees the developer's keyboard).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.clear()
     os.environ.update(spec.environment)
     sys.path[:0] = [spec.code_dir, *spec.layer_dirs]

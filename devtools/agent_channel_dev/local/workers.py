@@ -98,7 +98,7 @@ def lambda_environment(
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "AWS_ACCESS_KEY_ID": access_key[0],
             "AWS_SECRET_ACCESS_KEY": access_key[1],
-            # Not Lambda's: every AWS call goes to the embedded moto instead.
+            # Not Lambda's: every AWS call goes to the stack's moto instead.
             "AWS_ENDPOINT_URL": endpoint_url,
         }
     )
