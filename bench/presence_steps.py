@@ -113,9 +113,10 @@ BACKGROUND = (
 
 @dataclass(frozen=True)
 class Plan:
-    rates: tuple[float, ...] = (1.0, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 8.0)
+    rates: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 4.5, 5.0, 5.5, 6.0, 7.0, 8.0)
     """Arrivals per second, half a step apart where the knee has been on a 2-core
-    machine (3-4/s): the last step below it is found to within 0.5/s."""
+    machine (5-6/s, with moto in a process of its own): the last step below it is
+    found to within 0.5/s."""
     step_seconds: float = 45.0
     lifetime: tuple[float, float] = (20.0, 60.0)
     heartbeat_seconds: int = 15
