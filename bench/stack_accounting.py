@@ -266,9 +266,11 @@ def _transaction_items(environ: dict[str, Any]) -> int:
 def _workers_cpu() -> float:
     """CPU seconds of the live worker processes (utime + stime from /proc); moto's
     process is counted on its own (``moto_process_cpu``)."""
+    from agent_channel_dev.local.moto_process import PROCESS_NAME
+
     total = 0
     for child in multiprocessing.active_children():
-        if child.name == "moto":
+        if child.name == PROCESS_NAME:
             continue
         try:
             with open(f"/proc/{child.pid}/stat") as stat:

@@ -545,6 +545,71 @@ def test_a_table_keeps_no_partition_for_keys_it_does_not_store(served_moto: Serv
     assert sorted(item["sk"]["S"] for item in scanned) == ["s", "second"]
 
 
+def test_a_stream_read_answers_as_moto_serializes_it(
+    served_moto: ServedMoto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The local stack writes GetRecords' answer as JSON directly where moto's
+    serializer walked the Streams model for every attribute: what a client reads
+    is the same, record by record (keys, both images, every attribute type, the
+    timestamp to the millisecond), and a record with a binary attribute is still
+    moto's own answer."""
+    from moto.core.responses import ActionResult
+    from moto.dynamodbstreams.responses import DynamoDBStreamsHandler
+
+    moto, dynamodb, streams = served_moto, served_moto.dynamodb, served_moto.streams
+    arn = moto.table_with_stream("streamed")
+    every_type = {
+        "s": {"S": 'text with "quotes", a \u00e9 and a "B": lookalike'},
+        "n": {"N": "12.50"},
+        "t": {"BOOL": True},
+        "z": {"NULL": True},
+        "m": {"M": {"inner": {"L": [{"S": "x"}, {"N": "1"}]}}},
+        "ss": {"SS": ["a", "b"]},
+        "ns": {"NS": ["1", "2"]},
+    }
+    dynamodb.put_item(TableName="streamed", Item={"pk": {"S": "a"}, **every_type})
+    dynamodb.update_item(
+        TableName="streamed",
+        Key={"pk": {"S": "a"}},
+        UpdateExpression="SET n = :n REMOVE z",
+        ExpressionAttributeValues={":n": {"N": "13"}},
+    )
+    dynamodb.delete_item(TableName="streamed", Key={"pk": {"S": "a"}})
+    serialized: list[str] = []
+    serialize = ActionResult.execute_result
+
+    def counted(self: ActionResult, context: Any) -> Any:
+        serialized.append(type(self.result).__name__)
+        return serialize(self, context)
+
+    monkeypatch.setattr(ActionResult, "execute_result", counted)
+
+    def read(after: str | None = None) -> list[Any]:
+        iterator = moto.iterator(arn, "AFTER_SEQUENCE_NUMBER" if after else "TRIM_HORIZON", after)
+        serialized.clear()
+        answer = streams.get_records(ShardIterator=iterator)
+        assert answer["NextShardIterator"]
+        return list(answer["Records"])
+
+    ours = read()
+    assert not serialized  # written directly
+    last = ours[-1]["dynamodb"]["SequenceNumber"]
+    dynamodb.put_item(TableName="streamed", Item={"pk": {"S": "b"}, "blob": {"B": b"\x00\xff"}})
+    binary = read(last)
+    assert serialized  # left to moto's serializer
+    monkeypatch.setattr(
+        DynamoDBStreamsHandler,
+        "get_records",
+        DynamoDBStreamsHandler.get_records.__wrapped__,  # type: ignore[attr-defined]
+    )
+    assert ours == read()[:3]
+    assert binary == read(last)
+    assert [record["eventName"] for record in ours] == ["INSERT", "MODIFY", "REMOVE"]
+    assert ours[1]["dynamodb"]["OldImage"]["z"] == {"NULL": True}
+    assert ours[0]["dynamodb"]["ApproximateCreationDateTime"].microsecond  # milliseconds kept
+    assert binary[0]["dynamodb"]["NewImage"]["blob"] == {"B": b"\x00\xff"}
+
+
 def test_stream_iterators_read_the_live_table_and_expire_as_on_aws(
     served_moto: ServedMoto,
 ) -> None:

@@ -12,7 +12,7 @@ import json
 
 import pytest
 from bench import presence_steps
-from bench.moto_capacity import Capacity, mix_capacity
+from bench.moto_capacity import TABLE, Capacity, mix_capacity, project_table
 from bench.presence_steps import ServerView, check_agent
 from bench.stack_accounting import MotoCounts, transaction_size
 
@@ -176,6 +176,16 @@ def test_a_transaction_is_counted_and_charged_by_its_size() -> None:
     assert mix_capacity(probe, {"TransactWriteItems (8 items)": 1}) < 20.0
     # Another operation the probe does not send is charged as an UpdateItem.
     assert mix_capacity(probe, {"GetItem": 3}) == pytest.approx(300.0)
+
+
+def test_the_probe_writes_a_table_shaped_as_the_projects() -> None:
+    """A write to the project's table costs moto a stream record and an index's
+    keys: the probe measures the same table, under a name of its own."""
+    table = project_table()
+    assert table["TableName"] == TABLE
+    assert table["StreamSpecification"]["StreamViewType"] == "NEW_AND_OLD_IMAGES"
+    assert [index["IndexName"] for index in table["GlobalSecondaryIndexes"]] == ["gsi1"]
+    assert {key["AttributeName"] for key in table["KeySchema"]} == {"pk", "sk"}
 
 
 def test_moto_busy_time_is_shared_by_each_operations_senders() -> None:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 START_TIMEOUT_SECONDS = 60.0
 """A spawned interpreter imports moto and werkzeug first: seconds on a loaded laptop."""
 STOP_TIMEOUT_SECONDS = 10.0
+PROCESS_NAME = "moto"
 
 Commands = dict[str, Callable[..., Any]]
 Hook = Callable[["MotoServer"], Commands]
@@ -65,7 +66,10 @@ class MotoProcess:
         context = multiprocessing.get_context("spawn")
         ours, theirs = context.Pipe()
         process = context.Process(
-            target=serve, args=(theirs, self.host, tuple(self.hooks)), name="moto", daemon=True
+            target=serve,
+            args=(theirs, self.host, tuple(self.hooks)),
+            name=PROCESS_NAME,
+            daemon=True,
         )
         process.start()
         theirs.close()
