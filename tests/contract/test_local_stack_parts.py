@@ -484,6 +484,43 @@ def test_a_query_answers_as_moto_does_reading_only_what_it_reaches(
     assert sum(len(items) for answer in ours for items, _, _ in answer) > 500  # and found
 
 
+def test_moto_serves_waiting_requests_in_the_order_they_arrived() -> None:
+    """moto's one-request lock passes to the longest waiter: one that asks just as
+    it is released (the releasing thread itself, here) queues behind those already
+    waiting, as a plain lock would not make it, so no request waits for many."""
+    import threading
+    import time
+
+    from agent_channel_dev.local.moto_server import ArrivalOrderLock
+
+    lock = ArrivalOrderLock()
+    served: list[str] = []
+    lock.acquire()
+
+    def request(name: str) -> None:
+        with lock:
+            served.append(name)
+
+    waiting = []
+    for name in ("first", "second", "third"):
+        thread = threading.Thread(target=request, args=(name,))
+        thread.start()
+        waiting.append(thread)
+        deadline = time.monotonic() + 5
+        while len(lock._waiting) < len(waiting) and time.monotonic() < deadline:
+            time.sleep(0.001)
+    assert len(lock._waiting) == 3
+    lock.release()
+    request("the releaser, again")
+    for thread in waiting:
+        thread.join(5)
+    assert served == ["first", "second", "third", "the releaser, again"]
+    assert not lock._held and not lock._waiting
+    with lock:  # free again: taken at once
+        served.append("later")
+    assert served[-1] == "later"
+
+
 def test_a_table_keeps_no_partition_for_keys_it_does_not_store(served_moto: ServedMoto) -> None:
     """moto makes a partition on first access: every key looked up or deleted in a
     partition that holds nothing left an empty one, which every transaction's

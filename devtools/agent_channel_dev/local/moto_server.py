@@ -12,6 +12,7 @@ between requests, which is exactly the concurrency AWS has.
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -36,12 +37,53 @@ SHARD_ITERATOR_LIFETIME_SECONDS = 15 * 60
 """DynamoDB Streams: a shard iterator expires 15 minutes after it is returned."""
 
 
+class ArrivalOrderLock:
+    """A lock that waiting threads acquire in the order they asked for it.
+
+    ``threading.Lock`` promises no order: a thread that asks just as the lock is
+    released (the one releasing it, say) may take it ahead of threads that have
+    waited for many requests, and under load a few requests waited far longer
+    than the rest. DynamoDB serves a request without regard to how many came
+    after it; so does this. The lock passes straight to the longest waiter.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._held = False
+        self._waiting: collections.deque[threading.Lock] = collections.deque()
+
+    def acquire(self) -> None:
+        with self._guard:
+            if not self._held:
+                self._held = True
+                return
+            turn = threading.Lock()
+            turn.acquire()
+            self._waiting.append(turn)
+        turn.acquire()  # released by the holder's release: the lock is ours
+
+    def release(self) -> None:
+        with self._guard:
+            if self._waiting:
+                self._waiting.popleft().release()  # handed over, still held
+            else:
+                self._held = False
+
+    def __enter__(self) -> ArrivalOrderLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class OneRequestAtATime:
-    """WSGI middleware: the wrapped app serves one request at a time."""
+    """WSGI middleware: the wrapped app serves one request at a time, in the order
+    they arrived."""
 
     def __init__(self, app: WsgiApp) -> None:
         self._app = app
-        self._lock = threading.Lock()
+        self._lock = ArrivalOrderLock()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         with self._lock:
