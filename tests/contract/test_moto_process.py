@@ -136,6 +136,9 @@ def test_only_requests_that_change_state_are_recorded_and_replayed(
     }
     with state.requests.open("a", encoding="utf-8") as file:
         file.write(json.dumps(stale_read) + "\n")
+        # And a line cut short: the stack killed while it wrote it (it had not
+        # served that request yet).
+        file.write(json.dumps(stale_read)[:40])
     fresh = MotoProcess()
     fresh.start()
     try:

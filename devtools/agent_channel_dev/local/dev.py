@@ -1,10 +1,10 @@
 """``agent-channel dev``: a SAM WebSocket app served locally, from its template.
 
 A moto server, in a process of its own, holds the tables, queues, buses and
-schedule groups the template declares; an aiohttp server on one port is the WebSocket gateway and
-the ``@connections`` API; each function runs in warm worker processes of its
-own with exactly its template environment; a loop fires due schedules and rate
-schedules. Without ``--template`` it serves this project's own template.yaml,
+schedule groups the template declares; an aiohttp server on one port is the
+WebSocket gateway and the ``@connections`` API; each function runs in warm worker
+processes of its own with exactly its template environment; a loop fires due
+schedules and rate schedules. Without ``--template`` it serves this project's own template.yaml,
 plus the demo accounts and the ``/_backend`` command endpoint.
 """
 
@@ -404,8 +404,8 @@ def _project_extras(
     from agent_channel_dev.local import demo
 
     # The task-event pipe, from its definition in the template, on moto's stream;
-    # what it has handled is trimmed from the stream (why: MotoServer.trim_stream, in moto's
-    # process), and stream iterators expire as on AWS (MotoServer.upkeep).
+    # what it has handled is trimmed from the stream (why: MotoServer.trim_stream,
+    # in moto's process), and stream iterators expire as on AWS (MotoServer.upkeep).
     table_name = backend.environment["TABLE_NAME"]
     run_in_background(
         LocalPipe(PipeDefinition.from_template(), table_name, app.event_buses[0]),

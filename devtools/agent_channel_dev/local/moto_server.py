@@ -41,10 +41,11 @@ class ArrivalOrderLock:
     """A lock that waiting threads acquire in the order they asked for it.
 
     ``threading.Lock`` promises no order: a thread that asks just as the lock is
-    released (the one releasing it, say) may take it ahead of threads that have
-    waited for many requests, and under load a few requests waited far longer
-    than the rest. DynamoDB serves a request without regard to how many came
-    after it; so does this. The lock passes straight to the longest waiter.
+    released (the one releasing it, say) takes it ahead of threads already
+    waiting, since they must first be woken, so under a steady stream of new
+    requests one that waits may keep waiting. DynamoDB serves a request without
+    regard to how many came after it; so does this: the lock passes straight to
+    the longest waiter.
     """
 
     def __init__(self) -> None:

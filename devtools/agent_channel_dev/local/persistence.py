@@ -54,10 +54,22 @@ def changes_state(method: str, target: str | None) -> bool:
     return method not in ("GET", "HEAD")
 
 
-def _changes_state(entry: dict[str, Any]) -> bool:
-    """``changes_state`` for one line of the recording."""
+def _changes_state(entry: dict[str, Any] | None) -> bool:
+    """``changes_state`` for one entry of the recording (None: not one)."""
+    if entry is None:
+        return False
     headers = entry.get("headers") or {}
     return changes_state(str(entry.get("method", "")), headers.get("X-Amz-Target"))
+
+
+def _entry(line: str) -> dict[str, Any] | None:
+    """One line of the recording; None for a line cut short (the stack was killed
+    while writing it, before it served the request) or a blank one."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    return entry if isinstance(entry, dict) else None
 
 
 class LocalState:
@@ -81,7 +93,7 @@ class LocalState:
         from moto.moto_api import recorder
 
         with self.requests.open(encoding="utf-8") as file:
-            kept = [line for line in file if line.strip() and _changes_state(json.loads(line))]
+            kept = [line for line in file if _changes_state(_entry(line))]
         compacted = self.requests.with_suffix(".compacting")
         write_private(compacted, "".join(kept))
         compacted.replace(self.requests)
