@@ -342,9 +342,9 @@ def presence_section(plan: presence_steps.Plan) -> str:
             f"Machine: {machine()}. Load: {before} at the start, {load()} at the end "
             "(each step's in the text below the tables).",
             "",
-            f"The local stack (`agent-channel dev --port 0`: gateway, moto and the "
-            f"schedule loop in one process, every function in worker processes of its "
-            f"own) with production timings: heartbeat {plan.heartbeat_seconds} s, stale "
+            f"The local stack (`agent-channel dev --port 0`: gateway and schedule loop "
+            f"in one process, moto in one of its own, every function in worker processes "
+            f"of its own) with production timings: heartbeat {plan.heartbeat_seconds} s, stale "
             f"after {plan.stale_after_seconds} s, grace {plan.grace_seconds} s. The "
             "template's default heartbeat is 30 s; 15 s is what issue 16 asks for and "
             "doubles the heartbeat traffic, so it is the harder case. Real WebSocket "
