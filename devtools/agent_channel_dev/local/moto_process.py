@@ -77,17 +77,10 @@ class MotoProcess:
         try:
             if not ours.poll(START_TIMEOUT_SECONDS):
                 raise MotoProcessError(f"moto did not serve within {START_TIMEOUT_SECONDS:g} s")
-            status, value = ours.recv()
-        except (EOFError, OSError) as error:
-            self.stop()
-            raise MotoProcessError("moto's process ended before it served") from error
+            self._url = str(_answer(ours, "moto's process ended before it served"))
         except MotoProcessError:
             self.stop()
             raise
-        if status != "ok":
-            self.stop()
-            raise MotoProcessError(str(value))
-        self._url = str(value)
 
     def call(self, command: str, *args: Any) -> Any:
         """Run a command in moto's process; what it returned."""
@@ -96,12 +89,9 @@ class MotoProcess:
                 raise MotoProcessError("moto's process is not running")
             try:
                 self._conn.send((command, args))
-                status, value = self._conn.recv()
-            except (EOFError, OSError) as error:
+            except OSError as error:
                 raise MotoProcessError("moto's process is gone") from error
-        if status != "ok":
-            raise MotoProcessError(str(value))
-        return value
+            return _answer(self._conn, "moto's process is gone")
 
     def trim_stream(self, table_name: str, through: str) -> int:
         """``MotoServer.trim_stream``, in moto's process."""
@@ -128,6 +118,18 @@ class MotoProcess:
         if process.is_alive():
             process.kill()
             process.join(STOP_TIMEOUT_SECONDS)
+
+
+def _answer(conn: Connection, gone: str) -> Any:
+    """The next answer on the pipe: its value, or its error raised (``gone`` when
+    the pipe closed first)."""
+    try:
+        status, value = conn.recv()
+    except (EOFError, OSError) as error:
+        raise MotoProcessError(gone) from error
+    if status != "ok":
+        raise MotoProcessError(str(value))
+    return value
 
 
 def serve(conn: Connection, host: str, hooks: tuple[str, ...]) -> None:
