@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
-import boto3
 import pytest
 
 from agent_channel.config import settings
@@ -21,7 +20,7 @@ from agent_channel.grace.cancellation import (
     cancel_offline,
 )
 from agent_channel.grace.dynamodb import DynamoTaskBook
-from agent_channel.grace.scheduler import GraceCancellation, schedule_name
+from agent_channel.grace.scheduler import GraceCancellation
 from agent_channel.identity import accounts
 from agent_channel.lambda_kit import wiring
 from agent_channel.presence import rules as presence
@@ -46,6 +45,7 @@ from tests.support.interleave import (
     run_once,
 )
 from tests.support.presence_world import PreparedWorlds, PresenceWorld
+from tests.support.schedules import grace_input
 
 tasks = DynamoTaskStore()
 
@@ -723,11 +723,7 @@ def grace_due_with_delegated_work(world: PresenceWorld) -> Prepared:
     topic = accounts.create_topic(int(reader.user_id), "t", primary_agent_id=agent_id)
     task_id = delegated_task(topic.topic_id, agent_id)
     world.disconnect("a")()
-    payload = json.loads(
-        boto3.client("scheduler").get_schedule(
-            Name=schedule_name(agent_id, None), GroupName=settings().schedule_group
-        )["Target"]["Input"]
-    )
+    payload = grace_input(agent_id, None)
     clock.advance(settings().grace_seconds)
     task = tasks.get(task_id)
     assert task is not None
@@ -847,11 +843,7 @@ def session_grace_due_beside_a_sibling(world: PresenceWorld) -> PreparedDrain:
     delegated = delegated_task(topic.topic_id, agent_id)
     queued = waiting_task(topic.topic_id, agent_id, Status.QUEUED)
     world.disconnect("a")()
-    payload = json.loads(
-        boto3.client("scheduler").get_schedule(
-            Name=schedule_name(agent_id, "s1"), GroupName=settings().schedule_group
-        )["Target"]["Input"]
-    )
+    payload = grace_input(agent_id, "s1")
     clock.advance(settings().grace_seconds)
 
     def start() -> str:

@@ -17,16 +17,12 @@ from agent_channel.config import settings
 from agent_channel.grace.eventbridge import MAX_EVENT_AGE_SECONDS, MAX_RETRY_ATTEMPTS, at_expression
 from agent_channel.grace.scheduler import GraceCancellation, schedule_name
 from agent_channel.lambda_kit import wiring
+from tests.support.schedules import get_schedule
 
 # Scheduler's own rule for names (the API model: 1-64 of [0-9a-zA-Z-_.]).
 NAME_RULE = re.compile(r"[0-9a-zA-Z\-_.]{1,64}")
 DUE = 1_800_000_030.0
 """2027-01-15T08:00:30Z."""
-
-
-def get_schedule(name: str) -> dict[str, Any]:
-    client = boto3.client("scheduler")
-    return dict(client.get_schedule(Name=name, GroupName=settings().schedule_group))
 
 
 def exists(name: str) -> bool:

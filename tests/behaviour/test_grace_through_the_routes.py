@@ -9,7 +9,6 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
 
@@ -23,6 +22,7 @@ from tests.support.clock import FakeClock
 from tests.support.event_tap import EventTap, install_event_tap
 from tests.support.fixtures import World
 from tests.support.gateway import Gateway, invoke
+from tests.support.schedules import get_schedule
 
 tasks = DynamoTaskStore()
 
@@ -41,11 +41,6 @@ def status(task_id: int) -> str:
     task = tasks.get(task_id)
     assert task is not None
     return str(task.status)
-
-
-def get_schedule(name: str) -> dict[str, Any]:
-    client = boto3.client("scheduler")
-    return dict(client.get_schedule(Name=name, GroupName=settings().schedule_group))
 
 
 def lease_token(agent_id: int, connection_id: str) -> str:
