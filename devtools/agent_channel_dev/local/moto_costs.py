@@ -190,7 +190,7 @@ def _leaving_no_empty_partition(method: Callable[..., Any]) -> Callable[..., Any
     deleting a partition's last item. DynamoDB keeps nothing for a key it does not
     store; moto's table grew by every partition key ever named (each connection's,
     each token's, each agent's), and every transaction's rollback copy copied them
-    all: under load a transaction cost twice what one on the same items costs.
+    all: its cost grew with every key ever looked up, not with what the table holds.
     """
     if getattr(method, "leaves_no_empty_partition", False):
         return method
